@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Start (or stop) a local Docker engine for tfguess on a Debian/Ubuntu machine without one,
+# and make the base image the Dockerfile builds on when no registry can be reached.
+#
+#   sudo bash scripts/docker-engine.sh start   # idempotent: install, start, wait, base image
+#   sudo bash scripts/docker-engine.sh stop
+#   bash scripts/docker-engine.sh status
+#
+# start: installs docker.io and debootstrap with apt-get when missing, starts
+#   dockerd --storage-driver vfs --iptables=false --bridge=none (works inside VMs and
+#   containers without overlayfs or iptables) with its own data root, waits until it answers,
+#   and, unless it exists, makes the image $TFGUESS_BASE_IMAGE from a debootstrap of Debian
+#   bookworm (python3 3.11, venv, pip, CA certificates), so no registry pull is needed.
+#   The socket belongs to group "docker": add users to that group to let them use it.
+#
+# Settings (environment):
+#   TFGUESS_ENGINE_DIR   data root, log and pid file        (default /var/lib/tfguess-engine)
+#   TFGUESS_DOCKER_SOCK  socket path                         (default /var/run/docker.sock)
+#   TFGUESS_BASE_IMAGE   base image to create                (default tfguess-base:bookworm)
+#   TFGUESS_DEBIAN_MIRROR  mirror for debootstrap            (default: the one apt uses)
+set -euo pipefail
+
+ENGINE_DIR=${TFGUESS_ENGINE_DIR:-/var/lib/tfguess-engine}
+SOCK=${TFGUESS_DOCKER_SOCK:-/var/run/docker.sock}
+BASE_IMAGE=${TFGUESS_BASE_IMAGE:-tfguess-base:bookworm}
+PIDFILE=$ENGINE_DIR/dockerd.pid
+LOG=$ENGINE_DIR/dockerd.log
+export DOCKER_HOST=unix://$SOCK
+
+say() { printf 'docker-engine: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+need_root() {
+    [[ $(id -u) == 0 ]] || die "run as root (sudo bash $0 $1)"
+}
+
+engine_up() { docker info >/dev/null 2>&1; }
+
+debian_mirror() {
+    if [[ -n ${TFGUESS_DEBIAN_MIRROR:-} ]]; then echo "$TFGUESS_DEBIAN_MIRROR"; return; fi
+    local uri
+    uri=$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list \
+            2>/dev/null | grep -E 'debian/?$|debian ' | grep -v security | head -n1 |
+          sed -E 's/^URIs:[[:space:]]*//; s/^deb (\[[^]]*\] )?//; s/[[:space:]].*$//') || true
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
+install_packages() {
+    local missing=()
+    command -v dockerd >/dev/null || missing+=(docker.io)
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
+    ((${#missing[@]})) || return 0
+    command -v apt-get >/dev/null || die "dockerd/debootstrap missing and no apt-get: install Docker first"
+    say "installing ${missing[*]} with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+}
+
+start_daemon() {
+    if engine_up; then say "engine already answers at $DOCKER_HOST"; return; fi
+    mkdir -p "$ENGINE_DIR/data" "$(dirname "$SOCK")"
+    getent group docker >/dev/null || groupadd --system docker
+    say "starting dockerd (vfs storage, log $LOG)"
+    # setsid: the daemon must outlive this script and not get the caller's Ctrl-C.
+    setsid dockerd --storage-driver vfs --iptables=false --ip-masq=false --bridge=none \
+        --data-root "$ENGINE_DIR/data" --exec-root "$ENGINE_DIR/exec" \
+        --pidfile "$PIDFILE" -H "unix://$SOCK" --group docker \
+        >"$LOG" 2>&1 </dev/null &
+    local i
+    for i in $(seq 60); do
+        engine_up && { say "engine up after ${i}s at $DOCKER_HOST"; return; }
+        kill -0 $! 2>/dev/null || { tail -n 20 "$LOG" >&2; die "dockerd exited (log: $LOG)"; }
+        sleep 1
+    done
+    tail -n 20 "$LOG" >&2
+    die "dockerd did not answer within 60 s (log: $LOG)"
+}
+
+make_base_image() {
+    if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+        say "base image $BASE_IMAGE present"; return
+    fi
+    local root mirror t0=$SECONDS
+    mirror=$(debian_mirror)
+    root=$(mktemp -d "${TMPDIR:-/tmp}/tfguess-rootfs.XXXXXX")
+    # shellcheck disable=SC2064
+    trap "rm -rf '$root'" EXIT
+    say "debootstrap bookworm from $mirror (about a minute)"
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+        bookworm "$root" "$mirror" >"$ENGINE_DIR/debootstrap.log" 2>&1 ||
+        { tail -n 20 "$ENGINE_DIR/debootstrap.log" >&2; die "debootstrap failed"; }
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    tar -C "$root" -c . | docker import -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
+    rm -rf "$root"
+    trap - EXIT
+    say "base image $BASE_IMAGE made in $((SECONDS - t0)) s"
+}
+
+stop_daemon() {
+    if [[ ! -f $PIDFILE ]]; then say "no engine started by this script"; return; fi
+    local pid
+    pid=$(cat "$PIDFILE")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || { say "engine stopped"; return; }; sleep 1; done
+    die "dockerd (pid $pid) did not stop"
+}
+
+case ${1:-} in
+    start)
+        need_root start
+        install_packages
+        start_daemon
+        make_base_image
+        echo "export DOCKER_HOST=$DOCKER_HOST"
+        ;;
+    stop) need_root stop; stop_daemon ;;
+    status)
+        if engine_up; then say "engine answers at $DOCKER_HOST"; else say "no engine at $DOCKER_HOST"; exit 1; fi
+        ;;
+    *) echo "usage: bash $0 start|stop|status" >&2; exit 2 ;;
+esac

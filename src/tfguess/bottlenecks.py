@@ -1,0 +1,136 @@
+"""The bottleneck cache: one feature vector per image content, computed once.
+
+Entries live in ``TF_FILES/bottlenecks/<key>/<digest[:2]>/<digest>.npy``; the key covers everything
+that changes a feature (backbone, weights, input size, resize recipe, preprocessing version), the
+digest is the SHA-256 of the image file's bytes. Images that cannot be used are remembered too
+(``<digest>.skip``, holding the reason), so a second run decodes nothing. Every write is atomic
+(temporary file, then rename): an interrupted run leaves a usable cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .engine import iter_batches, iter_loaded
+
+# Bump when decoding or resizing changes in a way that changes the pixels fed to the backbone.
+PREPROCESS_VERSION = 1
+
+
+def cache_key(backbone_name: str, weights_id: str, size: int, resize: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone_name)[:60]
+    digest = hashlib.sha256(
+        f"{backbone_name}|{weights_id}|{size}|{resize}|v{PREPROCESS_VERSION}".encode()
+    ).hexdigest()[:12]
+    return f"{slug}-{size}-{digest}"
+
+
+class BottleneckCache:
+    def __init__(self, root: Path, key: str) -> None:
+        self.dir = Path(root) / key
+
+    def _path(self, digest: str, suffix: str) -> Path:
+        return self.dir / digest[:2] / f"{digest}{suffix}"
+
+    def get(self, digest: str) -> np.ndarray | str | None:
+        """The cached features, the remembered reason the image was skipped, or None."""
+        try:
+            return np.load(self._path(digest, ".npy"), allow_pickle=False)
+        except (FileNotFoundError, ValueError, EOFError, OSError):
+            pass
+        try:
+            return self._path(digest, ".skip").read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def _write(self, path: Path, write: Callable[[Path], None]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        write(tmp)
+        os.replace(tmp, path)
+
+    def put(self, digest: str, features: np.ndarray) -> None:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, features.astype(np.float32), allow_pickle=False)
+
+        self._write(self._path(digest, ".npy"), write)
+
+    def put_skip(self, digest: str, reason: str) -> None:
+        self._write(self._path(digest, ".skip"), lambda tmp: tmp.write_text(reason, encoding="utf-8"))
+
+
+@dataclass
+class FeatureResult:
+    features: dict[str, np.ndarray] = field(default_factory=dict)   # digest -> vector
+    skipped: dict[str, str] = field(default_factory=dict)           # digest -> reason
+    computed: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+
+
+def compute_features(
+    items: list[tuple[Path, str]],
+    cache: BottleneckCache,
+    make_extractor: Callable[[], Callable[[np.ndarray], np.ndarray]],
+    size: int,
+    resize: str,
+    batch_size: int = 32,
+    workers: int = 0,
+    progress: bool = True,
+) -> FeatureResult:
+    """Features for ``(path, digest)`` items: from the cache, else computed in batches and cached.
+
+    ``make_extractor`` is only called when something must be computed.
+    """
+    start = time.perf_counter()
+    result = FeatureResult()
+    todo: list[tuple[Path, str]] = []
+    for path, digest in items:
+        hit = cache.get(digest)
+        if isinstance(hit, np.ndarray):
+            result.features[digest] = hit
+            result.cached += 1
+        elif isinstance(hit, str):
+            result.skipped[digest] = hit
+            result.cached += 1
+        else:
+            todo.append((path, digest))
+    if todo:
+        extractor = make_extractor()
+        paths = [p for p, _ in todo]
+        bar = _progress(len(todo), "bottlenecks", progress)
+        for batch in iter_batches(
+            iter_loaded(paths, size, resize, workers, reject_placeholders=True), batch_size
+        ):
+            good = [b for b in batch if b.pixels is not None]
+            if good:
+                feats = extractor(np.stack([b.pixels for b in good]))
+                for b, f in zip(good, feats):
+                    digest = todo[b.index][1]
+                    cache.put(digest, f)
+                    result.features[digest] = f
+            for b in batch:
+                if b.pixels is None:
+                    digest = todo[b.index][1]
+                    cache.put_skip(digest, b.error)
+                    result.skipped[digest] = b.error
+            result.computed += len(batch)
+            bar.update(len(batch))
+        bar.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,372 @@
+"""Scan a folder of labelled images: checks, duplicates, conflicts and a stable split.
+
+The folder holds one sub-folder per label (nested folders inside a label are allowed)::
+
+    image_dir/ants/*.jpg
+    image_dir/bees/more/*.png
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import images
+
+SPLITS = ("train", "validation", "test")
+
+# Names that are never images and never worth a report (besides hidden .names).
+_JUNK = {"thumbs.db", "desktop.ini", "__macosx", "@eadir"}
+
+# A check decodes JPEGs at reduced scale (the whole stream is still read, so truncation is
+# still caught) with at least this many pixels on the shorter side, enough for placeholder checks.
+_CHECK_DRAFT = 128
+
+
+class DatasetError(ValueError):
+    """The image folder cannot be used as it is; the message names the folder and the fix."""
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    label: str
+    digest: str  # sha256 hex of the file content
+    split: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass
+class DatasetScan:
+    root: Path
+    labels: list[str]
+    items: list[Item]
+    skipped: list[Skipped] = field(default_factory=list)
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (kept, duplicate)
+    conflicts: list[tuple[str, list[Path], list[str]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """label -> split -> number of images (every label and split present, zeros included)."""
+        out = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}
+        for item in self.items:
+            out[item.label][item.split] += 1
+        return out
+
+    def by_split(self, split: str) -> list[Item]:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+        return [item for item in self.items if item.split == split]
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name.lower() in _JUNK
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def walk_files(
+    folder: str | os.PathLike[str], *, recursive: bool = True, exclude: Path | None = None
+) -> tuple[list[Path], list[Path]]:
+    """``(images, others)`` under ``folder``, each sorted.
+
+    Images are files with an image extension (any case), or with another extension or none
+    whose first bytes say image. Hidden files and folders (``.name``) and system junk
+    (``Thumbs.db``, ``__MACOSX``) are ignored. A file reachable under two names (links) is
+    listed once, under its first name in sorted order. Folder links are followed (once each).
+    The ``exclude`` subtree (e.g. an output folder inside the input folder) is never scanned.
+    """
+    root = Path(folder)
+    excl = Path(exclude).resolve() if exclude is not None else None
+    seen_files: set[tuple[int, int]] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+    found_images: list[Path] = []
+    others: list[Path] = []
+
+    def visit(d: Path) -> None:
+        try:
+            st = d.stat()
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            return
+        seen_dirs.add((st.st_dev, st.st_ino))
+        if excl is not None and _inside(d.resolve(), excl):
+            return
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            return
+        for e in entries:
+            if _hidden(e.name):
+                continue
+            p = Path(e.path)
+            try:
+                is_dir = e.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if recursive:
+                    visit(p)
+                continue
+            try:
+                st = e.stat()
+            except OSError:  # a broken link
+                others.append(p)
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen_files:
+                continue
+            seen_files.add(key)
+            if p.suffix.lower() in images.IMAGE_EXTENSIONS or images.sniff(p):
+                found_images.append(p)
+            else:
+                others.append(p)
+
+    if root.is_dir():
+        visit(root)
+    return sorted(found_images), sorted(others)
+
+
+def list_image_files(
+    folder: str | os.PathLike[str], *, recursive: bool = True, exclude: Path | None = None
+) -> list[Path]:
+    """The image files under ``folder``, sorted (see :func:`walk_files` for the rules)."""
+    return walk_files(folder, recursive=recursive, exclude=exclude)[0]
+
+
+def non_image_reason(path: Path) -> str:
+    """Why a file from the ``others`` list of :func:`walk_files` is not used, e.g. "broken link"."""
+    if not path.exists():
+        return "broken link"
+    try:
+        images.check_header(path)
+    except images.ImageError as e:
+        return e.reason
+    return "not an image file"  # pragma: no cover - walk_files would have called it an image
+
+
+def split_value(digest: str) -> float:
+    """The stable position in [0, 1) of an image with content ``digest``."""
+    h = hashlib.sha256(("split:" + digest).encode()).hexdigest()
+    return int(h[:8], 16) / 2**32
+
+
+def _check(path: Path, decode: bool) -> tuple[str | None, str | None]:
+    """``(digest, reason)``: reason is None when the file is usable."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return None, f"cannot read: {e.strerror or e}"
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        if decode:
+            img = images.decode_image(path, data=data, draft_size=_CHECK_DRAFT)
+            reason = images.placeholder_reason(img)
+            if reason:
+                return digest, reason
+        else:
+            images.check_header(path, data=data)
+    except images.ImageError as e:
+        return digest, e.reason
+    return digest, None
+
+
+def _map(fn, args: list, progress: bool, desc: str) -> list:
+    workers = min(8, (os.cpu_count() or 2) + 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        it: Iterable = pool.map(fn, args)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=len(args), desc=desc, unit="img", dynamic_ncols=True)
+        return list(it)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def assign_splits(
+    digests: list[str], validation_pct: float = 10, test_pct: float = 10
+) -> tuple[list[str], str | None]:
+    """Splits for the images of one label (given by content digest), and a note when adjusted.
+
+    Rule: each image has a stable position ``v = split_value(digest)`` in [0, 1), a function of
+    its content only; ``v < validation_pct/100`` -> validation, ``v < (validation_pct +
+    test_pct)/100`` -> test, else train. Adding or removing images never moves the others.
+    Small labels, so that no split with a non-zero percentage is left empty:
+
+    * 2 images: 1 train, 1 validation (the smaller ``v``), no test.
+    * 1 image: train only.
+    * 3 or more: an empty validation (then test, then train) split takes one image from the
+      largest other split (train first on ties), the one with the smallest ``v``.
+
+    Only these moved images can move again when the label grows past the point where the
+    hash fills the split by itself.
+    """
+    if not 0 <= validation_pct < 100 or not 0 <= test_pct < 100:
+        raise ValueError("validation and test percentages must be in [0, 100)")
+    if validation_pct + test_pct >= 100:
+        raise ValueError("validation + test percentages must leave room for training (< 100)")
+    values = [split_value(d) for d in digests]
+    v_cut, t_cut = validation_pct / 100, (validation_pct + test_pct) / 100
+    splits = ["validation" if v < v_cut else "test" if v < t_cut else "train" for v in values]
+    n = len(digests)
+    order = sorted(range(n), key=lambda i: (values[i], digests[i]))
+    if n == 0:
+        return [], None
+    if n <= 2:
+        splits = ["train"] * n
+        if n == 2 and validation_pct > 0:
+            splits[order[0]] = "validation"
+            return splits, "2 images: 1 train, 1 validation, none for test"
+        return splits, f"{_plural(n, 'image')}: all used for training"
+    wanted = [
+        s for s, pct in zip(SPLITS, (100.0, validation_pct, test_pct), strict=True) if pct > 0
+    ]
+    moved: list[str] = []
+    for target in ("validation", "test", "train"):
+        if target not in wanted or target in splits:
+            continue
+        sizes = {s: splits.count(s) for s in SPLITS if s != target}
+        donors = [s for s in ("train", "validation", "test") if sizes.get(s, 0) > 1]
+        if not donors:
+            continue
+        donor = max(donors, key=lambda s: sizes[s])  # max keeps the first of equals: train
+        i = next(i for i in order if splits[i] == donor)
+        splits[i] = target
+        moved.append(f"moved 1 image from {donor} to {target}")
+    if not moved:
+        return splits, None
+    counts = ", ".join(f"{splits.count(s)} {s}" for s in SPLITS)
+    return splits, f"{_plural(n, 'image')} ({counts}): {'; '.join(moved)} so that no split is empty"
+
+
+def scan_dataset(
+    image_dir: str | os.PathLike[str],
+    *,
+    validation_pct: float = 10,
+    test_pct: float = 10,
+    min_per_label: int = 2,
+    decode_check: bool = True,
+    progress: bool = True,
+) -> DatasetScan:
+    """Scan ``image_dir`` (one sub-folder per label) into a checked, split dataset.
+
+    Bad files (zero-byte, not an image, truncated or corrupt, decompression bombs, and with
+    ``decode_check`` placeholders and blank images) are skipped with a reason. Exact
+    duplicates within a label are used once; the same content under two labels is a
+    conflict: every copy is left out and reported. The split rule is in :func:`assign_splits`.
+    Raises :class:`DatasetError` for fewer than two labels or a label with fewer than
+    ``min_per_label`` usable images.
+    """
+    root = Path(image_dir)
+    if not root.exists():
+        raise DatasetError(
+            f"image folder {root} does not exist: give a folder with one sub-folder per label"
+        )
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder: give a folder with one sub-folder per label")
+    try:
+        assign_splits([], validation_pct, test_pct)
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
+
+    notes: list[str] = []
+    label_dirs: list[Path] = []
+    loose = 0
+    for e in sorted(os.scandir(root), key=lambda e: e.name):
+        if _hidden(e.name):
+            continue
+        if e.is_dir():
+            label_dirs.append(Path(e.path))
+        else:
+            loose += 1
+    if loose:
+        notes.append(
+            f"ignored {_plural(loose, 'file')} directly in {root}: "
+            "images must be inside a sub-folder named after their label"
+        )
+    if len(label_dirs) < 2:
+        raise DatasetError(
+            f"found {_plural(len(label_dirs), 'label folder')} in {root}: need at least 2 "
+            "sub-folders, one per label, each holding that label's images"
+        )
+
+    labels = sorted(d.name for d in label_dirs)
+    skipped: list[Skipped] = []
+    files: list[tuple[str, Path]] = []
+    for d in label_dirs:
+        found, others = walk_files(d)
+        skipped.extend(Skipped(p, non_image_reason(p)) for p in others)
+        files.extend((d.name, p) for p in found)
+
+    results = _map(lambda lp: _check(lp[1], decode_check), files, progress, "checking images")
+
+    by_digest: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for (label, path), (digest, reason) in zip(files, results, strict=True):
+        if reason is not None:
+            skipped.append(Skipped(path, reason))
+        else:
+            by_digest[digest].append((label, path))
+
+    duplicates: list[tuple[Path, Path]] = []
+    conflicts: list[tuple[str, list[Path], list[str]]] = []
+    kept: dict[str, list[tuple[str, Path]]] = defaultdict(list)  # label -> (digest, path)
+    for digest, copies in by_digest.items():
+        copies.sort()
+        copy_labels = sorted({label for label, _ in copies})
+        if len(copy_labels) > 1:
+            paths = [p for _, p in copies]
+            conflicts.append((digest, paths, copy_labels))
+            for label, p in copies:
+                others = ", ".join(f"'{x}'" for x in copy_labels if x != label)
+                skipped.append(
+                    Skipped(p, f"same image also under label {others}: left out (conflict)")
+                )
+            continue
+        first = copies[0][1]
+        duplicates.extend((first, p) for _, p in copies[1:])
+        kept[copies[0][0]].append((digest, first))
+
+    too_few = [(label, len(kept[label])) for label in labels if len(kept[label]) < min_per_label]
+    if too_few:
+        detail = "; ".join(f"label '{label}' has {n}" for label, n in too_few)
+        folders = ", ".join(str(root / label) for label, _ in too_few)
+        extra = f" ({_plural(len(skipped), 'file')} skipped, see the list)" if skipped else ""
+        raise DatasetError(
+            f"too few usable images in {root}: {detail}, need at least {min_per_label} per "
+            f"label{extra}. Add images to {folders} or remove the folder."
+        )
+
+    items: list[Item] = []
+    for label in labels:
+        entries = sorted(kept[label], key=lambda dp: dp[1])
+        splits, note = assign_splits([d for d, _ in entries], validation_pct, test_pct)
+        if note:
+            notes.append(f"label '{label}': {note}")
+        items.extend(Item(p, label, d, s) for (d, p), s in zip(entries, splits, strict=True))
+    items.sort(key=lambda it: (it.label, it.path))
+    skipped.sort(key=lambda s: s.path)
+    duplicates.sort()
+    conflicts.sort(key=lambda c: c[1])
+    if duplicates:
+        notes.append(f"{_plural(len(duplicates), 'exact duplicate')} counted once")
+    if conflicts:
+        notes.append(
+            f"{_plural(len(conflicts), 'image')} found under two labels: left out (conflicts)"
+        )
+    return DatasetScan(root, labels, items, skipped, duplicates, conflicts, notes)

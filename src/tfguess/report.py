@@ -1,0 +1,604 @@
+"""``evaluate``: the HTML report of a trained TF_FILES (what the model gets wrong, which data is suspect).
+
+Reads what ``train`` left in TF_FILES (``run_summary.json``, ``history.csv``, the head inside
+``model.keras`` and the cached features) and writes ``TF_FILES/report/``: ``index.html`` (opens
+from disk, no external resources, no scripts), its PNG figures and JPEG thumbnails,
+``suspects.csv`` and ``report.json``. Needs no TensorFlow and takes seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import hygiene
+
+REPORT_DIRNAME = "report"
+THUMB_SIZE = 128
+MAX_SHOWN = 60  # items per gallery in the page (the CSV and JSON hold all)
+
+
+class ReportError(ValueError):
+    """TF_FILES lacks what the report needs; the message names the file and the fix."""
+
+
+@dataclass
+class Row:
+    path: Path
+    label: str
+    digest: str
+    split: str
+
+
+def _load_summary(tf_files: Path) -> dict:
+    path = tf_files / "run_summary.json"
+    if not path.exists():
+        raise ReportError(f"no training results in {tf_files}: {path.name} is missing. "
+                          f"Train first: tfguess train {tf_files}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path} is damaged ({exc}); train again: tfguess train {tf_files}") from None
+
+
+def _load_features(rows: list[Row], bottleneck_dir: Path, tf_files: Path) -> np.ndarray:
+    feats = []
+    for row in rows:
+        f = bottleneck_dir / row.digest[:2] / f"{row.digest}.npy"
+        try:
+            feats.append(np.load(f, allow_pickle=False).astype(np.float32))
+        except (OSError, ValueError):
+            raise ReportError(f"cached features of {row.path} are missing ({f}); "
+                              f"train again to rebuild them: tfguess train {tf_files}") from None
+    return np.stack(feats) if feats else np.zeros((0, 1), np.float32)
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+
+
+# ---------------------------------------------------------------- figures
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(path: Path, confusion: np.ndarray, labels: list[str], title: str) -> None:
+    plt = _plt()
+    k = len(labels)
+    side = min(12.0, 2.5 + 0.6 * k)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    totals = confusion.sum(axis=1, keepdims=True)
+    share = confusion / np.maximum(totals, 1)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), labels, rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label (folder)")
+    ax.set_title(title)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center",
+                        color="white" if share[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true label")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curves_png(path: Path, history: list[dict], best_epoch: int | None) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = [h["epoch"] for h in history]
+    for ax, key, name in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = [h.get(prefix + key, np.nan) for h in history]
+            if np.isfinite(values).any():
+                ax.plot(epochs, values, style, label=("validation " if prefix else "train ") + name)
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", lw=0.8, ls=":", label=f"kept: epoch {best_epoch}")
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- thumbnails
+
+def _thumb_name(path: Path, digest: str | None) -> str:
+    key = digest or hashlib.sha256(str(path).encode()).hexdigest()
+    return f"thumbs/{key[:20]}.jpg"
+
+
+def _make_thumb(src: Path, dst: Path) -> bool:
+    from PIL import Image
+
+    from .images import ImageError, decode_image
+
+    if dst.exists():
+        return True
+    try:
+        im = decode_image(src, draft_size=THUMB_SIZE)
+        im.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
+        im.save(dst, "JPEG", quality=82)
+        return True
+    except (ImageError, OSError, ValueError):
+        return False
+
+
+class Thumbs:
+    """Thumbnails written beside the page; ``tag`` gives the HTML (a preview or a grey box)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.wanted: dict[str, Path] = {}
+        self.ok: dict[str, bool] = {}
+
+    def want(self, path: str | Path, digest: str | None = None) -> str:
+        name = _thumb_name(Path(path), digest)
+        self.wanted.setdefault(name, Path(path))
+        return name
+
+    def make(self) -> None:
+        (self.out / "thumbs").mkdir(parents=True, exist_ok=True)
+        names = list(self.wanted)
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            done = pool.map(lambda n: _make_thumb(self.wanted[n], self.out / n), names)
+            self.ok = dict(zip(names, done, strict=True))
+
+    def tag(self, path: str | Path, digest: str | None = None) -> str:
+        name = _thumb_name(Path(path), digest)
+        if self.ok.get(name):
+            alt = html.escape(Path(path).name)
+            return f'<img class="thumb" src="{name}" alt="{alt}" loading="eager">'
+        return '<div class="thumb none">no preview</div>'
+
+
+# ---------------------------------------------------------------- analysis
+
+def _eval_split(summary: dict) -> str:
+    for split in ("test", "validation", "train"):
+        if summary.get("metrics", {}).get(split, {}).get("n"):
+            return split
+    return "test"
+
+
+def analyse(tf_files: str | Path, threshold: float = hygiene.NEAR_DUPLICATE_THRESHOLD,
+            folds: int = hygiene.CV_FOLDS) -> dict:
+    """Everything the report shows, as plain data (what ``report.json`` holds)."""
+    from .model import read_head, softmax
+
+    tf_files = Path(tf_files).expanduser().resolve()
+    t0 = time.perf_counter()
+    summary = _load_summary(tf_files)
+    labels: list[str] = summary["labels"]
+    index = {label: i for i, label in enumerate(labels)}
+    rows = [Row(Path(p), label, digest, split)
+            for split, items in summary.get("splits", {}).items() for p, label, digest in items]
+    x = _load_features(rows, Path(summary["bottleneck_dir"]), tf_files)
+    y = np.array([index[r.label] for r in rows], dtype=np.int64)
+    finite = np.isfinite(x).all(axis=1) if len(rows) else np.zeros(0, bool)
+    warnings_ = []
+    if len(rows) and not finite.all():
+        warnings_.append(f"{int((~finite).sum())} of {len(rows)} cached feature vectors are not finite "
+                         "(NaN/inf): the backbone produced invalid features; suspects and near-duplicates "
+                         "leave them out. Delete TF_FILES/bottlenecks and train again.")
+    timings = {"load": time.perf_counter() - t0}
+
+    # The model's own predictions on the evaluation split.
+    split = _eval_split(summary)
+    metrics = summary.get("metrics", {}).get(split, {"n": 0, "accuracy": None})
+    kernel, bias = read_head(tf_files / "model.keras")
+    misclassified = []
+    sel = [i for i, r in enumerate(rows) if r.split == split]
+    if sel:
+        probs = softmax(x[sel] @ kernel + bias)
+        for i, p in zip(sel, probs, strict=True):
+            pred = int(np.nanargmax(p)) if np.isfinite(p).any() else -1
+            if pred != y[i]:
+                misclassified.append({
+                    "path": str(rows[i].path), "digest": rows[i].digest, "label": rows[i].label,
+                    "predicted": labels[pred] if pred >= 0 else None,
+                    "score": float(p[pred]) if pred >= 0 else None,
+                    "label_score": float(p[y[i]]) if np.isfinite(p[y[i]]) else None,
+                })
+        misclassified.sort(key=lambda m: -(m["score"] or 0))
+
+    # Suspected label errors: out-of-sample predictions on all usable images.
+    t = time.perf_counter()
+    good = np.flatnonzero(finite)
+    suspects, oos_accuracy, folds_used = [], None, 0
+    present = np.unique(y[good]) if len(good) else np.zeros(0, int)
+    counts_good = np.bincount(y[good], minlength=len(labels)) if len(good) else np.zeros(len(labels))
+    if len(present) >= 2 and counts_good[present].min() >= 2:
+        # Labels with fewer than two usable images cannot be cross-validated: leave them out.
+        keep = good[np.isin(y[good], present)]
+        remap = {c: i for i, c in enumerate(present)}
+        yk = np.array([remap[c] for c in y[keep]])
+        folds_used = max(2, min(folds, int(counts_good[present].min())))
+        probs = hygiene.out_of_sample_probs(x[keep], yk, len(present), folds_used)
+        oos_accuracy = float((probs.argmax(1) == yk).mean())
+        for s in hygiene.find_suspects(yk, probs):
+            r = rows[keep[s.index]]
+            suspects.append({
+                "rank": len(suspects) + 1, "path": str(r.path), "digest": r.digest, "split": r.split,
+                "given": r.label, "suggested": labels[present[s.suggested]],
+                "self_confidence": round(s.self_confidence, 4),
+                "suggested_prob": round(s.suggested_prob, 4),
+            })
+    timings["suspects"] = time.perf_counter() - t
+
+    # Near-duplicates (different files, near-identical features) and leaks across splits.
+    t = time.perf_counter()
+    near = []
+    for i, j, sim in hygiene.near_duplicates(x[good], threshold) if len(good) else []:
+        a, b = rows[good[i]], rows[good[j]]
+        splits = {a.split, b.split}
+        near.append({
+            "a": str(a.path), "a_digest": a.digest, "a_label": a.label, "a_split": a.split,
+            "b": str(b.path), "b_digest": b.digest, "b_label": b.label, "b_split": b.split,
+            "similarity": round(sim, 4),
+            "cross_split": len(splits) > 1 and "train" in splits,
+            "label_conflict": a.label != b.label,
+        })
+    timings["near_duplicates"] = time.perf_counter() - t
+
+    counts = summary.get("counts", {})
+    totals = {label: int(sum(counts.get(label, {}).values())) for label in labels}
+    nonzero = [n for n in totals.values() if n]
+    per_label = metrics.get("per_label", {})
+    worst = min(per_label, key=lambda k: (per_label[k]["f1"], k)) if per_label else None
+    timings["total"] = time.perf_counter() - t0
+    return {
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tf_files": str(tf_files),
+        "image_dir": summary.get("image_dir"),
+        "backbone": summary.get("backbone", {}).get("name"),
+        "labels": labels,
+        "eval_split": split,
+        "metrics": metrics,
+        "worst_label": worst,
+        "all_metrics": {s: {"n": m.get("n"), "accuracy": m.get("accuracy")}
+                        for s, m in summary.get("metrics", {}).items()},
+        "best_epoch": summary.get("best_epoch"),
+        "imbalance": {"counts": counts, "totals": totals,
+                      "ratio": round(max(nonzero) / min(nonzero), 2) if nonzero else None},
+        "misclassified": misclassified,
+        "suspects": suspects,
+        "suspect_method": {
+            "model": "logistic regression on L2-normalised cached features",
+            "folds": folds_used,
+            "images": int(len(good)),
+            "out_of_sample_accuracy": None if oos_accuracy is None else round(oos_accuracy, 4),
+            "ranking": "cleanlab.filter.find_label_issues, ranked by self-confidence",
+        },
+        "exact_duplicates": [{"kept": a, "duplicate": b} for a, b in summary.get("duplicates", [])],
+        "conflicts": summary.get("conflicts", []),
+        "near_duplicates": {"threshold": threshold, "pairs": near,
+                            "cross_split": sum(p["cross_split"] for p in near)},
+        "skipped": summary.get("skipped", []),
+        "notes": summary.get("notes", []),
+        "warnings": warnings_,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+# ---------------------------------------------------------------- page
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
+main{max-width:1100px;margin:0 auto;padding:24px}
+h1{font-size:26px;margin:0 0 4px} h2{margin-top:36px;border-bottom:1px solid #dde1e6;padding-bottom:4px}
+.muted{color:#5c6670} nav a{margin-right:12px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
+.card{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:10px 14px;min-width:120px}
+.card b{display:block;font-size:22px} .warn{background:#fff4e5;border:1px solid #f0c36d;padding:8px 12px;border-radius:6px}
+table{border-collapse:collapse;background:#fff;margin:8px 0} th,td{border:1px solid #dde1e6;padding:4px 8px;text-align:left;vertical-align:middle}
+th{background:#eef1f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.grid{display:flex;flex-wrap:wrap;gap:10px}
+.tile{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:6px;width:140px;font-size:12px;overflow-wrap:anywhere}
+.thumb{display:block;max-width:128px;max-height:128px;margin:0 auto 4px}
+.none{width:128px;height:96px;background:#e4e7eb;color:#5c6670;display:flex;align-items:center;justify-content:center}
+.bad{color:#b3261e;font-weight:600} .bar{background:#4a7fd4;height:12px;display:inline-block}
+figure{margin:8px 0} figure img{max-width:100%;background:#fff;border:1px solid #dde1e6}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def _short(path: str, root: str | None) -> str:
+    p = Path(path)
+    if root:
+        try:
+            return str(p.relative_to(root))
+        except ValueError:
+            pass
+    return p.name
+
+
+def _link(path: str, root: str | None) -> str:
+    p = Path(path)
+    href = p.as_uri() if p.is_absolute() else p.as_posix()
+    return f'<a href="{_e(href)}">{_e(_short(path, root))}</a>'
+
+
+def render_html(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> str:
+    root = data.get("image_dir")
+    labels = data["labels"]
+    m = data["metrics"]
+    split = data["eval_split"]
+    out: list[str] = []
+    w = out.append
+    near = data["near_duplicates"]
+    w(f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tfguess report: "
+      f"{_e(Path(data['tf_files']).name)}</title><meta name='viewport' content='width=device-width'>"
+      f"<style>{CSS}</style></head><body><main>")
+    w(f"<h1>Evaluation report</h1><p class='muted'>{_e(data['tf_files'])} · images from {_e(root)} · "
+      f"backbone {_e(data['backbone'])} · {_e(data['generated'])}</p>")
+    w("<nav><a href='#metrics'>Metrics</a><a href='#confusion'>Confusion</a><a href='#curves'>Training</a>"
+      "<a href='#misclassified'>Misclassified</a><a href='#suspects'>Suspected label errors</a>"
+      "<a href='#duplicates'>Duplicates</a><a href='#skipped'>Skipped</a><a href='#balance'>Balance</a></nav>")
+    for text in data["warnings"]:
+        w(f"<p class='warn'>{_e(text)}</p>")
+    cards = [
+        (_pct(m.get("accuracy")), f"{split} accuracy (n={m.get('n', 0)})"),
+        (str(len(data["misclassified"])), f"misclassified {split} images"),
+        (str(len(data["suspects"])), "suspected label errors"),
+        (str(len(data["exact_duplicates"])), "exact duplicates"),
+        (str(len(near["pairs"])), f"near-duplicate pairs ({near['cross_split']} across splits)"),
+        (str(len(data["skipped"])), "skipped files"),
+    ]
+    w("<div class='cards'>" + "".join(f"<div class='card'><b>{_e(v)}</b>{_e(k)}</div>" for v, k in cards)
+      + "</div>")
+
+    w(f"<h2 id='metrics'>Metrics on the {split} split</h2>")
+    if m.get("per_label"):
+        w("<table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>")
+        for label in labels:
+            p = m["per_label"].get(label)
+            if p:
+                cls = " class='bad'" if label == data["worst_label"] and len(labels) > 1 else ""
+                w(f"<tr><td{cls}>{_e(label)}</td><td class='num'>{p['precision']:.3f}</td>"
+                  f"<td class='num'>{p['recall']:.3f}</td><td class='num'>{p['f1']:.3f}</td>"
+                  f"<td class='num'>{p['support']}</td></tr>")
+        pl = list(m["per_label"].values())
+        macro = {k: float(np.mean([p[k] for p in pl])) for k in ("precision", "recall", "f1")}
+        w(f"<tr><th>macro average</th><td class='num'>{macro['precision']:.3f}</td>"
+          f"<td class='num'>{macro['recall']:.3f}</td><td class='num'>{macro['f1']:.3f}</td>"
+          f"<td class='num'>{m['n']}</td></tr>")
+        w(f"<tr><th>accuracy</th><td class='num' colspan='4'>{_pct(m['accuracy'])}</td></tr></table>")
+        other = ", ".join(f"{s}: {_pct(v['accuracy'])} (n={v['n']})" for s, v in data["all_metrics"].items())
+        w(f"<p class='muted'>All splits: {_e(other)}.</p>")
+    else:
+        w("<p>No images in any held-out split: nothing to measure.</p>")
+
+    w("<h2 id='confusion'>Confusion matrix</h2>")
+    if "confusion" in figures:
+        w(f"<figure><img id='confusion-matrix' src='{figures['confusion']}' alt='confusion matrix'>"
+          f"<figcaption class='muted'>Rows: the folder's label; columns: the model's guess ({split} "
+          "split). Colour: share of the row.</figcaption></figure>")
+    w("<h2 id='curves'>Training curves</h2>")
+    if "curves" in figures:
+        w(f"<figure><img id='training-curves' src='{figures['curves']}' alt='training curves'></figure>")
+    else:
+        w("<p>No history.csv in TF_FILES.</p>")
+
+    w(f"<h2 id='misclassified'>Misclassified {split} images ({len(data['misclassified'])})</h2>")
+    if data["misclassified"]:
+        w("<div class='grid'>")
+        for item in data["misclassified"][:MAX_SHOWN]:
+            score = "–" if item["score"] is None else f"{item['score']:.2f}"
+            w(f"<div class='tile'>{thumbs.tag(item['path'], item['digest'])}{_link(item['path'], root)}<br>"
+              f"folder: <b>{_e(item['label'])}</b><br>guess: <span class='bad'>{_e(item['predicted'])}</span>"
+              f" ({score})</div>")
+        w("</div>")
+    else:
+        w("<p>None.</p>")
+
+    sm = data["suspect_method"]
+    w(f"<h2 id='suspects'>Suspected label errors ({len(data['suspects'])})</h2>"
+      f"<p class='muted'>Each usable image was predicted by a {_e(sm['model'])} that never saw it "
+      f"({sm['folds']}-fold cross-validation over {sm['images']} images; out-of-sample accuracy "
+      f"{_pct(sm['out_of_sample_accuracy'])}). Confident learning (cleanlab) flags the images whose "
+      "folder disagrees with a confident prediction; the lowest score (probability of the folder's "
+      "label) first. Look at them: move the wrong ones, delete the junk. Full list: "
+      "<a href='suspects.csv'>suspects.csv</a>.</p>")
+    if data["suspects"]:
+        w("<table><tr><th>#</th><th>image</th><th>file</th><th>folder label</th><th>suggested</th>"
+          "<th>score</th><th>split</th></tr>")
+        for s in data["suspects"][:MAX_SHOWN]:
+            w(f"<tr><td class='num'>{s['rank']}</td><td>{thumbs.tag(s['path'], s['digest'])}</td>"
+              f"<td>{_link(s['path'], root)}</td><td>{_e(s['given'])}</td>"
+              f"<td class='bad'>{_e(s['suggested'])} ({s['suggested_prob']:.2f})</td>"
+              f"<td class='num'>{s['self_confidence']:.3f}</td><td>{_e(s['split'])}</td></tr>")
+        w("</table>")
+    else:
+        w("<p>None found.</p>")
+
+    w("<h2 id='duplicates'>Duplicates</h2>")
+    w(f"<h3>Exact duplicates ({len(data['exact_duplicates'])})</h3><p class='muted'>Files with identical "
+      "content; training used each content once.</p>")
+    if data["exact_duplicates"]:
+        w("<table><tr><th>image</th><th>kept</th><th>duplicate (not used)</th></tr>")
+        for d in data["exact_duplicates"][:MAX_SHOWN]:
+            w(f"<tr><td>{thumbs.tag(d['kept'])}</td><td>{_link(d['kept'], root)}</td>"
+              f"<td>{_link(d['duplicate'], root)}</td></tr>")
+        w("</table>")
+    for c in data["conflicts"]:
+        w(f"<p class='warn'>Same content under different labels ({_e(', '.join(c['labels']))}): "
+          f"{_e(', '.join(_short(p, root) for p in c['paths']))}</p>")
+    w(f"<h3>Near-duplicates ({len(near['pairs'])} pairs, {near['cross_split']} across splits)</h3>"
+      f"<p class='muted'>Different files whose features have a cosine similarity of at least "
+      f"{near['threshold']:.2f} (resized, re-encoded or slightly cropped copies, bursts). A pair "
+      "split between train and validation/test makes the held-out accuracy look better than it is.</p>")
+    if near["pairs"]:
+        w("<table><tr><th colspan='2'>first</th><th colspan='2'>second</th><th>similarity</th><th>note</th></tr>")
+        for p in near["pairs"][:MAX_SHOWN]:
+            notes = []
+            if p["cross_split"]:
+                notes.append(f"across splits ({p['a_split']} / {p['b_split']})")
+            if p["label_conflict"]:
+                notes.append(f"different labels ({p['a_label']} / {p['b_label']})")
+            w(f"<tr><td>{thumbs.tag(p['a'], p['a_digest'])}</td><td>{_link(p['a'], root)}</td>"
+              f"<td>{thumbs.tag(p['b'], p['b_digest'])}</td><td>{_link(p['b'], root)}</td>"
+              f"<td class='num'>{p['similarity']:.3f}</td><td class='bad'>{_e('; '.join(notes))}</td></tr>")
+        w("</table>")
+
+    w(f"<h2 id='skipped'>Skipped files ({len(data['skipped'])})</h2>")
+    if data["skipped"]:
+        w("<table><tr><th>preview</th><th>file</th><th>reason</th></tr>")
+        for s in data["skipped"][:MAX_SHOWN * 5]:
+            w(f"<tr><td>{thumbs.tag(s['path'])}</td><td>{_link(s['path'], root)}</td>"
+              f"<td>{_e(s['reason'])}</td></tr>")
+        w("</table>")
+    else:
+        w("<p>None.</p>")
+
+    imb = data["imbalance"]
+    w(f"<h2 id='balance'>Label balance</h2><p>Largest / smallest label: <b>{imb['ratio']}</b>"
+      + (" (above 3: consider more images of the small labels; training weights them up)."
+         if (imb["ratio"] or 0) > 3 else ".") + "</p>")
+    top = max(imb["totals"].values() or [1]) or 1
+    w("<table><tr><th>label</th><th>train</th><th>validation</th><th>test</th><th>total</th><th></th></tr>")
+    for label in labels:
+        c = imb["counts"].get(label, {})
+        n = imb["totals"][label]
+        w(f"<tr><td>{_e(label)}</td>" + "".join(f"<td class='num'>{c.get(s, 0)}</td>"
+                                                for s in ("train", "validation", "test"))
+          + f"<td class='num'>{n}</td><td><span class='bar' style='width:{int(200 * n / top)}px'></span></td></tr>")
+    w("</table>")
+    if data["notes"]:
+        w("<h3>Notes from training</h3><ul>" + "".join(f"<li>{_e(n)}</li>" for n in data["notes"]) + "</ul>")
+    w(f"<p class='muted'>Analysis took {data['timings_s']['total']:.1f} s. Machine-readable: "
+      "<a href='report.json'>report.json</a>, <a href='suspects.csv'>suspects.csv</a>.</p>")
+    w("</main></body></html>\n")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- writing
+
+def _write_suspects_csv(path: Path, suspects: list[dict]) -> None:
+    fields = ["rank", "path", "given", "suggested", "self_confidence", "suggested_prob", "split", "digest"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(suspects)
+
+
+def summary_lines(data: dict, page: Path) -> list[str]:
+    m = data["metrics"]
+    near = data["near_duplicates"]
+    lines = [f"Report: {data['eval_split']} accuracy {_pct(m.get('accuracy'))} (n={m.get('n', 0)})"]
+    if data["worst_label"] and m.get("per_label"):
+        lines[0] += f"; weakest label {data['worst_label']} (F1 {m['per_label'][data['worst_label']]['f1']:.2f})"
+    lines.append(f"  {len(data['suspects'])} suspected label errors, {len(data['exact_duplicates'])} exact "
+                 f"duplicates, {len(near['pairs'])} near-duplicate pairs ({near['cross_split']} across "
+                 f"splits), {len(data['skipped'])} skipped files")
+    lines.extend(f"  warning: {text}" for text in data["warnings"])
+    lines.append(f"  {page}")
+    return lines
+
+
+def write_report(
+    tf_files: str | Path,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    threshold: float = hygiene.NEAR_DUPLICATE_THRESHOLD,
+    folds: int = hygiene.CV_FOLDS,
+) -> Path:
+    """Write ``TF_FILES/report/`` and return the path of its ``index.html``.
+
+    A previous report there is replaced (the new one is built aside first, then swapped in).
+    """
+    tf_files = Path(tf_files).expanduser().resolve()
+    if progress:
+        log("Writing the evaluation report ...")
+    data = analyse(tf_files, threshold=threshold, folds=folds)
+    final = tf_files / REPORT_DIRNAME
+    work = tf_files / f".{REPORT_DIRNAME}.{os.getpid()}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        t = time.perf_counter()
+        figures = {}
+        m = data["metrics"]
+        if m.get("confusion"):
+            confusion_png(work / "confusion.png", np.array(m["confusion"]), data["labels"],
+                          f"Confusion matrix ({data['eval_split']}, n={m['n']})")
+            figures["confusion"] = "confusion.png"
+        history = _read_history(tf_files / "history.csv")
+        if history:
+            curves_png(work / "curves.png", history, data.get("best_epoch"))
+            figures["curves"] = "curves.png"
+        thumbs = Thumbs(work)
+        for item in data["misclassified"][:MAX_SHOWN]:
+            thumbs.want(item["path"], item["digest"])
+        for s in data["suspects"][:MAX_SHOWN]:
+            thumbs.want(s["path"], s["digest"])
+        for p in data["near_duplicates"]["pairs"][:MAX_SHOWN]:
+            thumbs.want(p["a"], p["a_digest"])
+            thumbs.want(p["b"], p["b_digest"])
+        for d in data["exact_duplicates"][:MAX_SHOWN]:
+            thumbs.want(d["kept"])
+        for s in data["skipped"][:MAX_SHOWN * 5]:
+            thumbs.want(s["path"])
+        thumbs.make()
+        data["timings_s"]["figures"] = round(time.perf_counter() - t, 3)
+        page = render_html(data, thumbs, figures)
+        (work / "index.html").write_text(page, encoding="utf-8")
+        _write_suspects_csv(work / "suspects.csv", data["suspects"])
+        (work / "report.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+        if final.exists():
+            old = tf_files / f".{REPORT_DIRNAME}.{os.getpid()}.old"
+            os.replace(final, old)
+            os.replace(work, final)
+            shutil.rmtree(old, ignore_errors=True)
+            log(f"Replaced the previous report in {final}")
+        else:
+            os.replace(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    index = final / "index.html"
+    for line in summary_lines(data, index):
+        log(line)
+    return index
+
+
+def load_report(tf_files: str | Path) -> dict:
+    """The ``report.json`` written by :func:`write_report`."""
+    return json.loads((Path(tf_files) / REPORT_DIRNAME / "report.json").read_text(encoding="utf-8"))
+
+
+__all__ = ["ReportError", "analyse", "write_report", "load_report", "render_html", "summary_lines"]

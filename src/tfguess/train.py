@@ -1,0 +1,351 @@
+"""``train``: from a folder of labelled photos to a self-describing model in TF_FILES."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .bottlenecks import BottleneckCache, cache_key, compute_features
+from .config import TrainConfig
+from .dataset import SPLITS, DatasetError, Item, scan_dataset
+from .model import LABELS_FILENAME, MODEL_FILENAME, atomic_write_text
+
+SUMMARY_FILENAME = "run_summary.json"
+HISTORY_FILENAME = "history.csv"
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+@dataclass
+class SplitData:
+    items: list[Item]
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    labels: list[str]
+    metrics: dict
+    summary: dict
+    summary_path: Path
+
+
+def resolve_backbone(config: TrainConfig):
+    from .backbones import get_backbone, tfhub_backbone
+
+    if config.tfhub_module:
+        return tfhub_backbone(config.tfhub_module, input_size=config.image_size)
+    return get_backbone(config.backbone)
+
+
+def fit_head(
+    train: SplitData,
+    val: SplitData | None,
+    num_classes: int,
+    config: TrainConfig,
+    progress: bool = True,
+    summaries_dir: str | None = None,
+):
+    """Train dropout + softmax on cached features; early stopping on validation loss.
+
+    Returns (kernel, bias, history rows, best epoch).
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    dim = train.x.shape[1]
+    inputs = keras.Input((dim,))
+    x = keras.layers.Dropout(config.dropout)(inputs)
+    head = keras.layers.Dense(
+        num_classes, kernel_regularizer=keras.regularizers.L2(config.l2) if config.l2 else None
+    )
+    logits = head(x)
+    net = keras.Model(inputs, logits)
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    optimizer.build(net.trainable_variables)
+
+    counts = np.bincount(train.y, minlength=num_classes).astype(np.float32)
+    if config.class_weights:
+        class_w = len(train.y) / (num_classes * np.maximum(counts, 1))
+    else:
+        class_w = np.ones(num_classes, np.float32)
+    sample_w = class_w[train.y].astype(np.float32)
+
+    def loss_fn(labels, logits, weights):
+        onehot = tf.one_hot(labels, num_classes)
+        if config.label_smoothing:
+            onehot = onehot * (1 - config.label_smoothing) + config.label_smoothing / num_classes
+        ce = tf.nn.softmax_cross_entropy_with_logits(onehot, logits)
+        return tf.reduce_sum(ce * weights) / tf.reduce_sum(weights)
+
+    @tf.function(reduce_retracing=True)
+    def step(xb, yb, wb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, net(xb, training=True), wb) + tf.add_n(net.losses or [0.0])
+        grads = tape.gradient(loss, net.trainable_variables)
+        optimizer.apply_gradients(zip(grads, net.trainable_variables))
+        return loss
+
+    @tf.function(reduce_retracing=True)
+    def evaluate(xs, ys):
+        logits = net(xs, training=False)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(ys, logits))
+        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), ys), tf.float32))
+        return loss, acc
+
+    xt, yt, wt = tf.constant(train.x), tf.constant(train.y, tf.int32), tf.constant(sample_w)
+    has_val = val is not None and len(val.y) > 0
+    if has_val:
+        xv, yv = tf.constant(val.x), tf.constant(val.y, tf.int32)
+    writer = tf.summary.create_file_writer(summaries_dir) if summaries_dir else None
+    rng = np.random.default_rng(config.seed)
+    n = len(train.y)
+    best = (np.inf, 0, [w.copy() for w in head.get_weights()])
+    history = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", disable=not progress,
+               dynamic_ncols=True)
+    for epoch in bar:
+        order = rng.permutation(n)
+        for start in range(0, n, config.batch_size):
+            idx = order[start:start + config.batch_size]
+            step(tf.gather(xt, idx), tf.gather(yt, idx), tf.gather(wt, idx))
+        loss, acc = (float(v) for v in evaluate(xt, yt))
+        row = {"epoch": epoch, "loss": round(loss, 6), "accuracy": round(acc, 6)}
+        if has_val:
+            vloss, vacc = (float(v) for v in evaluate(xv, yv))
+            row.update(val_loss=round(vloss, 6), val_accuracy=round(vacc, 6))
+        history.append(row)
+        if writer:
+            with writer.as_default(step=epoch):
+                for k, v in row.items():
+                    if k != "epoch":
+                        tf.summary.scalar(k, v)
+        bar.set_postfix({k: v for k, v in row.items() if k != "epoch"})
+        monitored = row.get("val_loss", row["loss"])
+        if monitored < best[0] - 1e-5:
+            best = (monitored, epoch, [w.copy() for w in head.get_weights()])
+        elif epoch - best[1] >= config.patience:
+            break
+    bar.close()
+    if writer:
+        writer.close()
+    kernel, bias = best[2]
+    return kernel, bias, history, best[1]
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
+    """Accuracy, per-label precision/recall/F1 and the confusion matrix (rows: true label)."""
+    k = len(labels)
+    if len(y_true) == 0:
+        return {"n": 0, "accuracy": None}
+    pred = probs.argmax(axis=1)
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (y_true, pred), 1)
+    per_label = {}
+    for i, label in enumerate(labels):
+        tp = confusion[i, i]
+        p = tp / confusion[:, i].sum() if confusion[:, i].sum() else 0.0
+        r = tp / confusion[i, :].sum() if confusion[i, :].sum() else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        per_label[label] = {"precision": round(float(p), 4), "recall": round(float(r), 4),
+                            "f1": round(float(f1), 4), "support": int(confusion[i, :].sum())}
+    return {
+        "n": int(len(y_true)),
+        "accuracy": round(float((pred == y_true).mean()), 4),
+        "per_label": per_label,
+        "confusion": confusion.tolist(),
+    }
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    fields = list(history[0].keys()) if history else ["epoch"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _keep_previous(path: Path, log: Callable) -> None:
+    """Never overwrite silently: the model being replaced is kept beside the new one."""
+    if path.exists():
+        previous = path.with_name(f"{path.stem}.previous{path.suffix}")
+        os.replace(path, previous)
+        log(f"Kept the previous {path.name} as {previous.name}")
+
+
+def train(
+    tf_files: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train a classifier on ``TF_FILES/data/<label>/*`` (or ``config.image_dir``).
+
+    Writes into ``tf_files``: the model, ``retrained_labels.txt``, ``run_summary.json``,
+    ``history.csv`` and the bottleneck cache (``bottlenecks/``).
+    """
+    config = config or TrainConfig()
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    tf_files = Path(tf_files).expanduser().resolve()
+    image_dir = Path(config.image_dir).expanduser().resolve() if config.image_dir else tf_files / "data"
+    if not image_dir.is_dir():
+        raise DatasetError(
+            f"image folder not found: {image_dir}. Put your photos in {image_dir}/<label>/ "
+            "(one sub-folder per label) or pass --image-dir"
+        )
+    tf_files.mkdir(parents=True, exist_ok=True)
+
+    # The backbone first: a missing weights file is reported before any other work.
+    spec = resolve_backbone(config)
+    backbone = spec.build(weights=config.weights)
+    weights_id = spec.weights_id(config.weights)
+    size, resize = spec.input_size, spec.resize
+    timings["backbone"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    scan = scan_dataset(
+        image_dir,
+        validation_pct=config.validation_pct,
+        test_pct=config.test_pct,
+        min_per_label=config.min_per_label,
+        decode_check=False,
+        progress=progress,
+    )
+    timings["scan"] = time.perf_counter() - t
+    labels = scan.labels
+    log(f"Found {len(scan.items)} images in {len(labels)} labels ({', '.join(labels)}) in {image_dir}")
+    for note in scan.notes:
+        log(f"  note: {note}")
+
+    cache = BottleneckCache(tf_files / "bottlenecks", cache_key(spec.name, weights_id, size, resize))
+    engine_used = {"name": "none (all cached)"}
+
+    def make_extractor():
+        from .engine import make_engine
+
+        extractor = make_engine(backbone, size, f"{spec.name}|{weights_id}|{size}", config.engine, log)
+        engine_used["name"] = extractor.name
+        return extractor
+
+    feats = compute_features(
+        [(item.path, item.digest) for item in scan.items], cache, make_extractor, size, resize,
+        workers=config.workers, progress=progress,
+    )
+    timings["features"] = feats.seconds
+    log(f"Bottlenecks: {feats.computed} computed, {feats.cached} from the cache "
+        f"({feats.seconds:.1f} s, engine: {engine_used['name']})")
+
+    skipped = [{"path": str(s.path), "reason": s.reason} for s in scan.skipped]
+    usable = []
+    for item in scan.items:
+        if item.digest in feats.skipped:
+            skipped.append({"path": str(item.path), "reason": feats.skipped[item.digest]})
+        else:
+            usable.append(item)
+    if skipped:
+        log(f"Skipped {len(skipped)} file(s):")
+        for s in skipped:
+            log(f"  {s['path']}: {s['reason']}")
+    index = {label: i for i, label in enumerate(labels)}
+    per_label = {label: sum(1 for it in usable if it.label == label) for label in labels}
+    too_few = [f"{label} ({n})" for label, n in per_label.items() if n < config.min_per_label]
+    if too_few:
+        raise DatasetError(
+            f"too few usable images for label(s) {', '.join(too_few)} in {image_dir}: "
+            f"each label needs at least {config.min_per_label}. Add images or remove the folder."
+        )
+
+    def split_data(split: str) -> SplitData:
+        items = [it for it in usable if it.split == split]
+        x = np.stack([feats.features[it.digest] for it in items]) if items else np.zeros((0, 1), np.float32)
+        return SplitData(items, x.astype(np.float32), np.array([index[it.label] for it in items], np.int64))
+
+    data = {split: split_data(split) for split in SPLITS}
+
+    t = time.perf_counter()
+    kernel, bias, history, best_epoch = fit_head(
+        data["train"], data["validation"], len(labels), config, progress, config.summaries_dir
+    )
+    timings["train_head"] = time.perf_counter() - t
+    log(f"Trained the head: best epoch {best_epoch} of {len(history)}")
+
+    from .model import build_classifier, save_classifier, softmax
+
+    metrics = {}
+    for split in SPLITS:
+        d = data[split]
+        probs = softmax(d.x @ kernel + bias) if len(d.y) else np.zeros((0, len(labels)))
+        metrics[split] = classification_metrics(d.y, probs, labels)
+
+    t = time.perf_counter()
+    classifier = build_classifier(backbone, len(labels), config.dropout, config.l2)
+    classifier.get_layer("head").set_weights([kernel, bias])
+    meta = {
+        "backbone": {
+            "name": spec.name, "input_size": size, "resize": resize,
+            "preprocessing": spec.preprocessing, "feature_dim": int(kernel.shape[0]),
+            "weights_id": weights_id, "weights_source": spec.weights_source,
+        },
+        "config": config.to_dict(),
+        "metrics": {s: {"accuracy": m.get("accuracy"), "n": m.get("n")} for s, m in metrics.items()},
+    }
+    model_path = tf_files / MODEL_FILENAME
+    _keep_previous(model_path, log)
+    save_classifier(model_path, classifier, labels, meta)
+    atomic_write_text(tf_files / LABELS_FILENAME, "".join(f"{label}\n" for label in labels))
+    _write_history(tf_files / HISTORY_FILENAME, history)
+    timings["save"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    summary = {
+        "tf_files": str(tf_files),
+        "image_dir": str(image_dir),
+        "config": config.to_dict(),
+        "backbone": meta["backbone"],
+        "engine": engine_used["name"],
+        "bottleneck_dir": str(cache.dir),
+        "labels": labels,
+        "counts": {label: {split: sum(1 for it in data[split].items if it.label == label) for split in SPLITS}
+                   for label in labels},
+        "features": {"computed": feats.computed, "cached": feats.cached},
+        "skipped": skipped,
+        "duplicates": [[str(a), str(b)] for a, b in scan.duplicates],
+        "conflicts": [{"digest": d, "paths": [str(p) for p in ps], "labels": ls} for d, ps, ls in scan.conflicts],
+        "notes": scan.notes,
+        "splits": {split: [[str(it.path), it.label, it.digest] for it in data[split].items] for split in SPLITS},
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "metrics": metrics,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "platform": {"python": platform.python_version(), "machine": platform.machine(),
+                     "system": platform.system()},
+    }
+    summary_path = tf_files / SUMMARY_FILENAME
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))
+    acc = {s: metrics[s].get("accuracy") for s in SPLITS}
+    log(f"Accuracy: train {acc['train']}, validation {acc['validation']}, test {acc['test']} "
+        f"(test n={metrics['test']['n']})")
+    log(f"Wrote {model_path}, {tf_files / LABELS_FILENAME}, {summary_path.name}, {HISTORY_FILENAME} "
+        f"in {timings['total']:.1f} s")
+    sys.stdout.flush()
+    return TrainResult(model_path, labels, metrics, summary, summary_path)
