@@ -17,6 +17,7 @@ def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a classifier on TF_FILES/data/<label>/*")
     p.add_argument("tf_files", help="folder that holds data/<label>/ and receives the model")
     p.add_argument("--image-dir", help="labelled photos folder (default: TF_FILES/data)")
+    p.add_argument("--eval-dir", help="an extra labelled folder (<label>/ sub-folders) to evaluate on")
     p.add_argument("--backbone", default=TrainConfig.backbone, help="see `tfguess backbones`")
     p.add_argument("--weights", help="local weights file for a backbone that downloads its own")
     p.add_argument("--tfhub-module", help="TF Hub image feature-vector handle or local SavedModel dir")
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     progress = not args.quiet
+    if args.command in ("train", "export"):
+        from ._quiet import import_tensorflow
+
+        import_tensorflow()
     if args.command == "train":
         from .train import train
 

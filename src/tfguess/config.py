@@ -15,6 +15,7 @@ class TrainConfig:
     tfhub_module: str | None = None     # TF Hub handle or local SavedModel dir (overrides backbone)
     image_size: int | None = None       # input size for a TF Hub module without static dims
     image_dir: str | None = None        # default: TF_FILES/data
+    eval_dir: str | None = None         # an extra labelled folder to evaluate the model on
     validation_pct: float = 10.0
     test_pct: float = 10.0
     min_per_label: int = 2

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._quiet import quiet_stderr
 from .images import ImageError, load_image
 
 ENGINES = ("auto", "tflite", "keras")
@@ -110,9 +111,11 @@ class TFLiteEngine:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(tflite_path)
-        self._interpreter = Interpreter(
-            model_path=str(tflite_path), num_threads=threads or default_workers()
-        )
+        with quiet_stderr():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+            self._interpreter = Interpreter(
+                model_path=str(tflite_path), num_threads=threads or default_workers()
+            )
+            self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._batch = 0

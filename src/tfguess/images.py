@@ -281,10 +281,15 @@ def load_image(
 # Photos have thousands of distinct colours (even greyscale ones have ~256); icons, "image not
 # found" placeholders and blank images have a handful.
 PLACEHOLDER_MAX_COLOURS = 64
+PLACEHOLDER_MIN_BACKGROUND = 0.5
 
 
 def placeholder_reason(img: Image.Image) -> str | None:
-    """A reason when ``img`` looks like a synthetic placeholder (very few colours), else None."""
+    """A reason when ``img`` looks like a synthetic placeholder, else None.
+
+    Placeholders ("image not found" pictures, blank images) have very few colours and one of them
+    covers most of the picture.
+    """
     small = img
     w, h = img.size
     step = max(1, int(math.sqrt(w * h / 250_000)))
@@ -296,4 +301,8 @@ def placeholder_reason(img: Image.Image) -> str | None:
     n = len(colours)
     if n == 1:
         return "blank image (a single colour)"
-    return f"looks like a placeholder, not a photo ({n} colours)"
+    # A placeholder is mostly flat background; a photo reduced to a small palette is not.
+    dominant = max(count for count, _ in colours) / (small.width * small.height)
+    if dominant < PLACEHOLDER_MIN_BACKGROUND:
+        return None
+    return f"looks like a placeholder, not a photo ({n} colours, {dominant:.0%} one colour)"

@@ -93,9 +93,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_classifier(path: Path, keras_model, labels: list[str], meta: dict) -> Path:
-    """Write the model atomically: a failed save never leaves a half-written file at ``path``."""
+def save_classifier(
+    path: Path, keras_model, labels: list[str], meta: dict, keep_previous: bool = True
+) -> Path | None:
+    """Write the model atomically: a failed save never leaves a half-written file at ``path``.
+
+    With ``keep_previous``, a model already at ``path`` is renamed to ``<stem>.previous.keras``
+    once the new one is complete (and that name is returned), so nothing is lost.
+    """
     path = Path(path)
+    previous = None
     meta = {"format_version": FORMAT_VERSION, "labels": list(labels), **meta}
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
     try:
@@ -106,10 +113,13 @@ def save_classifier(path: Path, keras_model, labels: list[str], meta: dict) -> P
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(META_MEMBER, json.dumps(meta, indent=2, sort_keys=True))
             archive.writestr(HEAD_MEMBER, head.getvalue())
+        if keep_previous and path.exists():
+            previous = path.with_name(f"{path.stem}.previous{path.suffix}")
+            os.replace(path, previous)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+    return previous
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -148,7 +158,9 @@ def read_head(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 def load_classifier(path: str | Path) -> Classifier:
     import keras
 
-    from . import backbones  # noqa: F401 - registers the custom layers the file may use
+    from .backbones import register_custom_layers
+
+    register_custom_layers()  # the layers a saved model may use (e.g. a TF Hub module)
 
     path = resolve_model_path(path)
     meta = read_meta(path)

@@ -27,7 +27,8 @@ from . import hygiene
 
 REPORT_DIRNAME = "report"
 THUMB_SIZE = 128
-MAX_SHOWN = 60  # items per gallery in the page (the CSV and JSON hold all)
+MAX_SHOWN = 60
+ATYPICAL_MAX = 12  # items per gallery in the page (the CSV and JSON hold all)
 
 
 class ReportError(ValueError):
@@ -188,9 +189,13 @@ def _eval_split(summary: dict) -> str:
     return "test"
 
 
-def analyse(tf_files: str | Path, threshold: float = hygiene.NEAR_DUPLICATE_THRESHOLD,
+def analyse(tf_files: str | Path, threshold: float | None = None,
             folds: int = hygiene.CV_FOLDS) -> dict:
-    """Everything the report shows, as plain data (what ``report.json`` holds)."""
+    """Everything the report shows, as plain data (what ``report.json`` holds).
+
+    ``threshold``: cosine similarity for near-duplicates (default: calibrated on the data,
+    :func:`hygiene.calibrate_threshold`).
+    """
     from .model import read_head, softmax
 
     tf_files = Path(tf_files).expanduser().resolve()
@@ -253,9 +258,19 @@ def analyse(tf_files: str | Path, threshold: float = hygiene.NEAR_DUPLICATE_THRE
             })
     timings["suspects"] = time.perf_counter() - t
 
+    # The most atypical images (junk, placeholders, something else entirely).
+    t = time.perf_counter()
+    limit = min(ATYPICAL_MAX, max(3, len(good) // 100))
+    outliers = [{"rank": n + 1, "path": str(rows[good[i]].path), "digest": rows[good[i]].digest,
+                 "label": rows[good[i]].label, "split": rows[good[i]].split, "score": round(score, 4)}
+                for n, (i, score) in enumerate(hygiene.atypical(x[good], limit))]
+    timings["atypical"] = time.perf_counter() - t
+
     # Near-duplicates (different files, near-identical features) and leaks across splits.
     t = time.perf_counter()
     near = []
+    if threshold is None:
+        threshold = hygiene.calibrate_threshold(x[good]) if len(good) else hygiene.NEAR_DUPLICATE_THRESHOLD
     for i, j, sim in hygiene.near_duplicates(x[good], threshold) if len(good) else []:
         a, b = rows[good[i]], rows[good[j]]
         splits = {a.split, b.split}
@@ -272,7 +287,8 @@ def analyse(tf_files: str | Path, threshold: float = hygiene.NEAR_DUPLICATE_THRE
     totals = {label: int(sum(counts.get(label, {}).values())) for label in labels}
     nonzero = [n for n in totals.values() if n]
     per_label = metrics.get("per_label", {})
-    worst = min(per_label, key=lambda k: (per_label[k]["f1"], k)) if per_label else None
+    measured = [k for k, v in per_label.items() if v["support"]]
+    worst = min(measured, key=lambda k: (per_label[k]["f1"], k)) if measured else None
     timings["total"] = time.perf_counter() - t0
     return {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -285,6 +301,7 @@ def analyse(tf_files: str | Path, threshold: float = hygiene.NEAR_DUPLICATE_THRE
         "worst_label": worst,
         "all_metrics": {s: {"n": m.get("n"), "accuracy": m.get("accuracy")}
                         for s, m in summary.get("metrics", {}).items()},
+        "eval_dir": summary.get("metrics", {}).get("eval_dir"),
         "best_epoch": summary.get("best_epoch"),
         "imbalance": {"counts": counts, "totals": totals,
                       "ratio": round(max(nonzero) / min(nonzero), 2) if nonzero else None},
@@ -297,11 +314,14 @@ def analyse(tf_files: str | Path, threshold: float = hygiene.NEAR_DUPLICATE_THRE
             "out_of_sample_accuracy": None if oos_accuracy is None else round(oos_accuracy, 4),
             "ranking": "cleanlab.filter.find_label_issues, ranked by self-confidence",
         },
+        "atypical": outliers,
         "exact_duplicates": [{"kept": a, "duplicate": b} for a, b in summary.get("duplicates", [])],
         "conflicts": summary.get("conflicts", []),
         "near_duplicates": {"threshold": threshold, "pairs": near,
                             "cross_split": sum(p["cross_split"] for p in near)},
-        "skipped": summary.get("skipped", []),
+        "skipped": summary.get("skipped", []) + [
+            {**s, "reason": f"{s['reason']} (evaluation folder)"}
+            for s in summary.get("metrics", {}).get("eval_dir", {}).get("skipped", [])],
         "notes": summary.get("notes", []),
         "warnings": warnings_,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -322,8 +342,8 @@ table{border-collapse:collapse;background:#fff;margin:8px 0} th,td{border:1px so
 th{background:#eef1f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .grid{display:flex;flex-wrap:wrap;gap:10px}
 .tile{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:6px;width:140px;font-size:12px;overflow-wrap:anywhere}
-.thumb{display:block;max-width:128px;max-height:128px;margin:0 auto 4px}
-.none{width:128px;height:96px;background:#e4e7eb;color:#5c6670;display:flex;align-items:center;justify-content:center}
+.thumb{display:block;width:128px;height:128px;object-fit:contain;image-rendering:auto;margin:0 auto 4px}
+.none{width:128px;height:128px;background:#e4e7eb;color:#5c6670;display:flex;align-items:center;justify-content:center}
 .bad{color:#b3261e;font-weight:600} .bar{background:#4a7fd4;height:12px;display:inline-block}
 figure{margin:8px 0} figure img{max-width:100%;background:#fff;border:1px solid #dde1e6}
 """
@@ -331,6 +351,10 @@ figure{margin:8px 0} figure img{max-width:100%;background:#fff;border:1px solid 
 
 def _e(value) -> str:
     return html.escape(str(value))
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def _pct(v) -> str:
@@ -353,6 +377,25 @@ def _link(path: str, root: str | None) -> str:
     return f'<a href="{_e(href)}">{_e(_short(path, root))}</a>'
 
 
+def _metrics_table(m: dict, labels: list[str], worst: str | None) -> str:
+    out = ["<table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
+    for label in labels:
+        p = m["per_label"].get(label)
+        if p:
+            cls = " class='bad'" if label == worst and len(labels) > 1 else ""
+            out.append(f"<tr><td{cls}>{_e(label)}</td><td class='num'>{p['precision']:.3f}</td>"
+                       f"<td class='num'>{p['recall']:.3f}</td><td class='num'>{p['f1']:.3f}</td>"
+                       f"<td class='num'>{p['support']}</td></tr>")
+    measured = [p for p in m["per_label"].values() if p["support"]]
+    if measured:
+        macro = {k: float(np.mean([p[k] for p in measured])) for k in ("precision", "recall", "f1")}
+        out.append(f"<tr><th>macro average</th><td class='num'>{macro['precision']:.3f}</td>"
+                   f"<td class='num'>{macro['recall']:.3f}</td><td class='num'>{macro['f1']:.3f}</td>"
+                   f"<td class='num'>{m['n']}</td></tr>")
+    out.append(f"<tr><th>accuracy</th><td class='num' colspan='4'>{_pct(m['accuracy'])}</td></tr></table>")
+    return "\n".join(out)
+
+
 def render_html(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> str:
     root = data.get("image_dir")
     labels = data["labels"]
@@ -368,7 +411,7 @@ def render_html(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> str:
       f"backbone {_e(data['backbone'])} · {_e(data['generated'])}</p>")
     w("<nav><a href='#metrics'>Metrics</a><a href='#confusion'>Confusion</a><a href='#curves'>Training</a>"
       "<a href='#misclassified'>Misclassified</a><a href='#suspects'>Suspected label errors</a>"
-      "<a href='#duplicates'>Duplicates</a><a href='#skipped'>Skipped</a><a href='#balance'>Balance</a></nav>")
+      "<a href='#atypical'>Atypical</a><a href='#duplicates'>Duplicates</a><a href='#skipped'>Skipped</a><a href='#balance'>Balance</a></nav>")
     for text in data["warnings"]:
         w(f"<p class='warn'>{_e(text)}</p>")
     cards = [
@@ -384,30 +427,24 @@ def render_html(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> str:
 
     w(f"<h2 id='metrics'>Metrics on the {split} split</h2>")
     if m.get("per_label"):
-        w("<table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>")
-        for label in labels:
-            p = m["per_label"].get(label)
-            if p:
-                cls = " class='bad'" if label == data["worst_label"] and len(labels) > 1 else ""
-                w(f"<tr><td{cls}>{_e(label)}</td><td class='num'>{p['precision']:.3f}</td>"
-                  f"<td class='num'>{p['recall']:.3f}</td><td class='num'>{p['f1']:.3f}</td>"
-                  f"<td class='num'>{p['support']}</td></tr>")
-        pl = list(m["per_label"].values())
-        macro = {k: float(np.mean([p[k] for p in pl])) for k in ("precision", "recall", "f1")}
-        w(f"<tr><th>macro average</th><td class='num'>{macro['precision']:.3f}</td>"
-          f"<td class='num'>{macro['recall']:.3f}</td><td class='num'>{macro['f1']:.3f}</td>"
-          f"<td class='num'>{m['n']}</td></tr>")
-        w(f"<tr><th>accuracy</th><td class='num' colspan='4'>{_pct(m['accuracy'])}</td></tr></table>")
+        w(_metrics_table(m, labels, data["worst_label"]))
         other = ", ".join(f"{s}: {_pct(v['accuracy'])} (n={v['n']})" for s, v in data["all_metrics"].items())
         w(f"<p class='muted'>All splits: {_e(other)}.</p>")
     else:
         w("<p>No images in any held-out split: nothing to measure.</p>")
+    extra = data.get("eval_dir")
+    if extra and extra.get("per_label"):
+        w(f"<h3>Metrics on {_e(extra.get('folder', 'the evaluation folder'))}</h3>")
+        w(_metrics_table(extra, labels, None))
 
     w("<h2 id='confusion'>Confusion matrix</h2>")
     if "confusion" in figures:
         w(f"<figure><img id='confusion-matrix' src='{figures['confusion']}' alt='confusion matrix'>"
           f"<figcaption class='muted'>Rows: the folder's label; columns: the model's guess ({split} "
           "split). Colour: share of the row.</figcaption></figure>")
+    if "confusion_eval_dir" in figures:
+        w(f"<figure><img id='confusion-eval-dir' src='{figures['confusion_eval_dir']}' "
+          "alt='confusion matrix of the evaluation folder'></figure>")
     w("<h2 id='curves'>Training curves</h2>")
     if "curves" in figures:
         w(f"<figure><img id='training-curves' src='{figures['curves']}' alt='training curves'></figure>")
@@ -446,6 +483,17 @@ def render_html(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> str:
     else:
         w("<p>None found.</p>")
 
+    w(f"<h2 id='atypical'>Most atypical images ({len(data['atypical'])})</h2>"
+      "<p class='muted'>The images least like any other (cleanlab out-of-distribution score of the "
+      "features, lowest first): often junk, placeholders or photos of something else. Not necessarily "
+      "wrong; worth a look.</p>")
+    if data["atypical"]:
+        w("<div class='grid'>")
+        for a in data["atypical"]:
+            w(f"<div class='tile'>{thumbs.tag(a['path'], a['digest'])}{_link(a['path'], root)}<br>"
+              f"folder: <b>{_e(a['label'])}</b><br>score {a['score']:.3f}</div>")
+        w("</div>")
+
     w("<h2 id='duplicates'>Duplicates</h2>")
     w(f"<h3>Exact duplicates ({len(data['exact_duplicates'])})</h3><p class='muted'>Files with identical "
       "content; training used each content once.</p>")
@@ -458,9 +506,10 @@ def render_html(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> str:
     for c in data["conflicts"]:
         w(f"<p class='warn'>Same content under different labels ({_e(', '.join(c['labels']))}): "
           f"{_e(', '.join(_short(p, root) for p in c['paths']))}</p>")
-    w(f"<h3>Near-duplicates ({len(near['pairs'])} pairs, {near['cross_split']} across splits)</h3>"
+    w(f"<h3>Near-duplicates ({_n(len(near['pairs']), 'pair')}, {near['cross_split']} across splits)</h3>"
       f"<p class='muted'>Different files whose features have a cosine similarity of at least "
-      f"{near['threshold']:.2f} (resized, re-encoded or slightly cropped copies, bursts). A pair "
+      f"{near['threshold']:.3f} (resized, re-encoded or slightly cropped copies, bursts). The threshold is "
+      f"{hygiene.NEAR_DUPLICATE_THRESHOLD:.2f}, raised for data sets whose images are all alike. A pair "
       "split between train and validation/test makes the held-out accuracy look better than it is.</p>")
     if near["pairs"]:
         w("<table><tr><th colspan='2'>first</th><th colspan='2'>second</th><th>similarity</th><th>note</th></tr>")
@@ -522,9 +571,10 @@ def summary_lines(data: dict, page: Path) -> list[str]:
     lines = [f"Report: {data['eval_split']} accuracy {_pct(m.get('accuracy'))} (n={m.get('n', 0)})"]
     if data["worst_label"] and m.get("per_label"):
         lines[0] += f"; weakest label {data['worst_label']} (F1 {m['per_label'][data['worst_label']]['f1']:.2f})"
-    lines.append(f"  {len(data['suspects'])} suspected label errors, {len(data['exact_duplicates'])} exact "
-                 f"duplicates, {len(near['pairs'])} near-duplicate pairs ({near['cross_split']} across "
-                 f"splits), {len(data['skipped'])} skipped files")
+    lines.append(f"  {_n(len(data['suspects']), 'suspected label error')}, "
+                 f"{_n(len(data['exact_duplicates']), 'exact duplicate')}, "
+                 f"{_n(len(near['pairs']), 'near-duplicate pair')} ({near['cross_split']} across splits), "
+                 f"{_n(len(data['skipped']), 'skipped file')}")
     lines.extend(f"  warning: {text}" for text in data["warnings"])
     lines.append(f"  {page}")
     return lines
@@ -535,7 +585,7 @@ def write_report(
     *,
     progress: bool = False,
     log: Callable[[str], None] = print,
-    threshold: float = hygiene.NEAR_DUPLICATE_THRESHOLD,
+    threshold: float | None = None,
     folds: int = hygiene.CV_FOLDS,
 ) -> Path:
     """Write ``TF_FILES/report/`` and return the path of its ``index.html``.
@@ -558,6 +608,11 @@ def write_report(
             confusion_png(work / "confusion.png", np.array(m["confusion"]), data["labels"],
                           f"Confusion matrix ({data['eval_split']}, n={m['n']})")
             figures["confusion"] = "confusion.png"
+        extra = data.get("eval_dir") or {}
+        if extra.get("confusion"):
+            confusion_png(work / "confusion_eval_dir.png", np.array(extra["confusion"]), data["labels"],
+                          f"Confusion matrix ({Path(extra.get('folder', 'eval')).name}, n={extra['n']})")
+            figures["confusion_eval_dir"] = "confusion_eval_dir.png"
         history = _read_history(tf_files / "history.csv")
         if history:
             curves_png(work / "curves.png", history, data.get("best_epoch"))
@@ -567,6 +622,8 @@ def write_report(
             thumbs.want(item["path"], item["digest"])
         for s in data["suspects"][:MAX_SHOWN]:
             thumbs.want(s["path"], s["digest"])
+        for a in data["atypical"]:
+            thumbs.want(a["path"], a["digest"])
         for p in data["near_duplicates"]["pairs"][:MAX_SHOWN]:
             thumbs.want(p["a"], p["a_digest"])
             thumbs.want(p["b"], p["b_digest"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import sys
 import time
@@ -183,12 +182,32 @@ def _write_history(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _keep_previous(path: Path, log: Callable) -> None:
-    """Never overwrite silently: the model being replaced is kept beside the new one."""
-    if path.exists():
-        previous = path.with_name(f"{path.stem}.previous{path.suffix}")
-        os.replace(path, previous)
-        log(f"Kept the previous {path.name} as {previous.name}")
+def _evaluate_folder(folder, labels, kernel, bias, cache, make_extractor, size, resize, config,
+                     progress) -> dict:
+    """Metrics of the trained head on every image of a labelled folder (e.g. a held-out set)."""
+    from .model import softmax
+
+    scan = scan_dataset(folder, validation_pct=0, test_pct=0, min_per_label=1,
+                        decode_check=False, progress=progress)
+    unknown = sorted(set(scan.labels) - set(labels))
+    if unknown:
+        raise DatasetError(
+            f"{folder} has label folder(s) the model does not know: {', '.join(unknown)} "
+            f"(trained labels: {', '.join(labels)})"
+        )
+    feats = compute_features([(it.path, it.digest) for it in scan.items], cache, make_extractor,
+                             size, resize, workers=config.workers, progress=progress)
+    items = [it for it in scan.items if it.digest in feats.features]
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.array([index[it.label] for it in items], np.int64)
+    x = np.stack([feats.features[it.digest] for it in items]) if items else np.zeros((0, len(kernel)))
+    result = classification_metrics(y, softmax(x @ kernel + bias), labels)
+    result["folder"] = str(folder)
+    result["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in scan.skipped] + [
+        {"path": str(it.path), "reason": feats.skipped[it.digest]}
+        for it in scan.items if it.digest in feats.skipped
+    ]
+    return result
 
 
 def train(
@@ -238,14 +257,17 @@ def train(
         log(f"  note: {note}")
 
     cache = BottleneckCache(tf_files / "bottlenecks", cache_key(spec.name, weights_id, size, resize))
-    engine_used = {"name": "none (all cached)"}
+    engine_used: dict = {"name": "none (all cached)"}
 
     def make_extractor():
         from .engine import make_engine
 
-        extractor = make_engine(backbone, size, f"{spec.name}|{weights_id}|{size}", config.engine, log)
-        engine_used["name"] = extractor.name
-        return extractor
+        if "extractor" not in engine_used:
+            engine_used["extractor"] = make_engine(
+                backbone, size, f"{spec.name}|{weights_id}|{size}", config.engine, log
+            )
+            engine_used["name"] = engine_used["extractor"].name
+        return engine_used["extractor"]
 
     feats = compute_features(
         [(item.path, item.digest) for item in scan.items], cache, make_extractor, size, resize,
@@ -297,6 +319,14 @@ def train(
         probs = softmax(d.x @ kernel + bias) if len(d.y) else np.zeros((0, len(labels)))
         metrics[split] = classification_metrics(d.y, probs, labels)
 
+    if config.eval_dir:
+        metrics["eval_dir"] = _evaluate_folder(
+            Path(config.eval_dir).expanduser().resolve(), labels, kernel, bias, cache,
+            make_extractor, size, resize, config, progress,
+        )
+        log(f"Accuracy on {config.eval_dir}: {metrics['eval_dir']['accuracy']} "
+            f"(n={metrics['eval_dir']['n']})")
+
     t = time.perf_counter()
     classifier = build_classifier(backbone, len(labels), config.dropout, config.l2)
     classifier.get_layer("head").set_weights([kernel, bias])
@@ -310,8 +340,9 @@ def train(
         "metrics": {s: {"accuracy": m.get("accuracy"), "n": m.get("n")} for s, m in metrics.items()},
     }
     model_path = tf_files / MODEL_FILENAME
-    _keep_previous(model_path, log)
-    save_classifier(model_path, classifier, labels, meta)
+    previous = save_classifier(model_path, classifier, labels, meta)
+    if previous:
+        log(f"Kept the previous {model_path.name} as {previous.name}")
     atomic_write_text(tf_files / LABELS_FILENAME, "".join(f"{label}\n" for label in labels))
     _write_history(tf_files / HISTORY_FILENAME, history)
     timings["save"] = time.perf_counter() - t

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,10 +64,10 @@ SPECS = [
 def download(url: str, dest: Path, md5: str | None = None, timeout: float = 30) -> None:
     """Fetch url to dest atomically (checking md5 when known); raises OSError when offline."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
         digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             for chunk in iter(lambda: resp.read(1 << 20), b""):
                 out.write(chunk)
                 digest.update(chunk)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,8 +161,7 @@ def converted_weights_file(name: str, cache: Path, weights_id: str, source: Path
             raise ValueError(f"{source}: {layer_name} shapes {[a.shape for a in arrays]} != {expected}")
         layer.set_weights(arrays)
     cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".weights.h5", dir=cache)
-    os.close(fd)
+    tmp = str(cache / f".{name}-{weights_id}.{os.getpid()}.weights.h5")
     try:
         model.save_weights(tmp, overwrite=True)
         os.replace(tmp, target)

@@ -1,0 +1,32 @@
+"""Silence the C++ start-up chatter of TensorFlow and LiteRT (printed before any log setting applies)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Send file descriptor 2 to /dev/null for the duration; Python exceptions still propagate."""
+    if os.environ.get("TFGUESS_VERBOSE"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_tensorflow():
+    with quiet_stderr():
+        import tensorflow as tf
+    return tf

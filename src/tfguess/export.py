@@ -1,0 +1,465 @@
+"""``export``: the trained model as TFLite, Core ML, a SavedModel or a classic frozen graph.
+
+Outputs go to ``TF_FILES/export/`` (or ``out_dir``):
+
+=================  ==========================================================================
+tflite             ``model.tflite`` (float32), ``model_float16.tflite``, ``model_dynamic.tflite``
+                   or ``model_int8.tflite`` (``quantize``). The labels, the input normalisation
+                   and a ``tfguess.json`` description (input size, resize recipe) are inside
+                   the file (standard TFLite metadata + packed files), so it works alone.
+coreml             ``model.mlpackage``: an ML Program classifier with an RGB image input.
+savedmodel         ``saved_model/``: one ``serving_default`` signature, pixels -> probabilities.
+frozen-graph       ``retrained_graph.pb`` + ``retrained_labels.txt``: JPEG bytes at
+                   ``DecodeJpeg/contents:0`` -> probabilities ``[1, labels]`` at
+                   ``final_result:0``, for TF1-style clients.
+=================  ==========================================================================
+
+All models take RGB pixels in 0..255 (the normalisation is inside them). Every output is written
+under a temporary name and renamed into place; an output that already exists is kept as
+``<name>.previous<ext>`` (replacing an older ``.previous``), and the log says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .images import CROP_FRACTION, ImageError, load_image
+from .model import LABELS_FILENAME, ModelError, load_classifier, resolve_model_path
+from .tflite_metadata import ImageClassifierInfo, add_metadata, read_metadata, tensor_types
+
+FORMATS = ("tflite", "coreml", "savedmodel", "frozen-graph")
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+EXPORT_DIRNAME = "export"
+TFLITE_FILENAMES = {
+    "none": "model.tflite",
+    "float16": "model_float16.tflite",
+    "dynamic": "model_dynamic.tflite",
+    "int8": "model_int8.tflite",
+}
+COREML_DIRNAME = "model.mlpackage"
+SAVEDMODEL_DIRNAME = "saved_model"
+FROZEN_GRAPH_FILENAME = "retrained_graph.pb"
+DESCRIPTION_FILE = "tfguess.json"   # packed in the .tflite beside the labels file
+REPRESENTATIVE_IMAGES = 100
+JPEG_INPUT = "DecodeJpeg/contents"
+OUTPUT_NAME = "final_result"
+_ALIASES = {"frozen_graph": "frozen-graph", "pb": "frozen-graph", "saved_model": "savedmodel",
+            "saved-model": "savedmodel", "mlpackage": "coreml"}
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def export(
+    tf_files: str | Path,
+    formats: list[str],
+    quantize: str = "none",
+    out_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Export the model of ``tf_files`` (the folder or its ``model.keras``) in ``formats``.
+
+    ``quantize`` applies to ``tflite``; ``int8`` calibrates on up to 100 of the training images
+    listed in ``run_summary.json``. Returns the written paths.
+    """
+    wanted = [_ALIASES.get(f.lower(), f.lower()) for f in formats]
+    unknown = [f for f in wanted if f not in FORMATS]
+    if unknown or not wanted:
+        raise ExportError(f"unknown export format {', '.join(unknown) or '(none given)'}: "
+                          f"choose from {', '.join(FORMATS)}")
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"unknown quantization {quantize!r}: choose from {', '.join(QUANTIZATIONS)}")
+    if quantize != "none" and "tflite" not in wanted:
+        raise ExportError(f"quantize={quantize} applies to the tflite format only: add --format tflite")
+    model_path = resolve_model_path(tf_files)
+    classifier = load_classifier(model_path)
+    out = Path(out_dir).expanduser() if out_dir else model_path.parent / EXPORT_DIRNAME
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for fmt in dict.fromkeys(wanted):
+        if fmt == "tflite":
+            images = representative_images(model_path.parent) if quantize == "int8" else None
+            data = tflite_bytes(classifier, quantize, images)
+            written.append(_publish_bytes(data, out / TFLITE_FILENAMES[quantize], log))
+        elif fmt == "coreml":
+            written.append(_publish_dir(lambda d: save_coreml(classifier, d), out / COREML_DIRNAME, log))
+        elif fmt == "savedmodel":
+            written.append(_publish_dir(lambda d: save_savedmodel(classifier, d), out / SAVEDMODEL_DIRNAME, log))
+        else:
+            written.append(_publish_bytes(frozen_graph_bytes(classifier), out / FROZEN_GRAPH_FILENAME, log))
+            labels = ("\n".join(classifier.labels) + "\n").encode()
+            written.append(_publish_bytes(labels, out / LABELS_FILENAME, log))
+    for path in written:
+        log(f"Wrote {path}")
+    return written
+
+
+# --- writing outputs atomically, keeping what was there ----------------------------------------
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
+def _keep_existing(path: Path, log: Callable[[str], None]) -> None:
+    if not path.exists():
+        return
+    previous = _previous(path)
+    if previous.is_dir():
+        shutil.rmtree(previous)
+    elif previous.exists():
+        previous.unlink()
+    os.replace(path, previous)
+    log(f"Kept the previous {path.name} as {previous.name}")
+
+
+def _publish_bytes(data: bytes, path: Path, log: Callable[[str], None]) -> Path:
+    if path.is_file() and path.read_bytes() == data:
+        return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        _keep_existing(path, log)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _publish_dir(build: Callable[[Path], None], path: Path, log: Callable[[str], None]) -> Path:
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        target = staging / path.name
+        build(target)
+        _keep_existing(path, log)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+# --- TFLite ------------------------------------------------------------------------------------
+
+
+def representative_images(tf_files: Path, n: int = REPRESENTATIVE_IMAGES) -> list[str]:
+    """Up to ``n`` training image paths (spread evenly over the list in ``run_summary.json``)."""
+    from .train import SUMMARY_FILENAME
+
+    summary = Path(tf_files) / SUMMARY_FILENAME
+    try:
+        train = json.loads(summary.read_text(encoding="utf-8"))["splits"]["train"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ExportError(
+            f"int8 quantization calibrates on the training images listed in {summary}, which "
+            f"cannot be read ({exc.__class__.__name__}): train the model in this folder first"
+        ) from exc
+    paths = [row[0] for row in train if Path(row[0]).is_file()]
+    if len(paths) < min(10, len(train)) or not paths:
+        raise ExportError(f"int8 quantization needs the training images; only {len(paths)} of the "
+                          f"{len(train)} listed in {summary} are still on disk")
+    step = max(1, len(paths) / n)
+    return [paths[int(i * step)] for i in range(min(n, len(paths)))]
+
+
+def _keras_function(classifier, batch: int | None, name: str = "pixels"):
+    """The model as one concrete function with its weights frozen into constants.
+
+    (Converting the variables' function with the model as ``trackable_obj`` silently loses the
+    weights of a model loaded from a ``.keras`` file: the TFLite file then outputs NaN.)
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    model, size = classifier.keras_model, classifier.input_size
+    fn = tf.function(lambda x: model(x, training=False))
+    concrete = fn.get_concrete_function(tf.TensorSpec([batch, size, size, 3], tf.float32, name=name))
+    return convert_variables_to_constants_v2(concrete)
+
+
+def tflite_bytes(classifier, quantize: str = "none", images: list[str] | None = None) -> bytes:
+    """The ``.tflite`` file, metadata included; int8 needs ``images`` to calibrate on."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [_keras_function(classifier, None)], tf.Module()
+    )
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        pixels = []
+        for path in images or []:
+            try:
+                pixels.append(load_image(path, classifier.input_size, classifier.resize))
+            except (ImageError, OSError):
+                continue
+        if not pixels:
+            raise ExportError("int8 quantization needs representative images; none could be read")
+
+        def representative():
+            for p in pixels:
+                yield [p[None].astype(np.float32)]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    data = converter.convert()
+    check_tflite_types(data, quantize)
+    mean, std = [0.0], [1.0]
+    if quantize == "int8":
+        scale, zero = _input_quantization(data)
+        # The uint8 input is q = pixel / scale + zero, i.e. (pixel - mean) / std with:
+        mean, std = [-zero * scale], [scale]
+    info = ImageClassifierInfo(
+        name=f"tfguess classifier ({classifier.meta['backbone']['name']})",
+        description=(f"Classifies an RGB image into {len(classifier.labels)} labels. Input: "
+                     f"{classifier.input_size}x{classifier.input_size} pixels, 0..255 "
+                     f"(resize: {_resize_text(classifier)}). Output: label probabilities."),
+        version=str(classifier.meta.get("format_version", 1)),
+        labels=classifier.labels,
+        norm_mean=mean,
+        norm_std=std,
+        input_uint8=quantize == "int8",
+        extra_files={DESCRIPTION_FILE: json.dumps(_description(classifier, quantize), indent=2).encode()},
+        extra_descriptions={DESCRIPTION_FILE: "tfguess description: labels, input size, resize recipe."},
+    )
+    return add_metadata(data, info)
+
+
+def _resize_text(classifier) -> str:
+    if classifier.resize == "crop":
+        return (f"shorter side to {round(classifier.input_size / CROP_FRACTION)}, centre crop, "
+                "bicubic")
+    return "whole image squashed to the input size, bicubic"
+
+
+def _description(classifier, quantize: str) -> dict:
+    meta = classifier.meta
+    return {
+        "format_version": meta.get("format_version", 1),
+        "labels": classifier.labels,
+        "backbone": meta["backbone"],
+        "input_size": classifier.input_size,
+        "resize": classifier.resize,
+        "resize_recipe": _resize_text(classifier),
+        "input": "RGB pixels 0..255",
+        "quantize": quantize,
+        "metrics": meta.get("metrics"),
+    }
+
+
+def _input_quantization(data: bytes) -> tuple[float, int]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    scale, zero = Interpreter(model_content=data).get_input_details()[0]["quantization"]
+    return float(scale), int(zero)
+
+
+def check_tflite_types(data: bytes, quantize: str) -> dict:
+    """Raise ExportError unless the file's tensors have the types ``quantize`` promises."""
+    types = tensor_types(data)
+    weights = [t for ts in types["weights"].values() for t in ts]
+    integer = {"UINT8", "INT8"}
+    problems = []
+    if quantize == "int8":
+        io_types = types["inputs"] + types["outputs"]
+        if not set(io_types) <= integer:
+            problems.append(f"inputs/outputs are {io_types}, not uint8/int8")
+        if not weights or set(weights) != {"INT8"}:
+            problems.append(f"conv/dense weights are {sorted(set(weights))}, not all INT8")
+    elif quantize == "dynamic" and "INT8" not in weights:
+        problems.append(f"no int8 weights (conv/dense weights are {sorted(set(weights))})")
+    elif quantize == "float16" and "FLOAT16" not in _all_tensor_types(data):
+        problems.append("no float16 tensors in the file")
+    if problems:
+        raise ExportError(f"the TFLite converter did not quantize the model to {quantize}: "
+                          + "; ".join(problems))
+    return types
+
+
+def _all_tensor_types(data: bytes) -> set[str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    graph = schema.Model.GetRootAs(data, 0).Subgraphs(0)
+    return {names[graph.Tensors(i).Type()] for i in range(graph.TensorsLength())}
+
+
+class TFLiteClassifier:
+    """Runs an exported ``.tflite`` alone: labels, input size and resize recipe come from inside it.
+
+    Works with any image classifier carrying standard TFLite metadata (labels file, normalisation);
+    without a ``tfguess.json`` inside, images are squashed to the input size.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        from .engine import default_workers
+
+        self.path = Path(path)
+        data = self.path.read_bytes()
+        try:
+            md = read_metadata(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure means "not a usable model"
+            raise ModelError(f"{self.path} is not a TFLite model with metadata ({exc})") from exc
+        if md is None or not md.labels:
+            raise ModelError(f"{self.path} has no labels inside (no TFLite metadata with a labels "
+                             "file): export it with tfguess export TF_FILES --format tflite")
+        description = json.loads(md.files.get(DESCRIPTION_FILE, b"{}"))
+        self.labels: list[str] = md.labels
+        self._interpreter = Interpreter(model_content=data, num_threads=threads or default_workers())
+        inp = self._interpreter.get_input_details()[0]
+        out = self._interpreter.get_output_details()[0]
+        self.input_size: int = int(inp["shape"][1])
+        self.resize: str = description.get("resize", "squash")
+        self._input, self._output = inp, out
+        self._mean = np.float32(md.norm_mean[0]) if md.norm_mean else np.float32(0)
+        self._std = np.float32(md.norm_std[0]) if md.norm_std else np.float32(1)
+        self._batch = int(inp["shape"][0])
+        self._interpreter.allocate_tensors()
+        if len(self.labels) != int(out["shape"][-1]):
+            raise ModelError(f"{self.path}: {len(self.labels)} labels inside but the model has "
+                             f"{int(out['shape'][-1])} outputs")
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        x = np.asarray(pixels, dtype=np.float32)
+        n = len(x)
+        if n != self._batch:
+            self._interpreter.resize_tensor_input(self._input["index"], [n, *x.shape[1:]])
+            self._interpreter.allocate_tensors()
+            self._batch = n
+        dtype = self._input["dtype"]
+        if np.issubdtype(dtype, np.integer):
+            scale, zero = self._input["quantization"]
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / (scale or 1.0) + zero), info.min, info.max).astype(dtype)
+        else:
+            x = (x - self._mean) / self._std
+        self._interpreter.set_tensor(self._input["index"], x)
+        self._interpreter.invoke()
+        y = self._interpreter.get_tensor(self._output["index"]).copy()
+        if np.issubdtype(y.dtype, np.integer):
+            scale, zero = self._output["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32)
+
+
+# --- Core ML -----------------------------------------------------------------------------------
+
+
+def save_coreml(classifier, path: Path) -> None:
+    """An ML Program classifier: image input ``image`` (RGB, 0..255 as is), labels built in."""
+    import coremltools as ct
+
+    size = classifier.input_size
+    mlmodel = ct.convert(
+        [_keras_function(classifier, 1, name="image")],
+        source="tensorflow",
+        inputs=[ct.ImageType(name="image", shape=(1, size, size, 3), scale=1.0, bias=[0.0, 0.0, 0.0],
+                             color_layout=ct.colorlayout.RGB)],
+        classifier_config=ct.ClassifierConfig(list(classifier.labels)),
+        convert_to="mlprogram",
+        minimum_deployment_target=ct.target.iOS15,
+    )
+    mlmodel.short_description = (f"tfguess classifier ({classifier.meta['backbone']['name']}): "
+                                 f"{', '.join(classifier.labels)}")
+    mlmodel.input_description["image"] = (
+        f"RGB image, {size}x{size} ({_resize_text(classifier)}; with Vision use "
+        "imageCropAndScaleOption = .centerCrop)")
+    mlmodel.user_defined_metadata["tfguess"] = json.dumps(_description(classifier, "none"))
+    mlmodel.save(str(path))
+
+
+# --- SavedModel --------------------------------------------------------------------------------
+
+
+def save_savedmodel(classifier, path: Path) -> None:
+    import keras
+    import tensorflow as tf
+
+    model, size = classifier.keras_model, classifier.input_size
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        lambda pixels: {"probabilities": model(pixels, training=False)},
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+# --- the classic frozen graph ------------------------------------------------------------------
+
+
+def _resize_like_pil(image, size: int, crop: bool):
+    """``images.load_image``'s resize in TensorFlow ops: the same source box and bicubic
+    (Keys a=-0.5, antialiased) kernel, horizontal then vertical pass, each rounded to 0..255
+    as Pillow does."""
+    import tensorflow as tf
+
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    h, w = hw[0], hw[1]
+    if crop:
+        scale = round(size / CROP_FRACTION) / tf.minimum(h, w)
+        side = size / scale
+        left, top = tf.maximum((w - side) / 2, 0.0), tf.maximum((h - side) / 2, 0.0)
+        box_w, box_h = tf.minimum(side, w - left), tf.minimum(side, h - top)
+    else:
+        left, top, box_w, box_h = 0.0, 0.0, w, h
+    sx, sy = size / box_w, size / box_h
+
+    def rounded(x):
+        return tf.clip_by_value(tf.floor(x + 0.5), 0.0, 255.0)
+
+    x = tf.cast(image, tf.float32)[None]
+    x = tf.raw_ops.ScaleAndTranslate(
+        images=x, size=tf.stack([tf.shape(image)[0], size]), scale=tf.stack([1.0, sx]),
+        translation=tf.stack([0.0, -left * sx]), kernel_type="keyscubic", antialias=True)
+    x = tf.raw_ops.ScaleAndTranslate(
+        images=rounded(x), size=[size, size], scale=tf.stack([sy, 1.0]),
+        translation=tf.stack([-top * sy, 0.0]), kernel_type="keyscubic", antialias=True)
+    return rounded(x)
+
+
+def frozen_graph_bytes(classifier) -> bytes:
+    """A GraphDef with the weights as constants: JPEG bytes -> ``[1, labels]`` probabilities."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    model, size, crop = classifier.keras_model, classifier.input_size, classifier.resize == "crop"
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="contents")])
+    def classify(contents):
+        # DecodeJpeg also decodes PNG and (non-animated) GIF.
+        image = tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE",
+                                  name="DecodeJpeg")
+        probs = model(_resize_like_pil(image, size, crop), training=False)
+        return tf.identity(probs, name=OUTPUT_NAME)
+
+    graph_def = convert_variables_to_constants_v2(classify.get_concrete_function()).graph.as_graph_def()
+    placeholders = [n for n in graph_def.node if n.op == "Placeholder"]
+    if len(placeholders) != 1 or not any(n.name == OUTPUT_NAME for n in graph_def.node):
+        raise ExportError("unexpected frozen graph: expected one input placeholder and final_result")
+    old = placeholders[0].name
+    placeholders[0].name = JPEG_INPUT
+    for node in graph_def.node:
+        for i, name in enumerate(node.input):
+            base = name.lstrip("^").split(":")[0]
+            if base == old:
+                node.input[i] = name.replace(old, JPEG_INPUT, 1)
+    return graph_def.SerializeToString()

@@ -1,0 +1,56 @@
+"""Shared fixtures: the repo's demo data, the shared hymenoptera data set, trained models."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "tf_files" / "data"
+TEST_DATA = REPO / "test_data"
+HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def require_shared() -> Path:
+    """The hymenoptera data set: skipped when absent, a failure under CI=true."""
+    if not HYMENOPTERA.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{HYMENOPTERA} is missing: CI must run the shared-data tests")
+        pytest.skip(f"{HYMENOPTERA} not present")
+    return HYMENOPTERA
+
+
+@pytest.fixture(scope="session")
+def hymenoptera() -> Path:
+    return require_shared()
+
+
+@pytest.fixture(scope="session")
+def demo_trained(tmp_path_factory) -> Path:
+    """A TF_FILES folder with a copy of the demo data, trained once for the session."""
+    from tfguess.config import TrainConfig
+    from tfguess.train import train
+
+    tf_files = tmp_path_factory.mktemp("demo") / "tf_files"
+    shutil.copytree(DEMO_DATA, tf_files / "data")
+    train(tf_files, TrainConfig(report=False, epochs=60), progress=False, log=lambda *_: None)
+    return tf_files
+
+
+@pytest.fixture(scope="session")
+def hymenoptera_trained(tmp_path_factory, hymenoptera) -> Path:
+    """A TF_FILES folder trained (default settings) on hymenoptera/train, evaluated on val."""
+    from tfguess.config import TrainConfig
+    from tfguess.train import train
+
+    tf_files = tmp_path_factory.mktemp("hymenoptera") / "tf_files"
+    config = TrainConfig(image_dir=str(hymenoptera / "train"), eval_dir=str(hymenoptera / "val"),
+                         report=False)
+    train(tf_files, config, progress=False, log=lambda *_: None)
+    return tf_files

@@ -1,0 +1,218 @@
+"""Export: every format checked against the trained Keras model it came from."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TEST_DATA
+
+from tfguess.export import (
+    ExportError,
+    TFLiteClassifier,
+    check_tflite_types,
+    export,
+)
+from tfguess.images import load_image
+from tfguess.model import LABELS_FILENAME, ModelError, load_classifier
+from tfguess.tflite_metadata import read_metadata, tensor_types
+
+
+def keras_probs(classifier, paths: list[Path]) -> np.ndarray:
+    x = np.stack([load_image(p, classifier.input_size, classifier.resize) for p in paths])
+    return np.asarray(classifier.keras_model(x.astype(np.float32), training=False))
+
+
+def tflite_probs(tfl: TFLiteClassifier, paths: list[Path]) -> np.ndarray:
+    return tfl(np.stack([load_image(p, tfl.input_size, tfl.resize) for p in paths]))
+
+
+def demo_images() -> list[Path]:
+    return sorted(TEST_DATA.glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def demo_exports(demo_trained, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("demo_export")
+    paths = export(demo_trained, ["tflite", "coreml", "savedmodel", "frozen-graph"], out_dir=out,
+                   log=lambda *_: None)
+    paths += export(demo_trained, ["tflite"], "int8", out_dir=out, log=lambda *_: None)
+    return {p.name: p for p in paths}
+
+
+def test_tflite_works_alone_with_labels_inside(demo_trained, demo_exports, tmp_path):
+    alone = tmp_path / "shared" / "model.tflite"
+    alone.parent.mkdir()
+    shutil.copy(demo_exports["model.tflite"], alone)
+    data = alone.read_bytes()
+
+    # Independent readers: the appended zip holds the labels; the schema reads the metadata.
+    labels = (demo_trained / LABELS_FILENAME).read_text().split()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.read("labels.txt").decode().split() == labels
+        assert "tfguess.json" in zf.namelist()
+    md = read_metadata(data)
+    assert md.labels_file == "labels.txt" and md.labels == labels
+    assert (md.norm_mean, md.norm_std) == ([0.0], [1.0])
+
+    classifier = load_classifier(demo_trained)
+    tfl = TFLiteClassifier(alone)
+    assert (tfl.labels, tfl.input_size, tfl.resize) == (labels, classifier.input_size, classifier.resize)
+    images = demo_images()
+    ref, got = keras_probs(classifier, images), tflite_probs(tfl, images)
+    assert np.abs(ref - got).max() < 1e-4
+    assert (ref.argmax(1) == got.argmax(1)).all()
+    assert np.allclose(tfl(np.stack([load_image(images[0], tfl.input_size, tfl.resize)]))[0], got[0],
+                       atol=1e-6)  # batch size changes are handled
+
+    from tfguess.predict import guess
+
+    lines: list[str] = []
+    assert guess(alone, [images[0]], out=lines.append) == 0
+    best = labels[int(got[0].argmax())]
+    assert lines[0].startswith(f"{best} (score = ")
+
+
+def test_int8_file_is_integer(demo_trained, demo_exports):
+    data = demo_exports["model_int8.tflite"].read_bytes()
+    types = tensor_types(data)
+    assert set(types["inputs"] + types["outputs"]) <= {"UINT8", "INT8"}
+    weights = {t for ts in types["weights"].values() for t in ts}
+    assert weights == {"INT8"}
+    classifier = load_classifier(demo_trained)
+    images = demo_images()
+    ref = keras_probs(classifier, images)
+    got = tflite_probs(TFLiteClassifier(demo_exports["model_int8.tflite"]), images)
+    assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.9
+    # A float file does not pass the int8 check.
+    with pytest.raises(ExportError, match="did not quantize"):
+        check_tflite_types(demo_exports["model.tflite"].read_bytes(), "int8")
+
+
+def test_frozen_graph_classic_client(demo_trained, demo_exports):
+    import tensorflow as tf
+    from skimage import data as skdata
+    from PIL import Image
+
+    labels = demo_exports[LABELS_FILENAME].read_text().split()
+    assert labels == (demo_trained / LABELS_FILENAME).read_text().split()
+    jpegs = [p.read_bytes() for p in demo_images()]
+    for photo in (skdata.chelsea(), skdata.coffee(), skdata.astronaut()):
+        buf = io.BytesIO()
+        Image.fromarray(photo).save(buf, "JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+
+    # The classic TF1-style client, unchanged.
+    gd = tf.compat.v1.GraphDef()
+    gd.ParseFromString(demo_exports["retrained_graph.pb"].read_bytes())
+    with tf.Graph().as_default() as g:
+        tf.import_graph_def(gd, name="")
+        with tf.compat.v1.Session(graph=g) as sess:
+            probs = [sess.run("final_result:0", {"DecodeJpeg/contents:0": b}) for b in jpegs]
+    assert all(p.shape == (1, len(labels)) for p in probs)
+
+    from tfguess.predict import Predictor
+
+    predictor = Predictor.load(demo_trained)
+    x = np.stack([load_image("x.jpg", predictor.input_size, predictor.resize, data=b) for b in jpegs])
+    expected = predictor.probabilities(x)
+    got = np.concatenate(probs)
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    assert np.abs(got - expected).max() < 0.02
+
+
+def test_coreml_spec(demo_trained, demo_exports):
+    ct = pytest.importorskip("coremltools")
+    spec = ct.models.MLModel(str(demo_exports["model.mlpackage"]), skip_model_load=True).get_spec()
+    assert spec.WhichOneof("Type") == "mlProgram"
+    classifier = load_classifier(demo_trained)
+    (image,) = spec.description.input
+    kind = image.type.imageType
+    assert image.name == "image" and image.type.WhichOneof("Type") == "imageType"
+    assert (kind.width, kind.height) == (classifier.input_size, classifier.input_size)
+    assert kind.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB
+    assert spec.description.predictedFeatureName == "classLabel"
+    assert spec.description.predictedProbabilitiesName == "classLabel_probs"
+
+    ops = list(spec.mlProgram.functions["main"].block_specializations.values())[0].operations
+    (classify,) = [op for op in ops if op.type == "classify"]
+    classes = [v.immediateValue.tensor.strings.values[0]
+               for v in classify.inputs["classes"].arguments[0].value.immediateValue.list.values]
+    assert classes == (demo_trained / LABELS_FILENAME).read_text().split()
+
+    # The image arrives as 0..255 pixels: the first arithmetic on it is the backbone's own
+    # normalisation, (x - 127) / 128 for EfficientNet-Lite (no extra scale or bias folded in).
+    assert classifier.meta["backbone"]["preprocessing"] == "(x - 127) / 128"
+    consts = {op.outputs[0].name: op for op in ops if op.type == "const"}
+    arithmetic = [op for op in ops if op.type in ("mul", "add", "sub", "real_div")][:2]
+    assert [op.type for op in arithmetic] == ["mul", "add"]
+
+    def value(op, key):
+        raw = consts[op.inputs[key].arguments[0].name].attributes["val"].immediateValue.tensor
+        return float(np.frombuffer(raw.bytes.values, np.float16)[0]) if raw.bytes.values else raw.floats.values[0]
+
+    assert value(arithmetic[0], "y") == pytest.approx(1 / 128, rel=1e-3)
+    assert value(arithmetic[1], "y") == pytest.approx(-127 / 128, rel=1e-3)
+
+
+def test_savedmodel_one_signature(demo_trained, demo_exports):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(demo_exports["saved_model"]))
+    assert list(loaded.signatures) == ["serving_default"]
+    classifier = load_classifier(demo_trained)
+    images = demo_images()[:4]
+    x = np.stack([load_image(p, classifier.input_size, classifier.resize) for p in images])
+    got = loaded.signatures["serving_default"](pixels=tf.constant(x, tf.float32))["probabilities"]
+    assert np.abs(np.asarray(got) - keras_probs(classifier, images)).max() < 1e-5
+
+
+def test_existing_output_is_kept(demo_trained, tmp_path):
+    target = tmp_path / "retrained_graph.pb"
+    target.write_bytes(b"an older graph")
+    messages: list[str] = []
+    export(demo_trained, ["frozen-graph"], out_dir=tmp_path, log=messages.append)
+    assert (tmp_path / "retrained_graph.previous.pb").read_bytes() == b"an older graph"
+    assert target.stat().st_size > 1000
+    assert any("previous" in m for m in messages)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary files left
+
+
+def test_bad_requests_are_explained(demo_trained, tmp_path):
+    with pytest.raises(ExportError, match="unknown export format onnx"):
+        export(demo_trained, ["onnx"], out_dir=tmp_path)
+    with pytest.raises(ExportError, match="tflite format only"):
+        export(demo_trained, ["coreml"], "int8", out_dir=tmp_path)
+    with pytest.raises(ExportError, match="unknown quantization"):
+        export(demo_trained, ["tflite"], "int4", out_dir=tmp_path)
+    with pytest.raises(ModelError, match="Train first"):
+        export(tmp_path, ["tflite"])
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes(b"not a model at all")
+    with pytest.raises(ModelError, match="bare.tflite"):
+        TFLiteClassifier(bare)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_hymenoptera_exports_agree_with_keras(hymenoptera_trained, hymenoptera, tmp_path):
+    """The closing figures: every TFLite variant and the frozen graph on hymenoptera/val."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from export_check import check
+
+    rows = check(hymenoptera_trained, hymenoptera / "val", tmp_path)
+    by_name = {r["model"]: r for r in rows}
+    keras_acc = by_name["keras"]["accuracy"]
+    assert by_name["tflite float32"]["agreement"] == 1.0
+    assert by_name["tflite float32"]["max_diff"] < 1e-4
+    assert by_name["tflite float16"]["agreement"] >= 0.99
+    assert by_name["tflite dynamic"]["agreement"] >= 0.99
+    assert by_name["tflite int8"]["agreement"] >= 0.97
+    assert abs(by_name["tflite int8"]["accuracy"] - keras_acc) <= 0.02
+    assert by_name["frozen graph (classic client)"]["agreement"] == 1.0
