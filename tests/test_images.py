@@ -276,4 +276,4 @@ def test_placeholder_only_flags_image_not_found_gif():
     flagged = [p.name for p in files if placeholder_reason(decode_image(p, draft_size=128))]
     assert flagged == ["imageNotFound.gif"]
     reason = placeholder_reason(decode_image(root / "train" / "ants" / "imageNotFound.gif"))
-    assert reason == "looks like a placeholder, not a photo (33 colours)"
+    assert reason.startswith("looks like a placeholder, not a photo (33 colours")
