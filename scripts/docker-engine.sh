@@ -90,6 +90,7 @@ make_base_image() {
     debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
         bookworm "$root" "$mirror" >"$ENGINE_DIR/debootstrap.log" 2>&1 ||
         { tail -n 20 "$ENGINE_DIR/debootstrap.log" >&2; die "debootstrap failed"; }
+    chmod 755 "$root"   # mktemp made it 0700: it becomes the image's /
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
     tar -C "$root" -c . | docker import -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
     rm -rf "$root"

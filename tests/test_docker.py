@@ -29,6 +29,7 @@ TEST_DATA = REPO / "test_data"
 BASE_IMAGE = os.environ.get("TFGUESS_BASE_IMAGE", "tfguess-base:bookworm")
 IMAGE = os.environ.get("TFGUESS_IMAGE", "tfguess:latest")
 TEST_USER = "tfguess-test"
+WRAPPERS = ["train.sh", "guess.sh", "guessDir.sh", "export.sh"]
 GUESS_LINE = re.compile(r"^(\S.*) \(score = (\d\.\d{5})\)$", re.MULTILINE)
 
 
@@ -166,6 +167,26 @@ def built(engine: object, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
+def user_repo(docker_user: tuple[int, int]) -> Iterator[Path]:
+    """The repository, or a copy of what the wrappers need when the test user cannot read it."""
+    readable = subprocess.run(["runuser", "-u", TEST_USER, "--", "test", "-r",
+                               str(REPO / "scripts" / "common.sh")]).returncode == 0
+    if readable:
+        yield REPO
+        return
+    copy = Path(tempfile.mkdtemp(prefix="tfguess-repo-"))
+    for name in [*WRAPPERS, "Dockerfile", ".dockerignore", "pyproject.toml", "README.md",
+                 "requirements-docker.txt"]:
+        shutil.copy2(REPO / name, copy / name)
+    for name in ["scripts", "src"]:
+        shutil.copytree(REPO / name, copy / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    copy.chmod(0o755)
+    yield copy
+    shutil.rmtree(copy, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
 def workdir(docker_user: tuple[int, int]) -> Iterator[Path]:
     """A copy of the demo data under /tmp/'tfguess docker XXXX'/, owned by the test user."""
     root = Path(tempfile.mkdtemp(prefix="tfguess docker "))
@@ -178,11 +199,12 @@ def workdir(docker_user: tuple[int, int]) -> Iterator[Path]:
 
 def as_user(request: pytest.FixtureRequest, label: str, script: str, *args: str | Path,
             cwd: Path) -> subprocess.CompletedProcess:
+    repo = request.getfixturevalue("user_repo")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TFGUESS_")}
     env.update(TFGUESS_DOCKER="1", TFGUESS_IMAGE=IMAGE, TQDM_DISABLE="1")
     start = time.monotonic()
     result = subprocess.run(
-        ["runuser", "-u", TEST_USER, "--", "bash", str(REPO / script), *map(str, args)],
+        ["runuser", "-u", TEST_USER, "--", "bash", str(repo / script), *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     capmanager = request.config.pluginmanager.getplugin("capturemanager")
     with capmanager.global_and_fixture_disabled():

@@ -95,8 +95,8 @@ def test_int8_file_is_integer(demo_trained, demo_exports):
 
 def test_frozen_graph_classic_client(demo_trained, demo_exports):
     import tensorflow as tf
-    from skimage import data as skdata
     from PIL import Image
+    from skimage import data as skdata
 
     labels = demo_exports[LABELS_FILENAME].read_text().split()
     assert labels == (demo_trained / LABELS_FILENAME).read_text().split()

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--recursive", action="store_true")
     p.add_argument("--by-label", action="store_true", help="copy into DST/<label>/")
-    p.add_argument("--min-score", type=float, default=0.0, help=f"below it the label is 'unknown'")
+    p.add_argument("--min-score", type=float, default=0.0, help="below it the label is 'unknown'")
     p.add_argument("--top-k", type=int, default=3, help="labels recorded in the manifest")
     p.add_argument("--engine", choices=["auto", "tflite", "keras"], default="auto")
     p.add_argument("--batch-size", type=int, default=32)
@@ -101,8 +101,7 @@ def _run(args) -> int:
         if config.report:
             from .report import write_report
 
-            report = write_report(args.tf_files, progress=progress)
-            print(f"Report: {report}")
+            write_report(args.tf_files, progress=progress)
         return 0 if result else 1
     if args.command == "guess":
         from .predict import guess
@@ -119,7 +118,7 @@ def _run(args) -> int:
     if args.command == "evaluate":
         from .report import write_report
 
-        print(f"Report: {write_report(args.tf_files, progress=progress)}")
+        write_report(args.tf_files, progress=progress)
         return 0
     if args.command == "export":
         from .export import export

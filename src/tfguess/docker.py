@@ -45,6 +45,7 @@ CONTAINER_HOME = "/tmp"
 # Mounting over these would hide the image's own files.
 RESERVED = ("/bin", "/boot", "/dev", "/etc", "/home/tfguess", "/lib", "/lib32", "/lib64",
             "/opt/venv", "/proc", "/run", "/sbin", "/sys", "/usr", "/var/lib")
+PASSED_ENV = ("TQDM_DISABLE", "TF_CPP_MIN_LOG_LEVEL")  # passed on to the container
 PIP_BUILD_ARGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT")
 
 
@@ -275,9 +276,10 @@ def run_in_docker(
     client = connect()
     ensure_image(client, image, build_if_missing=build_if_missing)
     user = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None
+    environment = {"HOME": CONTAINER_HOME, "MPLCONFIGDIR": f"{CONTAINER_HOME}/.matplotlib"}
+    environment.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
     container = client.containers.create(
-        image, command=args, user=user, detach=True,
-        environment={"HOME": CONTAINER_HOME, "MPLCONFIGDIR": f"{CONTAINER_HOME}/.matplotlib"},
+        image, command=args, user=user, detach=True, environment=environment,
         mounts=[Mount(target=str(m.path), source=str(m.path), type="bind",
                       read_only=not m.writable) for m in binds],
         network_mode=os.environ.get("TFGUESS_DOCKER_NETWORK", "none"),

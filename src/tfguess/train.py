@@ -226,6 +226,7 @@ def train(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     tf_files = Path(tf_files).expanduser().resolve()
+    spec = resolve_backbone(config)  # an unknown backbone name is reported first
     image_dir = Path(config.image_dir).expanduser().resolve() if config.image_dir else tf_files / "data"
     if not image_dir.is_dir():
         raise DatasetError(
@@ -235,7 +236,6 @@ def train(
     tf_files.mkdir(parents=True, exist_ok=True)
 
     # The backbone first: a missing weights file is reported before any other work.
-    spec = resolve_backbone(config)
     backbone = spec.build(weights=config.weights)
     weights_id = spec.weights_id(config.weights)
     size, resize = spec.input_size, spec.resize

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test suite: makes the virtual environment (.venv, or $TFGUESS_VENV) with the test extras
+# on first use, then runs pytest with any arguments given (e.g. -m "not docker", -k guess).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+venv=${TFGUESS_VENV:-.venv}
+if [[ ! -x $venv/bin/python ]]; then
+    echo "tests: creating $venv" >&2
+    python3 -m venv "$venv"
+fi
+echo "tests: installing tfguess with its test extras into $venv" >&2
+"$venv/bin/python" -m pip install -q -e ".[dev,export]"
+exec "$venv/bin/python" -m pytest -ra "$@"
