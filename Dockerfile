@@ -15,7 +15,8 @@ FROM ${BASE_IMAGE}
 
 # TF_PACKAGE: tensorflow-cpu (default) or tensorflow[and-cuda] for NVIDIA GPUs.
 # PIP_*: optional package index settings for pip, used only when given.
-ARG TF_PACKAGE=tensorflow-cpu PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_DEFAULT_TIMEOUT=120
+# SOURCE_HASH: set by the launcher (src/tfguess/docker.py) to tell when the image is outdated.
+ARG TF_PACKAGE=tensorflow-cpu PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_DEFAULT_TIMEOUT=120 SOURCE_HASH
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -29,6 +30,7 @@ ENTRYPOINT ["tfguess"]
 # The build runs as the image's user, which owns nothing but /opt/venv and its home.
 RUN useradd --create-home --shell /bin/bash tfguess && install -d -o tfguess /opt/venv
 USER tfguess
+LABEL org.tfguess.source-hash=$SOURCE_HASH
 
 # The context holds only what .dockerignore lets through, plus .build-ca.pem when the launcher
 # found a CA bundle pip needs on the building machine (an HTTPS proxy); both are deleted after

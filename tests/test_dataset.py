@@ -324,9 +324,8 @@ def test_hymenoptera_train_scan():
     seconds = time.perf_counter() - t0
     print(f"scan of {root} with decode check: {seconds:.2f} s")
     assert result.labels == ["ants", "bees"]
-    assert [(s.path.name, s.reason) for s in result.skipped] == [
-        ("imageNotFound.gif", "looks like a placeholder, not a photo (33 colours)")
-    ]
+    assert [s.path.name for s in result.skipped] == ["imageNotFound.gif"]
+    assert result.skipped[0].reason.startswith("looks like a placeholder, not a photo (33 colours")
     assert len(result.items) == 244 and not result.conflicts and not result.duplicates
     for label in result.labels:
         assert all(result.counts()[label][s] >= 5 for s in SPLITS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,6 @@ class TrainConfig:
     summaries_dir: str | None = None    # TensorBoard logs of training
     report: bool = True                 # write the evaluation report at the end of training
     workers: int = 0                    # image decoding threads; 0 = one per core
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         checks = [

@@ -27,7 +27,7 @@ import signal
 import sys
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -160,14 +160,14 @@ def build_image(
     image = image or default_image()
     if not (root / "Dockerfile").is_file():
         raise DockerError(f"no Dockerfile in {root}: cannot build the image {image}")
-    args = host_build_args() if build_args is None else build_args
+    args = host_build_args() if build_args is None else dict(build_args)
     print(f"tfguess: building the image {image} from {root}/Dockerfile "
           f"(build args: {args or 'none'}; this takes a few minutes the first time)", file=log)
     context = _context_tar(root, ca_bundle)
     try:
         stream = client.api.build(
-            fileobj=context, custom_context=True, tag=image, buildargs=args,
-            labels={SOURCE_LABEL: source_hash(root)}, network_mode="host",
+            fileobj=context, custom_context=True, tag=image,
+            buildargs={**args, "SOURCE_HASH": source_hash(root)}, network_mode="host",
             rm=True, forcerm=True, decode=True,
         )
         for chunk in stream:
@@ -250,9 +250,8 @@ def _gpu_requests() -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=gpus.split(","), capabilities=[["gpu"]])]
 
 
-def _stream(client: docker.DockerClient, container_id: str) -> None:
-    for out, err in client.api.attach(container_id, stdout=True, stderr=True, stream=True,
-                                      logs=True, demux=True):
+def _stream(output: Iterator[tuple[bytes | None, bytes | None]]) -> None:
+    for out, err in output:
         for chunk, target in ((out, sys.stdout), (err, sys.stderr)):
             if chunk:
                 target.buffer.write(chunk)
@@ -287,8 +286,11 @@ def run_in_docker(
     )
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        # attached before the start, so that no output is missed
+        output = client.api.attach(container.id, stdout=True, stderr=True, stream=True,
+                                   logs=True, demux=True)
         container.start()
-        _stream(client, container.id)
+        _stream(output)
         status = int(container.wait()["StatusCode"])
         if status == 137:
             print("tfguess: the container was killed (out of memory?)", file=sys.stderr)

@@ -9,11 +9,13 @@ the conversion is not possible.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,11 @@ ENGINES = ("auto", "tflite", "keras")
 
 
 def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
+    """The number of cores this process may run on (respects CPU affinity, e.g. ``taskset``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -40,7 +46,7 @@ class Loaded:
 
 
 def iter_loaded(
-    paths: list[Path],
+    paths: Iterable[Path],
     size: int,
     resize: str,
     workers: int = 0,
@@ -49,33 +55,34 @@ def iter_loaded(
 ) -> Iterator[Loaded]:
     """Decode ``paths`` in a thread pool, yielding results in input order with bounded look-ahead.
 
-    At most ``prefetch`` decoded images are held at once, so memory does not grow with the
-    number of images.
+    At most ``prefetch`` images are decoded ahead of the consumer, so memory does not grow with
+    the number of images; ``paths`` may be a generator. Unreadable files come back with
+    ``pixels=None`` and the reason in ``error``.
     """
 
-    def load(i: int) -> Loaded:
-        path = paths[i]
+    def load(i: int, path: Path) -> Loaded:
         try:
             pixels = load_image(path, size, resize, reject_placeholders=reject_placeholders)
-            return Loaded(i, path, pixels)
+            return Loaded(i, Path(path), pixels)
         except ImageError as exc:
-            return Loaded(i, path, None, exc.reason)
+            return Loaded(i, Path(path), None, exc.reason)
         except OSError as exc:
-            return Loaded(i, path, None, f"cannot read: {exc.strerror or exc}")
+            return Loaded(i, Path(path), None, f"cannot read: {exc.strerror or exc}")
 
+    items = enumerate(paths)
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        pending = []
-        it = iter(range(len(paths)))
-        for i in it:
-            pending.append(pool.submit(load, i))
-            if len(pending) >= prefetch:
-                break
-        while pending:
-            future = pending.pop(0)
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(load, nxt))
-            yield future.result()
+        pending: deque[Future[Loaded]] = deque(
+            pool.submit(load, i, p) for i, p in itertools.islice(items, max(1, prefetch))
+        )
+        try:
+            while pending:
+                done = pending.popleft().result()
+                for i, p in itertools.islice(items, 1):
+                    pending.append(pool.submit(load, i, p))
+                yield done
+        finally:  # the consumer stopped early: do not decode what nobody will read
+            for future in pending:
+                future.cancel()
 
 
 def iter_batches(loaded: Iterable[Loaded], batch_size: int) -> Iterator[list[Loaded]]:
@@ -105,32 +112,66 @@ class KerasEngine:
 
 
 class TFLiteEngine:
+    """Runs a TFLite model on batches with ``threads`` single-threaded interpreters in parallel.
+
+    Each interpreter takes one image at a time: on a CPU this is faster than one multi-threaded
+    interpreter on the whole batch (the activations of one image stay in the core's cache, and
+    no thread waits for another at every layer). Interpreters beyond the first are created when
+    a batch first needs them, so a single image costs one.
+    """
+
     name = "tflite"
 
     def __init__(self, tflite_path: Path, threads: int | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(tflite_path)
-        with quiet_stderr():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
-            self._interpreter = Interpreter(
-                model_path=str(tflite_path), num_threads=threads or default_workers()
-            )
-            self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
-        self._batch = 0
+        self.threads = max(1, threads or default_workers())
+        self._new = lambda: Interpreter(model_path=str(self.path), num_threads=1)
+        self._interpreters: list = []
+        self._add_interpreter()
+        details = self._interpreters[0]
+        self._input = details.get_input_details()[0]["index"]
+        self._output = details.get_output_details()[0]["index"]
+        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+
+    def _add_interpreter(self) -> None:
+        with quiet_stderr():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+            interpreter = self._new()
+            size = interpreter.get_input_details()[0]["shape"][1:]
+            interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], [1, *size])
+            interpreter.allocate_tensors()
+        self._interpreters.append(interpreter)
+
+    def _run(self, k: int, pixels: np.ndarray, out: np.ndarray, rows: range) -> None:
+        interpreter = self._interpreters[k]
+        for i in rows:
+            interpreter.tensor(self._input)()[0] = pixels[i]  # casts uint8 -> float32 in place
+            interpreter.invoke()
+            out[i] = interpreter.get_tensor(self._output)[0]
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         with self._lock:
             n = len(pixels)
-            if n != self._batch:
-                self._interpreter.resize_tensor_input(self._input, [n, *pixels.shape[1:]])
-                self._interpreter.allocate_tensors()
-                self._batch = n
-            self._interpreter.set_tensor(self._input, pixels.astype(np.float32))
-            self._interpreter.invoke()
-            return self._interpreter.get_tensor(self._output).copy()
+            dim = self._interpreters[0].get_output_details()[0]["shape"][1:]
+            out = np.empty((n, *dim), np.float32)
+            parts = min(n, self.threads)
+            while len(self._interpreters) < parts:
+                self._add_interpreter()
+            if parts <= 1:
+                self._run(0, pixels, out, range(n))
+                return out
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tflite")
+            bounds = np.linspace(0, n, parts + 1).astype(int)
+            jobs = [
+                self._pool.submit(self._run, k, pixels, out, range(bounds[k], bounds[k + 1]))
+                for k in range(parts)
+            ]
+            for job in jobs:
+                job.result()
+            return out
 
 
 def convert_to_tflite(model, size: int, out_path: Path) -> Path:
