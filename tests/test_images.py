@@ -251,6 +251,8 @@ def test_placeholder_reason_synthetic_and_photos(cat):
     sign.paste((200, 30, 30), (50, 120, 250, 180))
     sign.paste((20, 20, 20), (60, 130, 240, 170))
     assert placeholder_reason(sign).startswith("looks like a placeholder, not a photo (3 colours")
+    # A tiny crop (the demo set's 25x25 patches) is not a placeholder, however flat.
+    assert placeholder_reason(sign.resize((25, 25), Image.Resampling.NEAREST)) is None
     # A photo reduced to a small dithered palette has few colours but no flat background.
     assert placeholder_reason(Image.fromarray(cat).convert("P").convert("RGB")) is None
 

@@ -282,6 +282,7 @@ def load_image(
 # found" placeholders and blank images have a handful.
 PLACEHOLDER_MAX_COLOURS = 64
 PLACEHOLDER_MIN_BACKGROUND = 0.5
+PLACEHOLDER_MIN_PIXELS = 96 * 96
 
 
 def placeholder_reason(img: Image.Image) -> str | None:
@@ -301,6 +302,8 @@ def placeholder_reason(img: Image.Image) -> str | None:
     n = len(colours)
     if n == 1:
         return "blank image (a single colour)"
+    if w * h < PLACEHOLDER_MIN_PIXELS:  # tiny crops and thumbnails naturally have few colours
+        return None
     # A placeholder is mostly flat background; a photo reduced to a small palette is not.
     dominant = max(count for count, _ in colours) / (small.width * small.height)
     if dominant < PLACEHOLDER_MIN_BACKGROUND:

@@ -136,7 +136,7 @@ def fit_head(
                 for k, v in row.items():
                     if k != "epoch":
                         tf.summary.scalar(k, v)
-        bar.set_postfix({k: v for k, v in row.items() if k != "epoch"})
+        bar.set_postfix({k: v for k, v in row.items() if k != "epoch"}, refresh=False)
         monitored = row.get("val_loss", row["loss"])
         if monitored < best[0] - 1e-5:
             best = (monitored, epoch, [w.copy() for w in head.get_weights()])
