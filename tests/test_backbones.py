@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_shared
 from PIL import Image
 
 from tfguess import backbones
@@ -25,7 +26,6 @@ from tfguess.backbones import (
 from tfguess.backbones.torch_reader import TorchCheckpointError, read_state_dict
 from tfguess.images import load_image
 
-HYMENOPTERA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hymenoptera"
 ANT, BEE = 310, 309
 
 
@@ -128,11 +128,7 @@ def test_lite0_classifier_on_skimage_photos(lite0_classifier, tmp_path):
 
 
 def hymenoptera_val() -> tuple[list[Path], np.ndarray]:
-    root = HYMENOPTERA / "val"
-    if not root.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{root} is missing (required under CI)")
-        pytest.skip(f"{root} not present")
+    root = require_shared() / "val"
     paths, labels = [], []
     for folder, label in (("ants", ANT), ("bees", BEE)):
         for p in sorted((root / folder).iterdir()):

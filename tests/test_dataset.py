@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_shared
 from PIL import Image
 from skimage import data as skdata
 
@@ -20,16 +21,8 @@ from tfguess.dataset import (
     walk_files,
 )
 
-HYMENOPTERA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hymenoptera"
 PHOTOS = [skdata.chelsea(), skdata.coffee(), skdata.astronaut(), skdata.rocket()]
 
-
-def need_hymenoptera() -> Path:
-    if not HYMENOPTERA.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{HYMENOPTERA} is missing (required under CI=true)")
-        pytest.skip(f"{HYMENOPTERA} not present")
-    return HYMENOPTERA
 
 
 def photo(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
@@ -318,7 +311,7 @@ def test_every_kind_of_bad_input_is_reported(tmp_path, monkeypatch):
 
 @pytest.mark.shared
 def test_hymenoptera_train_scan():
-    root = need_hymenoptera() / "train"
+    root = require_shared() / "train"
     t0 = time.perf_counter()
     result = scan(root)
     seconds = time.perf_counter() - t0
@@ -335,7 +328,7 @@ def test_hymenoptera_train_scan():
 @pytest.mark.shared
 def test_hymenoptera_split_stable_when_growing(tmp_path):
     """Half of hymenoptera/train (as links), then all of it: the first half keeps its splits."""
-    src = need_hymenoptera() / "train"
+    src = require_shared() / "train"
     for label in ("ants", "bees"):
         (tmp_path / label).mkdir()
         for i, p in enumerate(sorted((src / label).iterdir())):

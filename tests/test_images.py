@@ -1,24 +1,14 @@
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_shared
 from PIL import Image, ImageChops
 from skimage import data as skdata
 
 from tfguess import images
 from tfguess.images import ImageError, decode_image, load_image, placeholder_reason, sniff
-
-HYMENOPTERA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hymenoptera"
-
-
-def need_hymenoptera() -> Path:
-    if not HYMENOPTERA.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{HYMENOPTERA} is missing (required under CI=true)")
-        pytest.skip(f"{HYMENOPTERA} not present")
-    return HYMENOPTERA
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +262,7 @@ def test_load_image_can_reject_placeholders(tmp_path, cat):
 
 @pytest.mark.shared
 def test_placeholder_only_flags_image_not_found_gif():
-    root = need_hymenoptera()
+    root = require_shared()
     files = sorted(p for p in root.rglob("*") if p.is_file())
     assert len(files) == 398
     flagged = [p.name for p in files if placeholder_reason(decode_image(p, draft_size=128))]
