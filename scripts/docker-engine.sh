@@ -7,8 +7,9 @@
 #   bash scripts/docker-engine.sh status
 #
 # start: installs docker.io and debootstrap with apt-get when missing, starts
-#   dockerd --storage-driver vfs --iptables=false --bridge=none (works inside VMs and
-#   containers without overlayfs or iptables) with its own data root, waits until it answers,
+#   dockerd --iptables=false --bridge=none (works inside VMs and containers without iptables)
+#   with storage driver overlay2 when overlayfs can be mounted, else vfs, and its own data
+#   root, waits until it answers,
 #   and, unless it exists, makes the image $TFGUESS_BASE_IMAGE from a debootstrap of Debian
 #   bookworm (python3 3.11, venv, pip, CA certificates), so no registry pull is needed.
 #   The socket belongs to group "docker": add users to that group to let them use it.
@@ -17,6 +18,7 @@
 #   TFGUESS_ENGINE_DIR   data root, log and pid file        (default /var/lib/tfguess-engine)
 #   TFGUESS_DOCKER_SOCK  socket path                         (default /var/run/docker.sock)
 #   TFGUESS_BASE_IMAGE   base image to create                (default tfguess-base:bookworm)
+#   TFGUESS_STORAGE_DRIVER  overlay2 or vfs                  (default: overlay2 when it works)
 #   TFGUESS_DEBIAN_MIRROR  mirror for debootstrap            (default: the one apt uses)
 set -euo pipefail
 
@@ -53,17 +55,35 @@ install_packages() {
     command -v apt-get >/dev/null || die "dockerd/debootstrap missing and no apt-get: install Docker first"
     say "installing ${missing[*]} with apt-get"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# overlay2 when the kernel can mount overlayfs on the data root's file system (much faster),
+# else vfs (copies the whole file system for every layer and container, but works anywhere).
+storage_driver() {
+    if [[ -n ${TFGUESS_STORAGE_DRIVER:-} ]]; then echo "$TFGUESS_STORAGE_DRIVER"; return; fi
+    local probe driver=vfs
+    probe=$(mktemp -d "$ENGINE_DIR/overlay-probe.XXXXXX")
+    mkdir "$probe/lower" "$probe/upper" "$probe/work" "$probe/merged"
+    if mount -t overlay overlay \
+        -o "lowerdir=$probe/lower,upperdir=$probe/upper,workdir=$probe/work" "$probe/merged" \
+        2>/dev/null; then
+        umount "$probe/merged"
+        driver=overlay2
+    fi
+    rm -rf "$probe"
+    echo "$driver"
 }
 
 start_daemon() {
     if engine_up; then say "engine already answers at $DOCKER_HOST"; return; fi
     mkdir -p "$ENGINE_DIR/data" "$(dirname "$SOCK")"
     getent group docker >/dev/null || groupadd --system docker
-    say "starting dockerd (vfs storage, log $LOG)"
+    local driver
+    driver=$(storage_driver)
+    say "starting dockerd (storage driver $driver, log $LOG)"
     # setsid: the daemon must outlive this script and not get the caller's Ctrl-C.
-    setsid dockerd --storage-driver vfs --iptables=false --ip-masq=false --bridge=none \
+    setsid dockerd --storage-driver "$driver" --iptables=false --ip-masq=false --bridge=none \
         --data-root "$ENGINE_DIR/data" --exec-root "$ENGINE_DIR/exec" \
         --pidfile "$PIDFILE" -H "unix://$SOCK" --group docker \
         >"$LOG" 2>&1 </dev/null &
