@@ -103,7 +103,7 @@ tfg_run_local() {
             python3 -m venv "$venv" >&2 || tfg_die "could not create $venv"
         fi
         tfg_say "installing tfguess and its dependencies into $venv (once, a few minutes)"
-        "$venv/bin/python" -m pip install -q -e "$TFGUESS_REPO[export]" >&2 ||
+        "$venv/bin/python" -m pip install -q -e "${TFGUESS_REPO}[export]" >&2 ||
             tfg_die "could not install tfguess into $venv"
     fi
     tfg_say "running locally ($venv)"

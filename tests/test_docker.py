@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,7 @@ def test_launcher_does_not_import_tensorflow() -> None:
 def test_unreachable_daemon_gives_a_clear_error(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
-    with pytest.raises(launcher.DockerError, match="does not answer.*TFGUESS_LOCAL=1"):
+    with pytest.raises(launcher.DockerError, match=r"(?s)does not answer.*TFGUESS_LOCAL=1"):
         launcher.connect()
     (tmp_path / "tf").mkdir()
     assert launcher.main(["run", "--", "train", str(tmp_path / "tf")]) == 1
@@ -109,6 +110,31 @@ def test_build_args_skip_local_indexes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert args["PIP_INDEX_URL"] == "https://mirror.example/simple"
     assert "PIP_EXTRA_INDEX_URL" not in args
     assert args["BASE_IMAGE"] == "debian-python:3.11"
+
+
+class FakeImages:
+    def __init__(self, labels: dict[str, str] | None) -> None:
+        self.labels = labels
+
+    def get(self, name: str) -> object:
+        if self.labels is None:
+            raise launcher.ImageNotFound(name)
+        return type("Image", (), {"labels": self.labels})()
+
+
+@pytest.mark.parametrize(("labels", "builds"), [
+    (None, True),                                          # missing
+    ({launcher.SOURCE_LABEL: "0" * 16}, True),             # built from other sources
+    ({launcher.SOURCE_LABEL: launcher.source_hash()}, False),
+    ({}, False),                                           # not built by the launcher
+])
+def test_image_is_built_when_missing_or_outdated(labels: dict[str, str] | None, builds: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    built = []
+    monkeypatch.setattr(launcher, "build_image", lambda client, image, **kw: built.append(image))
+    client = type("Client", (), {"images": FakeImages(labels)})()
+    launcher.ensure_image(client, "tfguess:x")
+    assert built == (["tfguess:x"] if builds else [])
 
 
 # --- through a real engine -----------------------------------------------------------------
@@ -272,3 +298,37 @@ def test_export_through_docker(trained: Path, workdir: Path, docker_user: tuple[
     as_user(request, "export.sh", "export.sh", trained, "--format", "tflite", cwd=workdir)
     assert (trained / "export" / "model.tflite").stat().st_size > 10_000
     assert_owned_by(trained, docker_user[0])
+
+
+@pytest.mark.docker
+def test_exit_status_is_propagated(built: str, tmp_path: Path) -> None:
+    # argparse in the container exits with 2 on an unknown option
+    status = launcher.run_in_docker(["train", str(tmp_path), "--no-such-option"], image=built)
+    assert status == 2
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_ctrl_c_stops_and_removes_the_container(built: str, engine, tmp_path: Path) -> None:
+    tf_files = tmp_path / "tf_files"
+    shutil.copytree(DEMO / "data", tf_files / "data")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TFGUESS_")}
+    env.update(TFGUESS_DOCKER="1", TFGUESS_IMAGE=built)
+    proc = subprocess.Popen(["bash", str(REPO / "train.sh"), str(tf_files)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    mounted = str(tf_files)
+
+    def ours() -> list:
+        return [c for c in engine.containers.list(all=True)
+                if any(m.get("Source") == mounted for m in c.attrs.get("Mounts", []))]
+
+    deadline = time.monotonic() + 120
+    while not ours() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ours(), "the container did not start"
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted, stopping the container" in err
+    assert not ours(), "the container was left behind"

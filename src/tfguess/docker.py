@@ -277,19 +277,25 @@ def run_in_docker(
     user = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None
     environment = {"HOME": CONTAINER_HOME, "MPLCONFIGDIR": f"{CONTAINER_HOME}/.matplotlib"}
     environment.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
-    container = client.containers.create(
-        image, command=args, user=user, detach=True, environment=environment,
-        mounts=[Mount(target=str(m.path), source=str(m.path), type="bind",
-                      read_only=not m.writable) for m in binds],
-        network_mode=os.environ.get("TFGUESS_DOCKER_NETWORK", "none"),
-        working_dir=CONTAINER_HOME, device_requests=_gpu_requests() or None,
-    )
+    try:
+        container = client.containers.create(
+            image, command=args, user=user, detach=True, environment=environment,
+            mounts=[Mount(target=str(m.path), source=str(m.path), type="bind",
+                          read_only=not m.writable) for m in binds],
+            network_mode=os.environ.get("TFGUESS_DOCKER_NETWORK", "none"),
+            working_dir=CONTAINER_HOME, device_requests=_gpu_requests() or None,
+        )
+    except APIError as exc:
+        raise DockerError(f"cannot create the container: {exc.explanation or exc}") from None
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         # attached before the start, so that no output is missed
         output = client.api.attach(container.id, stdout=True, stderr=True, stream=True,
                                    logs=True, demux=True)
-        container.start()
+        try:
+            container.start()
+        except APIError as exc:
+            raise DockerError(f"cannot start the container: {exc.explanation or exc}") from None
         _stream(output)
         status = int(container.wait()["StatusCode"])
         if status == 137:
@@ -349,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DockerError as exc:
         print(f"tfguess: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ntfguess: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
