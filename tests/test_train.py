@@ -197,3 +197,12 @@ def test_hymenoptera_accuracy_and_placeholder(hymenoptera_trained):
     assert summary["metrics"]["test"]["accuracy"] >= 0.85
     skipped = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in summary["skipped"]}
     assert "placeholder" in skipped["imageNotFound.gif"]
+
+
+def test_summaries_dir_gets_tensorboard_logs(tmp_path):
+    logs = tmp_path / "logs"
+    result = train(tmp_path / "tf", TrainConfig(image_dir=str(DEMO_DATA), report=False, epochs=4,
+                                                 summaries_dir=str(logs)), **QUIET)
+    events = list(logs.rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert result.summary["epochs_run"] == 4
