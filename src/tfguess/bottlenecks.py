@@ -22,7 +22,7 @@ import numpy as np
 from .engine import iter_batches, iter_loaded
 
 # Bump when decoding or resizing changes in a way that changes the pixels fed to the backbone.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 
 
 def cache_key(backbone_name: str, weights_id: str, size: int, resize: str) -> str:

@@ -51,6 +51,31 @@ def resolve_backbone(config: TrainConfig):
     return get_backbone(config.backbone)
 
 
+class _Adam:
+    """The Adam update (Keras defaults), for numpy arrays updated in place."""
+
+    def __init__(self, params: list[np.ndarray], lr: float) -> None:
+        self.params, self.lr, self.t = params, lr, 0
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+
+    def step(self, grads: list[np.ndarray], b1=0.9, b2=0.999, eps=1e-7) -> None:
+        self.t += 1
+        lr = self.lr * np.sqrt(1 - b2**self.t) / (1 - b1**self.t)
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            m += (1 - b1) * (g - m)
+            v += (1 - b2) * (g * g - v)
+            p -= lr * m / (np.sqrt(v) + eps)
+
+
+def _loss_accuracy(x: np.ndarray, y: np.ndarray, kernel: np.ndarray, bias: np.ndarray):
+    from .model import softmax
+
+    probs = softmax(x @ kernel + bias)
+    loss = -np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).mean()
+    return float(loss), float((probs.argmax(1) == y).mean())
+
+
 def fit_head(
     train: SplitData,
     val: SplitData | None,
@@ -61,74 +86,55 @@ def fit_head(
 ):
     """Train dropout + softmax on cached features; early stopping on validation loss.
 
-    Returns (kernel, bias, history rows, best epoch).
+    Plain numpy (the head is one matrix): mini-batch Adam on the class-weighted cross-entropy
+    with L2 on the kernel and dropout on the features. Returns (kernel, bias, history rows,
+    best epoch).
     """
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(config.seed)
-    dim = train.x.shape[1]
-    inputs = keras.Input((dim,))
-    x = keras.layers.Dropout(config.dropout)(inputs)
-    head = keras.layers.Dense(
-        num_classes, kernel_regularizer=keras.regularizers.L2(config.l2) if config.l2 else None
-    )
-    logits = head(x)
-    net = keras.Model(inputs, logits)
-    optimizer = keras.optimizers.Adam(config.learning_rate)
-    optimizer.build(net.trainable_variables)
-
-    counts = np.bincount(train.y, minlength=num_classes).astype(np.float32)
-    if config.class_weights:
-        class_w = len(train.y) / (num_classes * np.maximum(counts, 1))
-    else:
-        class_w = np.ones(num_classes, np.float32)
-    sample_w = class_w[train.y].astype(np.float32)
-
-    def loss_fn(labels, logits, weights):
-        onehot = tf.one_hot(labels, num_classes)
-        if config.label_smoothing:
-            onehot = onehot * (1 - config.label_smoothing) + config.label_smoothing / num_classes
-        ce = tf.nn.softmax_cross_entropy_with_logits(onehot, logits)
-        return tf.reduce_sum(ce * weights) / tf.reduce_sum(weights)
-
-    @tf.function(reduce_retracing=True)
-    def step(xb, yb, wb):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(yb, net(xb, training=True), wb) + tf.add_n(net.losses or [0.0])
-        grads = tape.gradient(loss, net.trainable_variables)
-        optimizer.apply_gradients(zip(grads, net.trainable_variables))
-        return loss
-
-    @tf.function(reduce_retracing=True)
-    def evaluate(xs, ys):
-        logits = net(xs, training=False)
-        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(ys, logits))
-        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), ys), tf.float32))
-        return loss, acc
-
-    xt, yt, wt = tf.constant(train.x), tf.constant(train.y, tf.int32), tf.constant(sample_w)
-    has_val = val is not None and len(val.y) > 0
-    if has_val:
-        xv, yv = tf.constant(val.x), tf.constant(val.y, tf.int32)
-    writer = tf.summary.create_file_writer(summaries_dir) if summaries_dir else None
-    rng = np.random.default_rng(config.seed)
-    n = len(train.y)
-    best = (np.inf, 0, [w.copy() for w in head.get_weights()])
-    history = []
     from tqdm.auto import tqdm
 
+    from .model import softmax
+
+    rng = np.random.default_rng(config.seed)
+    n, dim = train.x.shape
+    limit = np.sqrt(6 / (dim + num_classes))  # Glorot uniform, as Keras' Dense
+    kernel = rng.uniform(-limit, limit, (dim, num_classes)).astype(np.float32)
+    bias = np.zeros(num_classes, np.float32)
+    adam = _Adam([kernel, bias], config.learning_rate)
+
+    counts = np.bincount(train.y, minlength=num_classes).astype(np.float32)
+    class_w = (len(train.y) / (num_classes * np.maximum(counts, 1)) if config.class_weights
+               else np.ones(num_classes, np.float32))
+    sample_w = class_w[train.y].astype(np.float32)
+    targets = np.eye(num_classes, dtype=np.float32)[train.y]
+    if config.label_smoothing:
+        targets = targets * (1 - config.label_smoothing) + config.label_smoothing / num_classes
+    keep = 1.0 - config.dropout
+    has_val = val is not None and len(val.y) > 0
+
+    writer = None
+    if summaries_dir:
+        from ._quiet import import_tensorflow
+
+        tf = import_tensorflow()
+        writer = tf.summary.create_file_writer(summaries_dir)
+    best = (np.inf, 0, kernel.copy(), bias.copy())
+    history = []
     bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", disable=not progress,
                dynamic_ncols=True)
     for epoch in bar:
         order = rng.permutation(n)
         for start in range(0, n, config.batch_size):
             idx = order[start:start + config.batch_size]
-            step(tf.gather(xt, idx), tf.gather(yt, idx), tf.gather(wt, idx))
-        loss, acc = (float(v) for v in evaluate(xt, yt))
+            xb = train.x[idx]
+            if config.dropout:
+                xb = xb * (rng.random(xb.shape, dtype=np.float32) < keep) / keep
+            w = sample_w[idx] / sample_w[idx].sum()
+            grad_logits = (softmax(xb @ kernel + bias) - targets[idx]) * w[:, None]
+            adam.step([xb.T @ grad_logits + 2 * config.l2 * kernel, grad_logits.sum(0)])
+        loss, acc = _loss_accuracy(train.x, train.y, kernel, bias)
         row = {"epoch": epoch, "loss": round(loss, 6), "accuracy": round(acc, 6)}
         if has_val:
-            vloss, vacc = (float(v) for v in evaluate(xv, yv))
+            vloss, vacc = _loss_accuracy(val.x, val.y, kernel, bias)
             row.update(val_loss=round(vloss, 6), val_accuracy=round(vacc, 6))
         history.append(row)
         if writer:
@@ -139,14 +145,13 @@ def fit_head(
         bar.set_postfix({k: v for k, v in row.items() if k != "epoch"}, refresh=False)
         monitored = row.get("val_loss", row["loss"])
         if monitored < best[0] - 1e-5:
-            best = (monitored, epoch, [w.copy() for w in head.get_weights()])
+            best = (monitored, epoch, kernel.copy(), bias.copy())
         elif epoch - best[1] >= config.patience:
             break
     bar.close()
     if writer:
         writer.close()
-    kernel, bias = best[2]
-    return kernel, bias, history, best[1]
+    return best[2], best[3], history, best[1]
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:

@@ -1,0 +1,447 @@
+"""Speed of tfguess on this machine, against the naive Keras recipe in the same run: prints one table.
+
+Usage: .venv/bin/python bench/benchmark.py [--quick] [--only PARTS] [--repeat N] [--dataset DIR]
+
+PARTS (comma-separated): extract, retrain, guessdir, guess, rss (default: all). Working sets are
+made once under bench/work/ (git-ignored) from ../shared/datasets/hymenoptera:
+  web    the data set as is (398 files, typically 500x375 JPEGs, one placeholder GIF);
+  phone  JPEGs re-encoded at 4000x3000 (upscaled, with sensor-like noise so that they weigh
+         about as much as phone photos);
+  1000   1,000 distinct images for the retrain test (the originals, plus mirrored and slightly
+         cropped re-encodings).
+Throughput is wall-clock images/s; "CPU ms/img" is the process's CPU time (all threads) per
+image, which the other load of a shared machine changes much less than the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "bench" / "work"
+DATASET = REPO.parent / "shared" / "datasets" / "hymenoptera"
+BACKBONE = "efficientnet_lite0"
+SIZE = 224
+PARTS = ("extract", "retrain", "guessdir", "guess", "rss")
+
+
+def quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from tfguess.engine import default_workers
+
+    return f"{model}, {default_workers()} cores, load average {os.getloadavg()[0]:.1f}"
+
+
+# --- working sets -------------------------------------------------------------------------------
+
+
+def web_set(dataset: Path) -> list[Path]:
+    return sorted(p for p in dataset.rglob("*") if p.is_file())
+
+
+def _jpegs(dataset: Path) -> list[Path]:
+    ants = sorted(dataset.rglob("ants/*.jpg"))
+    bees = sorted(dataset.rglob("bees/*.jpg"))
+    mixed = [p for pair in zip(ants, bees) for p in pair]
+    return mixed + ants[len(bees):] + bees[len(ants):]
+
+
+def phone_set(dataset: Path, n: int) -> list[Path]:
+    """``n`` phone-sized JPEGs (4000x3000 or 3000x4000), made once."""
+    folder = WORK / "phone"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = []
+    for i, src in enumerate(_jpegs(dataset)[:n]):
+        path = folder / f"{i:04d}.jpg"
+        if not path.exists():
+            im = Image.open(src).convert("RGB")
+            size = (4000, 3000) if im.width >= im.height else (3000, 4000)
+            big = np.asarray(im.resize(size, Image.Resampling.BICUBIC), np.int16)
+            big = big + rng.normal(0, 6, (size[1], size[0], 1)).astype(np.int16)
+            Image.fromarray(np.clip(big, 0, 255).astype(np.uint8)).save(path, quality=92)
+        out.append(path)
+    return out
+
+
+def retrain_set(dataset: Path, n: int = 1000) -> Path:
+    """``n`` distinct labelled images in bench/work/retrain/data/<label>/, made once."""
+    root = WORK / "retrain" / "data"
+    done = root / ".complete"
+    if done.exists() and int(done.read_text()) == n:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    sources = _jpegs(dataset)
+    count = 0
+    for variant in range(3):
+        for src in sources:
+            if count == n:
+                break
+            label = src.parent.name
+            (root / label).mkdir(parents=True, exist_ok=True)
+            dst = root / label / f"{src.stem}-{variant}.jpg"
+            if variant == 0:
+                shutil.copyfile(src, dst)
+            else:
+                im = Image.open(src).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                if variant == 2:
+                    w, h = im.size
+                    im = im.crop((w // 20, h // 20, w - w // 20, h - h // 20))
+                im.save(dst, quality=90)
+            count += 1
+    done.write_text(str(n))
+    return root
+
+
+# --- bottleneck extraction ----------------------------------------------------------------------
+
+
+def digests(paths: list[Path], salt: str = "") -> list[tuple[Path, str]]:
+    return [(p, hashlib.sha256(salt.encode() + p.read_bytes()).hexdigest()) for p in paths]
+
+
+def extract(items: list[tuple[Path, str]], backbone, key: str, engine: str) -> dict:
+    """Bottleneck extraction with tfguess into an empty cache (the engine's TFLite file cached)."""
+    from tfguess.bottlenecks import BottleneckCache, compute_features
+    from tfguess.engine import make_engine
+
+    root = Path(tempfile.mkdtemp(dir=WORK, prefix="cache-"))
+    try:
+        cache = BottleneckCache(root, "bench")
+        c = cpu_seconds()
+        result = compute_features(
+            items, cache, lambda: make_engine(backbone, SIZE, key, engine, quiet), SIZE, "crop",
+            progress=False,
+        )
+        cpu = cpu_seconds() - c
+    finally:
+        shutil.rmtree(root)
+    n = len(items)
+    return {"ips": n / result.seconds, "cpu_ms": 1000 * cpu / n, "skipped": len(result.skipped)}
+
+
+def naive(paths: list[Path], model, batch_size: int = 32) -> dict:
+    """The tutorial recipe: each image decoded at full size by PIL, resized, model.predict a batch."""
+    start, c = time.perf_counter(), cpu_seconds()
+    batch: list[np.ndarray] = []
+    n_feats = 0
+
+    def flush() -> int:
+        if not batch:
+            return 0
+        feats = model.predict(np.stack(batch).astype(np.float32), batch_size=batch_size, verbose=0)
+        batch.clear()
+        return len(feats)
+
+    for path in paths:
+        try:
+            im = Image.open(path).convert("RGB")
+        except OSError:
+            continue
+        w, h = im.size
+        side = min(w, h) * 0.875  # the same central crop as tfguess
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        batch.append(np.asarray(im.resize((SIZE, SIZE), Image.Resampling.BICUBIC, box=box)))
+        if len(batch) == batch_size:
+            n_feats += flush()
+    n_feats += flush()
+    seconds = time.perf_counter() - start
+    return {"ips": len(paths) / seconds, "cpu_ms": 1000 * (cpu_seconds() - c) / len(paths)}
+
+
+def bench_extraction(dataset: Path, quick: bool, repeat: int) -> dict:
+    from tfguess.backbones import get_backbone
+    from tfguess.engine import make_engine
+
+    spec = get_backbone(BACKBONE)
+    backbone = spec.build()
+    key = f"{spec.name}|{spec.weights_id()}|{spec.input_size}"
+    t = time.perf_counter()
+    make_engine(backbone, SIZE, key, "tflite", quiet)  # converts once when not cached
+    convert_s = time.perf_counter() - t
+    sets = {"web": web_set(dataset), "phone": phone_set(dataset, 32 if quick else 120)}
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(repeat):  # interleaved, so that a change in the machine's load hits all rows
+        for name, paths in sets.items():
+            items = digests(paths)
+            for row in ("tflite", "keras", "naive"):
+                if row == "keras" and (quick or name == "phone"):
+                    continue
+                r = naive(paths, backbone) if row == "naive" else extract(items, backbone, key, row)
+                runs.setdefault((name, row), []).append(r)
+    return {"runs": runs, "n": {k: len(v) for k, v in sets.items()}, "convert_s": convert_s}
+
+
+# --- retrain, guess-dir, guess.sh ---------------------------------------------------------------
+
+
+def bench_retrain(dataset: Path) -> dict:
+    """train() twice on 1,000 images: the first fills the bottleneck cache, the second is timed."""
+    from tfguess.config import TrainConfig
+    from tfguess.train import train
+
+    data = retrain_set(dataset)
+    tf_files = WORK / "retrain" / "tf_files"
+    out = {}
+    for run in ("cold", "warm"):
+        if tf_files.exists():
+            for p in tf_files.iterdir():
+                if p.name != "bottlenecks" or run == "cold":
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        config = TrainConfig(image_dir=str(data), report=False)
+        start = time.perf_counter()
+        result = train(tf_files, config, progress=False, log=quiet)
+        out[run] = {"seconds": time.perf_counter() - start, **result.summary["timings_s"],
+                    "computed": result.summary["features"]["computed"]}
+    out["tf_files"] = tf_files
+    return out
+
+
+def trained_model(dataset: Path) -> Path:
+    tf_files = WORK / "retrain" / "tf_files"
+    if not (tf_files / "model.keras").exists():
+        bench_retrain(dataset)
+    return tf_files
+
+
+def bench_guess_dir(dataset: Path, repeat: int) -> dict:
+    from tfguess.predict import guess_dir
+
+    model = trained_model(dataset)
+    rates, totals = [], []
+    for _ in range(repeat):
+        dst = Path(tempfile.mkdtemp(dir=WORK, prefix="guessdir-")) / "out"
+        try:
+            start = time.perf_counter()
+            result = guess_dir(model, dataset, dst, recursive=True, progress=False, log=quiet)
+            totals.append(time.perf_counter() - start)
+            rates.append(result.images_per_second)
+        finally:
+            shutil.rmtree(dst.parent)
+    return {"ips": statistics.median(rates), "all": rates, "total_s": statistics.median(totals),
+            "n": len(result.copied) + len(result.skipped)}
+
+
+def bench_guess_sh(dataset: Path, repeat: int) -> dict:
+    model = trained_model(dataset)
+    image = _jpegs(dataset)[0]
+    env = {**os.environ, "TFGUESS_LOCAL": "1", "TFGUESS_VENV": str(REPO / ".venv")}
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        proc = subprocess.run(["bash", str(REPO / "guess.sh"), str(model), str(image)], env=env,
+                              capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        if proc.returncode != 0 or "score" not in proc.stdout:
+            raise RuntimeError(f"guess.sh failed: {proc.stdout}{proc.stderr}")
+    return {"seconds": statistics.median(times), "all": times}
+
+
+# --- peak memory --------------------------------------------------------------------------------
+
+
+def rss_child(n: int, dataset: Path) -> None:
+    """Extract ``n`` images (the web set repeated, each copy under its own cache entry) and print
+    the peak RSS before and after, as JSON. Runs in its own process."""
+    from tfguess.backbones import get_backbone
+    from tfguess.bottlenecks import BottleneckCache, compute_features
+    from tfguess.engine import make_engine
+
+    spec = get_backbone(BACKBONE)
+    backbone = spec.build()
+    key = f"{spec.name}|{spec.weights_id()}|{spec.input_size}"
+    paths = web_set(dataset)
+    items = []
+    for i in range(n):
+        path = paths[i % len(paths)]
+        items.append((path, hashlib.sha256(f"{i}:{path}".encode()).hexdigest()))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Reset the peak ("VmHWM") so that the peak of the extraction itself can be read afterwards.
+    reset = Path("/proc/self/clear_refs")
+    try:
+        reset.write_text("5")
+    except OSError:
+        pass
+    root = Path(tempfile.mkdtemp(dir=WORK, prefix="rss-"))
+    try:
+        result = compute_features(
+            items, BottleneckCache(root, "bench"), lambda: make_engine(backbone, SIZE, key, "auto", quiet),
+            SIZE, "crop", progress=False,
+        )
+    finally:
+        shutil.rmtree(root)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    hwm = _status_kb("VmHWM")
+    print(json.dumps({"n": n, "before_mb": before / 1024, "peak_mb": peak / 1024,
+                      "extract_peak_mb": hwm / 1024 if hwm else None, "ips": n / result.seconds}))
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def bench_rss(sizes: tuple[int, int], dataset: Path) -> dict:
+    out = {}
+    for n in sizes:
+        proc = subprocess.run([sys.executable, __file__, "--rss-child", str(n), "--dataset", str(dataset)], capture_output=True,
+                              text=True, cwd=REPO)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the {n}-image memory run failed:\n{proc.stderr[-3000:]}")
+        out[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def _rate(runs: list[dict]) -> tuple[float, str]:
+    rates = [r["ips"] for r in runs]
+    med = statistics.median(rates)
+    spread = f" ({min(rates):.0f}-{max(rates):.0f})" if len(rates) > 1 else ""
+    cpu = statistics.median(r["cpu_ms"] for r in runs)
+    return med, f"{med:.0f} img/s{spread}, {cpu:.1f} CPU ms/img"
+
+
+def _check(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def table(res: dict, load_before: float, load_after: float) -> str:
+    rows = [("Measurement", "Result", "Target", "Met")]
+    if "extract" in res:
+        ex = res["extract"]
+        runs, n = ex["runs"], ex["n"]
+        web, web_s = _rate(runs["web", "tflite"])
+        naive_web, naive_web_s = _rate(runs["web", "naive"])
+        rows.append((f"Bottlenecks, web-sized ({n['web']} files), tfguess engine", web_s,
+                     ">= 120 img/s", _check(web >= 120)))
+        if ("web", "keras") in runs:
+            rows.append(("Bottlenecks, web-sized, tfguess --engine keras", _rate(runs["web", "keras"])[1],
+                         "", ""))
+        rows.append(("Bottlenecks, web-sized, naive Keras baseline", naive_web_s, "", ""))
+        rows.append(("Speed-up over the naive baseline, web-sized", f"{web / naive_web:.1f}x",
+                     ">= 6x", _check(web / naive_web >= 6)))
+        phone, phone_s = _rate(runs["phone", "tflite"])
+        naive_phone, naive_phone_s = _rate(runs["phone", "naive"])
+        rows.append((f"Bottlenecks, phone-sized 4000x3000 ({n['phone']} files), tfguess engine",
+                     phone_s, ">= 40 img/s", _check(phone >= 40)))
+        rows.append(("Bottlenecks, phone-sized, naive Keras baseline", naive_phone_s, "", ""))
+        rows.append(("Speed-up over the naive baseline, phone-sized", f"{phone / naive_phone:.1f}x",
+                     "", ""))
+    if "guessdir" in res:
+        g = res["guessdir"]
+        rows.append((f"guess-dir, web-sized ({g['n']} files)",
+                     f"{g['ips']:.0f} img/s ({g['total_s']:.1f} s with model loading)",
+                     ">= 100 img/s", _check(g["ips"] >= 100)))
+    if "retrain" in res:
+        r = res["retrain"]
+        cold, warm = r["cold"], r["warm"]
+        rows.append(("Retrain, 1,000 images, cold cache: train()",
+                     f"{cold['seconds']:.1f} s (bottlenecks {cold['features']:.1f} s)", "", ""))
+        rows.append(("Retrain, 1,000 images, warm cache: train()",
+                     f"{warm['seconds']:.1f} s (backbone {warm['backbone']:.1f}, scan {warm['scan']:.1f}, "
+                     f"cache {warm['features']:.1f}, head {warm['train_head']:.1f}, save {warm['save']:.1f})",
+                     "<= 5 s", _check(warm["seconds"] <= 5)))
+    if "guess" in res:
+        rows.append(("guess.sh, one image, new process (local)", f"{res['guess']['seconds']:.1f} s", "", ""))
+    if "rss" in res:
+        (a, ra), (b, rb) = sorted(res["rss"].items())
+        ratio = rb["peak_mb"] / ra["peak_mb"]
+        rows.append((f"Peak RSS of the process, bottlenecks of {a:,} / {b:,} images",
+                     f"{ra['peak_mb']:.0f} / {rb['peak_mb']:.0f} MB ({ra['ips']:.0f} / {rb['ips']:.0f} img/s)",
+                     "", ""))
+        if ra["extract_peak_mb"] and rb["extract_peak_mb"]:
+            rows.append(("Peak RSS during the extraction alone (after the model is built)",
+                         f"{ra['extract_peak_mb']:.0f} / {rb['extract_peak_mb']:.0f} MB "
+                         f"(ratio {rb['extract_peak_mb'] / ra['extract_peak_mb']:.2f})", "", ""))
+        rows.append((f"Peak RSS ratio {b:,} / {a:,}", f"{ratio:.2f}", "<= 1.5", _check(ratio <= 1.5)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines.append(f"\nLoad average (1 min) before / after: {load_before:.1f} / {load_after:.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sets, fewer repeats, RSS 200/2,000")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
+    parser.add_argument("--repeat", type=int, default=0, help="runs per throughput row (median)")
+    parser.add_argument("--dataset", type=Path, default=DATASET)
+    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    WORK.mkdir(parents=True, exist_ok=True)
+    if args.rss_child:
+        rss_child(args.rss_child, args.dataset)
+        return 0
+    if not args.dataset.is_dir():
+        sys.exit(f"data set not found: {args.dataset} (pass --dataset DIR)")
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        sys.exit(f"unknown part(s) {', '.join(sorted(unknown))}: choose from {', '.join(PARTS)}")
+    repeat = args.repeat or (1 if args.quick else 2)
+    print(f"Machine: {machine()}", flush=True)
+    load_before = os.getloadavg()[0]
+    res: dict = {}
+    for part in PARTS:
+        if part not in parts:
+            continue
+        print(f"running {part} ...", file=sys.stderr, flush=True)
+        if part == "extract":
+            res[part] = bench_extraction(args.dataset, args.quick, repeat)
+        elif part == "retrain":
+            res[part] = bench_retrain(args.dataset)
+        elif part == "guessdir":
+            res[part] = bench_guess_dir(args.dataset, repeat)
+        elif part == "guess":
+            res[part] = bench_guess_sh(args.dataset, 3)
+        elif part == "rss":
+            res[part] = bench_rss((200, 2000) if args.quick else (1000, 10000), args.dataset)
+    text = table(res, load_before, os.getloadavg()[0])
+    print(text)
+    results = REPO / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    (results / "latest.md").write_text(f"Machine: {machine()}\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
