@@ -79,6 +79,12 @@ start_daemon() {
     if engine_up; then say "engine already answers at $DOCKER_HOST"; return; fi
     mkdir -p "$ENGINE_DIR/data" "$(dirname "$SOCK")"
     getent group docker >/dev/null || groupadd --system docker
+    # A daemon killed without a clean stop (a reboot, a killed session) leaves its pid file
+    # and socket behind, and dockerd refuses to start over a pid file.
+    if [[ -f $PIDFILE ]] && ! kill -0 "$(cat "$PIDFILE" 2>/dev/null)" 2>/dev/null; then
+        say "removing the stale pid file of a daemon that is gone"
+        rm -f "$PIDFILE" "$SOCK"
+    fi
     local driver
     driver=$(storage_driver)
     say "starting dockerd (storage driver $driver, log $LOG)"

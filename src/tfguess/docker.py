@@ -163,6 +163,10 @@ def build_image(
     args = host_build_args() if build_args is None else dict(build_args)
     print(f"tfguess: building the image {image} from {root}/Dockerfile "
           f"(build args: {args or 'none'}; this takes a few minutes the first time)", file=log)
+    try:
+        old_id = client.images.get(image).id
+    except ImageNotFound:
+        old_id = None
     context = _context_tar(root, ca_bundle)
     try:
         stream = client.api.build(
@@ -180,7 +184,19 @@ def build_image(
         raise DockerError(f"building {image} failed: {exc.explanation or exc}") from None
     finally:
         context.close()
+    _remove_replaced(client, old_id, image, log)
     return image
+
+
+def _remove_replaced(client: docker.DockerClient, old_id: str | None, image: str, log) -> None:
+    """Delete the image a rebuild replaced (it is untagged now and takes gigabytes)."""
+    if old_id is None or old_id == client.images.get(image).id:
+        return
+    try:
+        client.images.remove(old_id)
+        print(f"tfguess: removed the replaced image {old_id[:19]}", file=log)
+    except APIError:  # still used by a container: leave it
+        pass
 
 
 def ensure_image(client: docker.DockerClient, image: str, *, build_if_missing: bool = True) -> None:

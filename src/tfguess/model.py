@@ -99,7 +99,8 @@ def save_classifier(
     """Write the model atomically: a failed save never leaves a half-written file at ``path``.
 
     With ``keep_previous``, a model already at ``path`` is renamed to ``<stem>.previous.keras``
-    once the new one is complete (and that name is returned), so nothing is lost.
+    once the new one is complete (and that name is returned): the last model is never lost;
+    one generation is kept.
     """
     path = Path(path)
     previous = None

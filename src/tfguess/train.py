@@ -347,7 +347,7 @@ def train(
     model_path = tf_files / MODEL_FILENAME
     previous = save_classifier(model_path, classifier, labels, meta)
     if previous:
-        log(f"Kept the previous {model_path.name} as {previous.name}")
+        log(f"Kept the previous {model_path.name} as {previous.name} (one generation is kept)")
     atomic_write_text(tf_files / LABELS_FILENAME, "".join(f"{label}\n" for label in labels))
     _write_history(tf_files / HISTORY_FILENAME, history)
     timings["save"] = time.perf_counter() - t
