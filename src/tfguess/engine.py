@@ -175,18 +175,29 @@ class TFLiteEngine:
             return out
 
 
-def convert_to_tflite(model, size: int, out_path: Path) -> Path:
-    """Convert a Keras model taking ``[N, size, size, 3]`` float pixels to a float32 TFLite file."""
+def frozen_function(model, size: int, batch: int | None = None, name: str | None = None):
+    """``model`` as one concrete function on ``[batch, size, size, 3]`` with frozen weights.
+
+    Keras 3 variables otherwise stay resource variables, and a TFLite file converted from them
+    silently loses its weights (it outputs NaN).
+    """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
 
     fn = tf.function(lambda x: model(x, training=False))
-    concrete = fn.get_concrete_function(tf.TensorSpec([None, size, size, 3], tf.float32))
-    # Freeze the weights into the graph: Keras 3 variables otherwise stay resource variables.
-    frozen = convert_variables_to_constants_v2(concrete)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
+    spec = tf.TensorSpec([batch, size, size, 3], tf.float32, name=name)
+    return convert_variables_to_constants_v2(fn.get_concrete_function(spec))
+
+
+def convert_to_tflite(model, size: int, out_path: Path) -> Path:
+    """Convert a Keras model taking ``[N, size, size, 3]`` float pixels to a float32 TFLite file."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [frozen_function(model, size)], tf.Module()
+    )
     data = converter.convert()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine import frozen_function
 from .images import CROP_FRACTION, ImageError, load_image
 from .model import LABELS_FILENAME, ModelError, load_classifier, resolve_model_path
 from .tflite_metadata import ImageClassifierInfo, add_metadata, read_metadata, tensor_types
@@ -170,20 +171,8 @@ def representative_images(tf_files: Path, n: int = REPRESENTATIVE_IMAGES) -> lis
 
 
 def _keras_function(classifier, batch: int | None, name: str = "pixels"):
-    """The model as one concrete function with its weights frozen into constants.
-
-    (Converting the variables' function with the model as ``trackable_obj`` silently loses the
-    weights of a model loaded from a ``.keras`` file: the TFLite file then outputs NaN.)
-    """
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
-    model, size = classifier.keras_model, classifier.input_size
-    fn = tf.function(lambda x: model(x, training=False))
-    concrete = fn.get_concrete_function(tf.TensorSpec([batch, size, size, 3], tf.float32, name=name))
-    return convert_variables_to_constants_v2(concrete)
+    """The model as one concrete function with its weights frozen into constants."""
+    return frozen_function(classifier.keras_model, classifier.input_size, batch, name)
 
 
 def tflite_bytes(classifier, quantize: str = "none", images: list[str] | None = None) -> bytes:
