@@ -2,7 +2,7 @@
 
 Trains on hymenoptera/train with default settings into a fresh folder (cold cache), trains again
 (warm cache), then sorts hymenoptera/val with guess-dir and scores the manifest against the
-sub-folders. Run: python bench/hymenoptera_check.py [HYMENOPTERA_DIR]
+sub-folders. Run: python bench/train_guess_check.py [HYMENOPTERA_DIR]
 """
 
 from __future__ import annotations
