@@ -57,7 +57,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    from tfguess.engine import default_workers
+    from tfguess.pipeline import default_workers
 
     return f"{model}, {default_workers()} cores, load average {os.getloadavg()[0]:.1f}"
 
@@ -130,17 +130,17 @@ def digests(paths: list[Path], salt: str = "") -> list[tuple[Path, str]]:
     return [(p, hashlib.sha256(salt.encode() + p.read_bytes()).hexdigest()) for p in paths]
 
 
-def extract(items: list[tuple[Path, str]], backbone, key: str, engine: str) -> dict:
+def extract(items: list[tuple[Path, str]], backbone, key, engine: str) -> dict:
     """Bottleneck extraction with tfguess into an empty cache (the engine's TFLite file cached)."""
     from tfguess.bottlenecks import BottleneckCache, compute_features
-    from tfguess.engine import make_engine
+    from tfguess.features import make_extractor
 
     root = Path(tempfile.mkdtemp(dir=WORK, prefix="cache-"))
     try:
         cache = BottleneckCache(root, "bench")
         c = cpu_seconds()
         result = compute_features(
-            items, cache, lambda: make_engine(backbone, SIZE, key, engine, quiet), SIZE, "crop",
+            items, cache, lambda: make_extractor(key, lambda: backbone, engine, quiet), SIZE, "crop",
             progress=False,
         )
         cpu = cpu_seconds() - c
@@ -181,13 +181,13 @@ def naive(paths: list[Path], model, batch_size: int = 32) -> dict:
 
 def bench_extraction(dataset: Path, quick: bool, repeat: int) -> dict:
     from tfguess.backbones import get_backbone
-    from tfguess.engine import make_engine
+    from tfguess.features import BackboneRef, make_extractor
 
     spec = get_backbone(BACKBONE)
     backbone = spec.build()
-    key = f"{spec.name}|{spec.weights_id()}|{spec.input_size}"
+    key = BackboneRef(spec.name, spec.weights_id(), spec.input_size, spec.resize)
     t = time.perf_counter()
-    make_engine(backbone, SIZE, key, "tflite", quiet)  # converts once when not cached
+    make_extractor(key, lambda: backbone, "tflite", quiet)  # converts once when not cached
     convert_s = time.perf_counter() - t
     sets = {"web": web_set(dataset), "phone": phone_set(dataset, 32 if quick else 120)}
     runs: dict[tuple[str, str], list[dict]] = {}
@@ -275,11 +275,11 @@ def rss_child(n: int, dataset: Path) -> None:
     the peak RSS before and after, as JSON. Runs in its own process."""
     from tfguess.backbones import get_backbone
     from tfguess.bottlenecks import BottleneckCache, compute_features
-    from tfguess.engine import make_engine
+    from tfguess.features import BackboneRef, make_extractor
 
     spec = get_backbone(BACKBONE)
     backbone = spec.build()
-    key = f"{spec.name}|{spec.weights_id()}|{spec.input_size}"
+    key = BackboneRef(spec.name, spec.weights_id(), spec.input_size, spec.resize)
     paths = web_set(dataset)
     items = []
     for i in range(n):
@@ -295,7 +295,7 @@ def rss_child(n: int, dataset: Path) -> None:
     root = Path(tempfile.mkdtemp(dir=WORK, prefix="rss-"))
     try:
         result = compute_features(
-            items, BottleneckCache(root, "bench"), lambda: make_engine(backbone, SIZE, key, "auto", quiet),
+            items, BottleneckCache(root, "bench"), lambda: make_extractor(key, lambda: backbone, "auto", quiet),
             SIZE, "crop", progress=False,
         )
     finally:

@@ -36,10 +36,11 @@ def size_of(path: Path) -> int:
 
 
 def check(tf_files: Path, val_dir: Path, out_dir: Path) -> list[dict]:
-    from tfguess.export import TFLiteClassifier, export
+    from tfguess.export import export
     from tfguess.images import load_image
     from tfguess.model import load_classifier
     from tfguess.predict import Predictor
+    from tfguess.runtime import TFLiteClassifier
 
     quiet = lambda *_: None  # noqa: E731
     classifier = load_classifier(tf_files)

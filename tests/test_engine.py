@@ -9,16 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfguess import engine
-from tfguess.engine import (
-    KerasEngine,
-    Loaded,
-    TFLiteEngine,
-    iter_batches,
-    iter_loaded,
-    make_engine,
-)
+from tfguess import features, pipeline
+from tfguess.errors import ConfigError
+from tfguess.features import BackboneRef, KerasEngine, make_extractor
 from tfguess.images import load_image
+from tfguess.pipeline import Loaded, iter_batches, iter_loaded
+from tfguess.runtime import TFLiteEngine
 
 # TFLite (XNNPACK, float32) and TensorFlow sum in different orders: features (post-ReLU6 averages,
 # up to about 6) agree to about 1e-5; this bound leaves a margin while catching any real change.
@@ -49,8 +45,8 @@ def lite0():
     if not spec.available:
         pytest.skip("efficientnet-lite0 weights package not installed")
     model = spec.build()
-    key = f"{spec.name}|{spec.weights_id()}|{spec.input_size}"
-    tflite = make_engine(model, spec.input_size, key, engine="tflite", log=lambda *_: None)
+    ref = BackboneRef(spec.name, spec.weights_id(), spec.input_size, spec.resize)
+    tflite = make_extractor(ref, lambda: model, engine="tflite", log=lambda *_: None)
     return model, tflite.path
 
 
@@ -139,7 +135,7 @@ class _CountingLoader:
 
 def test_iter_loaded_look_ahead_is_bounded(monkeypatch):
     loader = _CountingLoader()
-    monkeypatch.setattr(engine, "load_image", loader)
+    monkeypatch.setattr(pipeline, "load_image", loader)
     pulled = 0
 
     def paths():
@@ -159,7 +155,7 @@ def test_iter_loaded_look_ahead_is_bounded(monkeypatch):
 
 def test_iter_loaded_stops_decoding_when_the_consumer_stops(monkeypatch):
     loader = _CountingLoader()
-    monkeypatch.setattr(engine, "load_image", loader)
+    monkeypatch.setattr(pipeline, "load_image", loader)
     stream = iter_loaded([Path(f"{i}.jpg") for i in range(1000)], SIZE, "crop", workers=2, prefetch=16)
     for _ in range(5):
         next(stream)
@@ -193,26 +189,26 @@ def test_make_engine_falls_back_to_keras_when_conversion_fails(tiny_model, tmp_p
     def broken(*args, **kwargs):
         raise RuntimeError("converter exploded")
 
-    monkeypatch.setattr(engine, "convert_to_tflite", broken)
-    extractor = make_engine(tiny_model, 8, "tiny|test", engine="auto", log=lambda *_: None)
+    monkeypatch.setattr(features, "convert_to_tflite", broken)
+    extractor = make_extractor(BackboneRef("tiny", "test", 8, "crop"), lambda: tiny_model, engine="auto", log=lambda *_: None)
     assert isinstance(extractor, KerasEngine)
     assert "TFLite conversion failed" in capsys.readouterr().err
     x = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     np.testing.assert_allclose(extractor(x), tiny_model(x.astype(np.float32)), rtol=1e-6)
     with pytest.raises(RuntimeError, match="converter exploded"):
-        make_engine(tiny_model, 8, "tiny|test", engine="tflite", log=lambda *_: None)
-    assert isinstance(make_engine(tiny_model, 8, "tiny|test", engine="keras"), KerasEngine)
-    with pytest.raises(ValueError, match="unknown engine"):
-        make_engine(tiny_model, 8, "tiny|test", engine="fast")
+        make_extractor(BackboneRef("tiny", "test", 8, "crop"), lambda: tiny_model, engine="tflite", log=lambda *_: None)
+    assert isinstance(make_extractor(BackboneRef("tiny", "test", 8, "crop"), lambda: tiny_model, engine="keras"), KerasEngine)
+    with pytest.raises(ConfigError, match="unknown engine"):
+        make_extractor(BackboneRef("tiny", "test", 8, "crop"), lambda: tiny_model, engine="fast")
 
 
 def test_make_engine_converts_once_and_reuses_the_cached_file(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("TFGUESS_CACHE", str(tmp_path))
     logs: list[str] = []
-    first = make_engine(tiny_model, 8, "tiny|cached", engine="auto", log=logs.append)
+    first = make_extractor(BackboneRef("tiny", "cached", 8, "crop"), lambda: tiny_model, engine="auto", log=logs.append)
     assert isinstance(first, TFLiteEngine) and first.path.is_file()
     assert len(logs) == 1 and "Converting" in logs[0]
     x = np.random.default_rng(1).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
     np.testing.assert_allclose(first(x), tiny_model(x.astype(np.float32)), rtol=RTOL, atol=ATOL)
-    second = make_engine(tiny_model, 8, "tiny|cached", engine="auto", log=logs.append)
+    second = make_extractor(BackboneRef("tiny", "cached", 8, "crop"), lambda: tiny_model, engine="auto", log=logs.append)
     assert second.path == first.path and len(logs) == 1

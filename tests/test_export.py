@@ -11,14 +11,12 @@ import numpy as np
 import pytest
 from conftest import TEST_DATA
 
-from tfguess.export import (
-    ExportError,
-    TFLiteClassifier,
-    check_tflite_types,
-    export,
-)
+from tfguess.errors import ExportError, ModelError
+from tfguess.export import check_tflite_types, export
 from tfguess.images import load_image
-from tfguess.model import LABELS_FILENAME, ModelError, load_classifier
+from tfguess.model import load_classifier
+from tfguess.runfolder import LABELS_FILENAME
+from tfguess.runtime import TFLiteClassifier
 from tfguess.tflite_metadata import read_metadata, tensor_types
 
 

@@ -1,17 +1,15 @@
 """The bottleneck cache: one feature vector per image content, computed once.
 
-Entries live in ``TF_FILES/bottlenecks/<key>/<digest[:2]>/<digest>.npy``; the key covers everything
-that changes a feature (backbone, weights, input size, resize recipe, preprocessing version), the
-digest is the SHA-256 of the image file's bytes. Images that cannot be used are remembered too
+Entries live in ``TF_FILES/bottlenecks/<key>/<digest[:2]>/<digest>.npy``; the key
+(:attr:`features.BackboneRef.cache_key`) covers everything that changes a feature (backbone,
+weights, input size, resize recipe, preprocessing version), the digest is the SHA-256 of the image file's bytes. Images that cannot be used are remembered too
 (``<digest>.skip``, holding the reason), so a second run decodes nothing. Every write is atomic
 (temporary file, then rename): an interrupted run leaves a usable cache.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,22 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import iter_batches, iter_loaded
-
-# Bump when decoding or resizing changes in a way that changes the pixels fed to the backbone.
-PREPROCESS_VERSION = 2
-
-
-def cache_key(backbone_name: str, weights_id: str, size: int, resize: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone_name)[:60]
-    digest = hashlib.sha256(
-        f"{backbone_name}|{weights_id}|{size}|{resize}|v{PREPROCESS_VERSION}".encode()
-    ).hexdigest()[:12]
-    return f"{slug}-{size}-{digest}"
+from .fsutil import atomic_write
+from .pipeline import iter_batches, iter_loaded
 
 
 class BottleneckCache:
     def __init__(self, root: Path, key: str) -> None:
+        self.key = key
         self.dir = Path(root) / key
 
     def _path(self, digest: str, suffix: str) -> Path:
@@ -51,21 +40,17 @@ class BottleneckCache:
         except FileNotFoundError:
             return None
 
-    def _write(self, path: Path, write: Callable[[Path], None]) -> None:
+    def _write(self, path: Path, data: bytes | str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        write(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, data)
 
     def put(self, digest: str, features: np.ndarray) -> None:
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, features.astype(np.float32), allow_pickle=False)
-
-        self._write(self._path(digest, ".npy"), write)
+        buf = io.BytesIO()
+        np.save(buf, features.astype(np.float32), allow_pickle=False)
+        self._write(self._path(digest, ".npy"), buf.getvalue())
 
     def put_skip(self, digest: str, reason: str) -> None:
-        self._write(self._path(digest, ".skip"), lambda tmp: tmp.write_text(reason, encoding="utf-8"))
+        self._write(self._path(digest, ".skip"), reason)
 
 
 @dataclass

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tfguess {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (for reporting a bug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
 
@@ -123,8 +125,7 @@ def _run(args) -> int:
     if args.command == "export":
         from .export import export
 
-        for path in export(args.tf_files, args.formats or ["tflite"], quantize=args.quantize, out_dir=args.out):
-            print(f"Wrote {path}")
+        export(args.tf_files, args.formats or ["tflite"], quantize=args.quantize, out_dir=args.out)
         return 0
     if args.command == "backbones":
         from .backbones import describe_backbones
@@ -140,19 +141,50 @@ def _run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors a user or the OS can cause print one line and exit 2; a broken
+    pipe (``tfguess guess ... | head``) exits quietly; anything else is a bug: one line, exit 70,
+    and the traceback only with ``--debug``."""
     args = build_parser().parse_args(argv)
-    from .backbones import WeightsUnavailableError
-    from .dataset import DatasetError
-    from .model import ModelError
+    from .errors import TfguessError, describe_os_error
 
+    prefix = f"tfguess {args.command}: error:"
     try:
         return _run(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (DatasetError, ModelError, WeightsUnavailableError, FileNotFoundError, ValueError) as exc:
-        print(f"tfguess {args.command}: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except TfguessError as exc:
+        _debug(args)
+        print(f"{prefix} {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        _debug(args)
+        print(f"{prefix} {describe_os_error(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
+        _debug(args)
+        print(f"{prefix} unexpected {exc.__class__.__name__}: {exc} (this is a bug in tfguess: "
+              "run again with --debug and report the traceback)", file=sys.stderr)
+        return 70
+
+
+def _debug(args) -> None:
+    if getattr(args, "debug", False):
+        import traceback
+
+        traceback.print_exc()
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, send what is still buffered to /dev/null so Python's exit is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

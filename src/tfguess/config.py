@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -46,7 +48,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"invalid setting: {message}")
+                raise ConfigError(f"invalid setting: {message}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import images
+from .errors import DatasetError
 
 SPLITS = ("train", "validation", "test")
 
@@ -26,10 +27,6 @@ _JUNK = {"thumbs.db", "desktop.ini", "__macosx", "@eadir"}
 # A check decodes JPEGs at reduced scale (the whole stream is still read, so truncation is
 # still caught) with at least this many pixels on the shorter side, enough for placeholder checks.
 _CHECK_DRAFT = 128
-
-
-class DatasetError(ValueError):
-    """The image folder cannot be used as it is; the message names the folder and the fix."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ missing, or when it was built by this launcher from older sources.
 
 Settings (environment): TFGUESS_IMAGE (default tfguess:latest), TFGUESS_BASE_IMAGE and
 TFGUESS_TF_PACKAGE (build arguments), TFGUESS_BUILD_CA (CA bundle pip needs during the build;
-by default the one pip on this machine is configured with), TFGUESS_GPUS (e.g. ``all``: pass
+by default the one pip on this machine is configured with), TFGUESS_DOCKER_CACHE (the host
+folder that keeps converted engines between runs; default ~/.cache/tfguess/docker), TFGUESS_GPUS (e.g. ``all``: pass
 the host's NVIDIA GPUs), TFGUESS_DOCKER_NETWORK (default ``none``: the container is offline).
 """
 
@@ -37,6 +38,9 @@ from docker.errors import APIError, DockerException, ImageNotFound
 from docker.types import DeviceRequest, Mount
 from docker.utils.build import exclude_paths
 
+from .cachedir import cache_dir
+from .errors import TfguessError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE = "tfguess:latest"
 SOURCE_LABEL = "org.tfguess.source-hash"
@@ -49,7 +53,7 @@ PASSED_ENV = ("TQDM_DISABLE", "TF_CPP_MIN_LOG_LEVEL")  # passed on to the contai
 PIP_BUILD_ARGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT")
 
 
-class DockerError(Exception):
+class DockerError(TfguessError):
     """A problem the user can fix; the message says how."""
 
 
@@ -274,6 +278,19 @@ def _stream(output: Iterator[tuple[bytes | None, bytes | None]]) -> None:
                 target.flush()
 
 
+def docker_cache_dir() -> Path:
+    """The host folder that keeps the container's caches (converted weights, TFLite engines)
+    between runs, so only the first run converts: ``$TFGUESS_DOCKER_CACHE`` or the tfguess cache
+    folder's ``docker/``. Created here, so that it belongs to the caller."""
+    path = Path(os.environ.get("TFGUESS_DOCKER_CACHE") or cache_dir() / "docker").expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DockerError(f"cannot create the cache folder {path} ({exc.strerror}): set "
+                          "TFGUESS_DOCKER_CACHE to a folder you can write to") from None
+    return path
+
+
 def run_in_docker(
     subcommand_args: Sequence[str],
     mounts: Sequence[HostPath] = (),
@@ -287,11 +304,13 @@ def run_in_docker(
     """
     image = image or default_image()
     args, arg_mounts = path_arguments(subcommand_args)
-    binds = resolve_mounts([*mounts, *arg_mounts])
+    cache = docker_cache_dir()
+    binds = resolve_mounts([*mounts, *arg_mounts, HostPath(cache, writable=True)])
     client = connect()
     ensure_image(client, image, build_if_missing=build_if_missing)
     user = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None
-    environment = {"HOME": CONTAINER_HOME, "MPLCONFIGDIR": f"{CONTAINER_HOME}/.matplotlib"}
+    environment = {"HOME": CONTAINER_HOME, "MPLCONFIGDIR": f"{CONTAINER_HOME}/.matplotlib",
+                   "TFGUESS_CACHE": str(cache)}
     environment.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
     try:
         container = client.containers.create(

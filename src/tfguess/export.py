@@ -22,22 +22,28 @@ under a temporary name and renamed into place; an output that already exists is 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from .engine import frozen_function
+from .errors import ExportError
+from .features import frozen_function
+from .fsutil import atomic_write, publish_dir
 from .images import CROP_FRACTION, ImageError, load_image
-from .model import LABELS_FILENAME, ModelError, load_classifier, resolve_model_path
-from .tflite_metadata import ImageClassifierInfo, add_metadata, read_metadata, tensor_types
+from .model import load_classifier, resolve_model_path
+from .runfolder import LABELS_FILENAME, RunFolder
+from .runtime import new_interpreter
+from .tflite_metadata import (
+    DESCRIPTION_FILE,
+    ImageClassifierInfo,
+    add_metadata,
+    tensor_types,
+    tflite_schema,
+)
 
 FORMATS = ("tflite", "coreml", "savedmodel", "frozen-graph")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-EXPORT_DIRNAME = "export"
 TFLITE_FILENAMES = {
     "none": "model.tflite",
     "float16": "model_float16.tflite",
@@ -47,16 +53,11 @@ TFLITE_FILENAMES = {
 COREML_DIRNAME = "model.mlpackage"
 SAVEDMODEL_DIRNAME = "saved_model"
 FROZEN_GRAPH_FILENAME = "retrained_graph.pb"
-DESCRIPTION_FILE = "tfguess.json"   # packed in the .tflite beside the labels file
 REPRESENTATIVE_IMAGES = 100
 JPEG_INPUT = "DecodeJpeg/contents"
 OUTPUT_NAME = "final_result"
 _ALIASES = {"frozen_graph": "frozen-graph", "pb": "frozen-graph", "saved_model": "savedmodel",
             "saved-model": "savedmodel", "mlpackage": "coreml"}
-
-
-class ExportError(RuntimeError):
-    pass
 
 
 def export(
@@ -82,12 +83,12 @@ def export(
         raise ExportError(f"quantize={quantize} applies to the tflite format only: add --format tflite")
     model_path = resolve_model_path(tf_files)
     classifier = load_classifier(model_path)
-    out = Path(out_dir).expanduser() if out_dir else model_path.parent / EXPORT_DIRNAME
+    out = Path(out_dir).expanduser() if out_dir else RunFolder.of_model(model_path).export
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for fmt in dict.fromkeys(wanted):
         if fmt == "tflite":
-            images = representative_images(model_path.parent) if quantize == "int8" else None
+            images = representative_images(RunFolder.of_model(model_path)) if quantize == "int8" else None
             data = tflite_bytes(classifier, quantize, images)
             written.append(_publish_bytes(data, out / TFLITE_FILENAMES[quantize], log))
         elif fmt == "coreml":
@@ -106,55 +107,28 @@ def export(
 # --- writing outputs atomically, keeping what was there ----------------------------------------
 
 
-def _previous(path: Path) -> Path:
-    return path.with_name(f"{path.stem}.previous{path.suffix}")
-
-
-def _keep_existing(path: Path, log: Callable[[str], None]) -> None:
-    if not path.exists():
-        return
-    previous = _previous(path)
-    if previous.is_dir():
-        shutil.rmtree(previous)
-    elif previous.exists():
-        previous.unlink()
-    os.replace(path, previous)
-    log(f"Kept the previous {path.name} as {previous.name}")
-
-
 def _publish_bytes(data: bytes, path: Path, log: Callable[[str], None]) -> Path:
     if path.is_file() and path.read_bytes() == data:
         return path
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        _keep_existing(path, log)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    previous = atomic_write(path, data, keep_previous=True)
+    if previous:
+        log(f"Kept the previous {path.name} as {previous.name}")
     return path
 
 
 def _publish_dir(build: Callable[[Path], None], path: Path, log: Callable[[str], None]) -> Path:
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        target = staging / path.name
-        build(target)
-        _keep_existing(path, log)
-        os.replace(target, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    previous = publish_dir(build, path)
+    if previous:
+        log(f"Kept the previous {path.name} as {previous.name}")
     return path
 
 
 # --- TFLite ------------------------------------------------------------------------------------
 
 
-def representative_images(tf_files: Path, n: int = REPRESENTATIVE_IMAGES) -> list[str]:
+def representative_images(run: RunFolder, n: int = REPRESENTATIVE_IMAGES) -> list[str]:
     """Up to ``n`` training image paths (spread evenly over the list in ``run_summary.json``)."""
-    from .train import SUMMARY_FILENAME
-
-    summary = Path(tf_files) / SUMMARY_FILENAME
+    summary = run.summary
     try:
         train = json.loads(summary.read_text(encoding="utf-8"))["splits"]["train"]
     except (OSError, KeyError, ValueError) as exc:
@@ -162,7 +136,7 @@ def representative_images(tf_files: Path, n: int = REPRESENTATIVE_IMAGES) -> lis
             f"int8 quantization calibrates on the training images listed in {summary}, which "
             f"cannot be read ({exc.__class__.__name__}): train the model in this folder first"
         ) from exc
-    paths = [row[0] for row in train if Path(row[0]).is_file()]
+    paths = [str(run.resolve(row[0])) for row in train if run.resolve(row[0]).is_file()]
     if len(paths) < min(10, len(train)) or not paths:
         raise ExportError(f"int8 quantization needs the training images; only {len(paths)} of the "
                           f"{len(train)} listed in {summary} are still on disk")
@@ -250,9 +224,7 @@ def _description(classifier, quantize: str) -> dict:
 
 
 def _input_quantization(data: bytes) -> tuple[float, int]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    scale, zero = Interpreter(model_content=data).get_input_details()[0]["quantization"]
+    scale, zero = new_interpreter(model_content=data).get_input_details()[0]["quantization"]
     return float(scale), int(zero)
 
 
@@ -279,71 +251,10 @@ def check_tflite_types(data: bytes, quantize: str) -> dict:
 
 
 def _all_tensor_types(data: bytes) -> set[str]:
-    from ai_edge_litert import schema_py_generated as schema
-
+    schema = tflite_schema()
     names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     graph = schema.Model.GetRootAs(data, 0).Subgraphs(0)
     return {names[graph.Tensors(i).Type()] for i in range(graph.TensorsLength())}
-
-
-class TFLiteClassifier:
-    """Runs an exported ``.tflite`` alone: labels, input size and resize recipe come from inside it.
-
-    Works with any image classifier carrying standard TFLite metadata (labels file, normalisation);
-    without a ``tfguess.json`` inside, images are squashed to the input size.
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        from .engine import default_workers
-
-        self.path = Path(path)
-        data = self.path.read_bytes()
-        try:
-            md = read_metadata(data)
-        except Exception as exc:  # noqa: BLE001 - any parse failure means "not a usable model"
-            raise ModelError(f"{self.path} is not a TFLite model with metadata ({exc})") from exc
-        if md is None or not md.labels:
-            raise ModelError(f"{self.path} has no labels inside (no TFLite metadata with a labels "
-                             "file): export it with tfguess export TF_FILES --format tflite")
-        description = json.loads(md.files.get(DESCRIPTION_FILE, b"{}"))
-        self.labels: list[str] = md.labels
-        self._interpreter = Interpreter(model_content=data, num_threads=threads or default_workers())
-        inp = self._interpreter.get_input_details()[0]
-        out = self._interpreter.get_output_details()[0]
-        self.input_size: int = int(inp["shape"][1])
-        self.resize: str = description.get("resize", "squash")
-        self._input, self._output = inp, out
-        self._mean = np.float32(md.norm_mean[0]) if md.norm_mean else np.float32(0)
-        self._std = np.float32(md.norm_std[0]) if md.norm_std else np.float32(1)
-        self._batch = int(inp["shape"][0])
-        self._interpreter.allocate_tensors()
-        if len(self.labels) != int(out["shape"][-1]):
-            raise ModelError(f"{self.path}: {len(self.labels)} labels inside but the model has "
-                             f"{int(out['shape'][-1])} outputs")
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        x = np.asarray(pixels, dtype=np.float32)
-        n = len(x)
-        if n != self._batch:
-            self._interpreter.resize_tensor_input(self._input["index"], [n, *x.shape[1:]])
-            self._interpreter.allocate_tensors()
-            self._batch = n
-        dtype = self._input["dtype"]
-        if np.issubdtype(dtype, np.integer):
-            scale, zero = self._input["quantization"]
-            info = np.iinfo(dtype)
-            x = np.clip(np.round(x / (scale or 1.0) + zero), info.min, info.max).astype(dtype)
-        else:
-            x = (x - self._mean) / self._std
-        self._interpreter.set_tensor(self._input["index"], x)
-        self._interpreter.invoke()
-        y = self._interpreter.get_tensor(self._output["index"]).copy()
-        if np.issubdtype(y.dtype, np.integer):
-            scale, zero = self._output["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        return y.astype(np.float32)
 
 
 # --- Core ML -----------------------------------------------------------------------------------

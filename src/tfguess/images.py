@@ -47,6 +47,9 @@ DRAFT_MARGIN = 1.15
 
 # The EfficientNet evaluation recipe: resize the shorter side to size / CROP_FRACTION, centre crop.
 CROP_FRACTION = 0.875
+# Bump when decoding or resizing changes in a way that changes the pixels fed to a backbone: the
+# feature cache is keyed by it.
+PREPROCESS_VERSION = 2
 
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
 _AVIF_BRANDS = {b"avif", b"avis"}

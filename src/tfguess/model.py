@@ -1,31 +1,31 @@
 """The saved model: one ``.keras`` file that describes itself.
 
 The file is a standard Keras 3 model (pixels in 0..255 -> class probabilities: the backbone, then
-the trained head) with one more member in its zip archive, ``tfguess.json``: the labels in output
-order, the backbone's facts (name, input size, resize recipe, normalisation, weights id) and the
-resolved training config. ``guess`` needs nothing but this file.
+the trained head) with two more members in its zip archive: ``tfguess.json`` (the labels in output
+order, the backbone's facts — name, input size, resize recipe, normalisation, weights id — and the
+resolved training config) and ``tfguess_head.npz`` (the head's weights, readable without
+TensorFlow). ``guess`` needs nothing but this file.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-MODEL_FILENAME = "model.keras"
-LABELS_FILENAME = "retrained_labels.txt"
+from .errors import ModelError
+from .features import BackboneRef
+from .fsutil import atomic_write, clean_stale_temp_files
+from .runfolder import MODEL_FILENAME, RunFolder
+from .runtime import Head
+
 META_MEMBER = "tfguess.json"
 HEAD_MEMBER = "tfguess_head.npz"   # the head's kernel and bias, readable without TensorFlow
 FORMAT_VERSION = 1
-
-
-class ModelError(ValueError):
-    pass
 
 
 def build_classifier(backbone, num_classes: int, dropout: float = 0.2, l2: float = 1e-4):
@@ -59,6 +59,10 @@ class Classifier:
         return self.keras_model.get_layer("backbone")
 
     @property
+    def ref(self) -> BackboneRef:
+        return BackboneRef.from_meta(self.meta["backbone"])
+
+    @property
     def input_size(self) -> int:
         return int(self.meta["backbone"]["input_size"])
 
@@ -66,106 +70,94 @@ class Classifier:
     def resize(self) -> str:
         return self.meta["backbone"]["resize"]
 
-    @property
-    def engine_key(self) -> str:
-        b = self.meta["backbone"]
-        return f"{b['name']}|{b['weights_id']}|{b['input_size']}"
-
-    def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
+    def head(self) -> Head:
         kernel, bias = self.keras_model.get_layer("head").get_weights()
-        return kernel, bias
-
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Apply the head to backbone features (what the Keras model does after the backbone)."""
-        kernel, bias = self.head_weights()
-        return softmax(features @ kernel + bias)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        return Head(kernel, bias)
 
 
 def save_classifier(
     path: Path, keras_model, labels: list[str], meta: dict, keep_previous: bool = True
 ) -> Path | None:
-    """Write the model atomically: a failed save never leaves a half-written file at ``path``.
+    """Write the model atomically: the old model or the new one is always whole at ``path``.
 
-    With ``keep_previous``, a model already at ``path`` is renamed to ``<stem>.previous.keras``
-    once the new one is complete (and that name is returned): the last model is never lost;
-    one generation is kept.
+    With ``keep_previous``, a model already at ``path`` is kept as ``<stem>.previous.keras`` (that
+    name is returned): the last model is never lost; one generation is kept. Temporary files that
+    killed runs left behind are removed.
     """
     path = Path(path)
-    previous = None
+    clean_stale_temp_files(path.parent, [path.name, f"{path.stem}.previous{path.suffix}"])
     meta = {"format_version": FORMAT_VERSION, "labels": list(labels), **meta}
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
+    kernel, bias = keras_model.get_layer("head").get_weights()
+
+    def write(tmp: Path) -> None:
         keras_model.save(tmp)
-        kernel, bias = keras_model.get_layer("head").get_weights()
         head = io.BytesIO()
         np.savez(head, kernel=kernel, bias=bias)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(META_MEMBER, json.dumps(meta, indent=2, sort_keys=True))
             archive.writestr(HEAD_MEMBER, head.getvalue())
-        if keep_previous and path.exists():
-            previous = path.with_name(f"{path.stem}.previous{path.suffix}")
-            os.replace(path, previous)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return previous
+
+    return atomic_write(path, write, keep_previous=keep_previous)
 
 
 def resolve_model_path(path: str | Path) -> Path:
     """A model argument may be the model file or the TF_FILES folder that holds it."""
     path = Path(path).expanduser()
     if path.is_dir():
-        candidate = path / MODEL_FILENAME
-        if not candidate.exists():
-            raise ModelError(
-                f"no trained model in {path}: expected {candidate}. Train first: tfguess train {path}"
-            )
-        return candidate
+        return RunFolder.at(path).require_model()
     if not path.exists():
-        raise ModelError(f"model not found: {path}")
+        hint = "" if path.suffix else f" (a TF_FILES folder must hold {MODEL_FILENAME})"
+        raise ModelError(f"model not found: {path}{hint}")
     return path
+
+
+def _read_member(path: Path, member: str) -> bytes:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.read(member)
+    except KeyError:
+        raise ModelError(f"{path} is not a tfguess model (no {member} inside): "
+                         "train one with tfguess train") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        raise ModelError(f"{path} is damaged ({exc}): train again, or use the "
+                         "model.previous.keras kept beside it") from None
 
 
 def read_meta(path: str | Path) -> dict:
     path = resolve_model_path(path)
     try:
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read(META_MEMBER))
-    except (zipfile.BadZipFile, KeyError) as exc:
-        raise ModelError(
-            f"{path} is not a tfguess model (no {META_MEMBER} inside): train one with tfguess train"
-        ) from exc
+        meta = json.loads(_read_member(path, META_MEMBER))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is damaged ({exc}): train again") from None
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelError(f"{path} was written by a newer tfguess (format {meta['format_version']}): "
+                         "upgrade tfguess")
+    return meta
 
 
-def read_head(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The head's (kernel, bias) straight from the file, without loading Keras."""
-    with zipfile.ZipFile(resolve_model_path(path)) as archive:
-        with np.load(io.BytesIO(archive.read(HEAD_MEMBER))) as head:
-            return head["kernel"], head["bias"]
+def read_head(path: str | Path) -> Head:
+    """The head's weights straight from the file, without loading Keras."""
+    path = resolve_model_path(path)
+    try:
+        with np.load(io.BytesIO(_read_member(path, HEAD_MEMBER))) as head:
+            return Head(head["kernel"], head["bias"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path} is damaged (the head cannot be read: {exc}): train again") from None
 
 
 def load_classifier(path: str | Path) -> Classifier:
-    import keras
-
     from .backbones import register_custom_layers
 
     register_custom_layers()  # the layers a saved model may use (e.g. a TF Hub module)
-
     path = resolve_model_path(path)
     meta = read_meta(path)
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelError(f"{path} was written by a newer tfguess (format {meta['format_version']})")
-    keras_model = keras.saving.load_model(path, compile=False)
+    import keras
+
+    try:
+        keras_model = keras.saving.load_model(path, compile=False)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise ModelError(f"{path} is damaged and cannot be loaded ({exc.__class__.__name__}: {exc}): "
+                         "train again, or use the model.previous.keras kept beside it") from None
     return Classifier(keras_model, list(meta["labels"]), meta, path)

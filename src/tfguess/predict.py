@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import iter_batches, iter_loaded
+from .errors import ConfigError, DatasetError
+from .pipeline import iter_batches, iter_loaded
+from .runtime import TFLiteClassifier
 
 MANIFEST_FILENAME = "manifest.csv"
 UNKNOWN_LABEL = "unknown"
@@ -47,37 +49,28 @@ class Predictor:
 
     @classmethod
     def load(cls, model: str | Path, engine: str = "auto", log: Callable = print) -> Predictor:
-        """Load a tfguess model (the ``.keras`` file or its folder) or an exported ``.tflite``."""
-        from .model import read_head, read_meta, resolve_model_path, softmax
+        """Load a tfguess model (the ``.keras`` file or its folder) or an exported ``.tflite``.
+
+        A model whose backbone's TFLite twin is cached runs without importing TensorFlow: the
+        head is read from the file and the engine from the cache.
+        """
+        from .features import BackboneRef, engine_name, make_extractor
+        from .model import load_classifier, read_head, read_meta, resolve_model_path
 
         path = resolve_model_path(model)
         if path.suffix.lower() == ".tflite":
-            from .export import TFLiteClassifier
-
             tfl = TFLiteClassifier(path)
             return cls(tfl.labels, tfl.input_size, tfl.resize, tfl, "tflite-file")
         meta = read_meta(path)
-        b = meta["backbone"]
-        size, resize = int(b["input_size"]), b["resize"]
-        key = f"{b['name']}|{b['weights_id']}|{size}"
-        from .engine import TFLiteEngine, engine_cache_tflite, make_engine
-
-        cached = engine_cache_tflite(key)
-        if engine != "keras" and cached.exists():
-            # Fast path: the backbone's TFLite twin is cached; the head is read from the file.
-            extractor = TFLiteEngine(cached)
-            kernel, bias = read_head(path)
-        else:
-            from .model import load_classifier
-
-            classifier = load_classifier(path)
-            extractor = make_engine(classifier.backbone, size, key, engine, log)
-            kernel, bias = classifier.head_weights()
+        ref = BackboneRef.from_meta(meta["backbone"])
+        head = read_head(path)
+        extractor = make_extractor(ref, lambda: load_classifier(path).backbone, engine, log)
 
         def probabilities(pixels: np.ndarray) -> np.ndarray:
-            return softmax(extractor(pixels) @ kernel + bias)
+            return head(extractor(pixels))
 
-        return cls(list(meta["labels"]), size, resize, probabilities, extractor.name)
+        return cls(list(meta["labels"]), ref.input_size, ref.resize, probabilities,
+                   engine_name(extractor))
 
     def predict(self, paths: list[Path], top_k: int = 0, batch_size: int = 32, workers: int = 0,
                 progress: bool = False) -> Iterator[Prediction]:
@@ -182,9 +175,9 @@ def guess_dir(
 
     src, dst = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
     if not src.is_dir():
-        raise FileNotFoundError(f"source folder not found: {src}")
+        raise DatasetError(f"source folder not found: {src}: check the path")
     if dst == src:
-        raise ValueError(f"the destination must differ from the source folder: {src}")
+        raise ConfigError(f"the destination must differ from the source folder: {src}")
     predictor = Predictor.load(model, engine, log)
     start = time.perf_counter()
     paths, others = walk_files(src, recursive=recursive, exclude=dst)

@@ -26,8 +26,15 @@ METADATA_IDENTIFIER = b"M001"
 MIN_PARSER_VERSION = "1.0.0"
 
 
-def _schema():
-    from ai_edge_litert import schema_py_generated
+DESCRIPTION_FILE = "tfguess.json"   # tfguess's own description, packed beside the labels file
+
+
+def tflite_schema():
+    """The TFLite flatbuffer schema: LiteRT's copy, or TensorFlow's where LiteRT is missing."""
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        from tensorflow.lite.python import schema_py_generated
 
     return schema_py_generated
 
@@ -112,7 +119,7 @@ def build_metadata(info: ImageClassifierInfo) -> bytes:
 
 def add_metadata(model_bytes: bytes, info: ImageClassifierInfo) -> bytes:
     """``model_bytes`` with ``info`` written in as metadata and the associated files appended."""
-    schema = _schema()
+    schema = tflite_schema()
     if model_bytes[4:8] != MODEL_IDENTIFIER:
         raise ValueError("not a TFLite model (flatbuffer identifier TFL3 missing)")
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(model_bytes, 0))
@@ -141,7 +148,7 @@ def add_metadata(model_bytes: bytes, info: ImageClassifierInfo) -> bytes:
 
 def metadata_buffer(model_bytes: bytes) -> bytes | None:
     """The raw ``TFLITE_METADATA`` flatbuffer of a model, or None."""
-    schema = _schema()
+    schema = tflite_schema()
     model = schema.Model.GetRootAs(model_bytes, 0)
     for i in range(model.MetadataLength()):
         entry = model.Metadata(i)
@@ -198,7 +205,7 @@ def read_metadata(model_bytes: bytes) -> ReadMetadata | None:
 
 def tensor_types(model_bytes: bytes) -> dict:
     """Types of the model's input, output and the weights of its conv/dense ops (names)."""
-    schema = _schema()
+    schema = tflite_schema()
     names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     ops = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     model = schema.Model.GetRootAs(model_bytes, 0)

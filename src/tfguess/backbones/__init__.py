@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError
 from . import efficientnet_lite as _lite
 from ._common import (
     RANDOM,
@@ -52,7 +53,7 @@ class Backbone:
     def build(self, weights: str | None = None, include_top: bool = False) -> keras.Model:
         """Build the model named "backbone" (see the module docstring for inputs and outputs)."""
         if include_top and not self.has_classifier:
-            raise ValueError(f"backbone {self.name} has no ImageNet classifier")
+            raise ConfigError(f"backbone {self.name} has no ImageNet classifier")
         return self.builder(weights, include_top)
 
     def weights_id(self, weights: str | None = None) -> str:
@@ -82,7 +83,7 @@ def get_backbone(name: str) -> Backbone:
         return _REGISTRY[name]
     close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(
+    raise ConfigError(
         f"unknown backbone {name!r}.{hint} Valid names: {', '.join(_REGISTRY)}"
         " (or tfhub:HANDLE_OR_PATH)"
     )

@@ -6,16 +6,12 @@ import hashlib
 import os
 from pathlib import Path
 
+from ..cachedir import cache_dir  # noqa: F401 - re-exported for the backbones
+from ..errors import WeightsUnavailableError  # noqa: F401 - re-exported for the backbones
+
 RANDOM = "random"
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights can't be had: the message says which file to fetch and where to put it."""
-
-
-def cache_dir() -> Path:
-    """Where tfguess keeps converted weights and other caches: ``$TFGUESS_CACHE`` or ~/.cache/tfguess."""
-    return Path(os.environ.get("TFGUESS_CACHE") or Path.home() / ".cache" / "tfguess").expanduser()
 
 
 def keras_models_dir() -> Path:

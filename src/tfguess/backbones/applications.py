@@ -132,15 +132,15 @@ def _load(spec: AppSpec, path: Path, include_top: bool):
         return model
     except ValueError as first:
         if include_top:
-            raise ValueError(f"{path}: not a {spec.constructor} classifier weights file ({first})") from first
+            raise WeightsUnavailableError(f"{path}: not a {spec.constructor} classifier weights file ({first}); check the --weights path") from first
     full = _construct(spec, True)
     try:
         full.load_weights(path)
     except ValueError as e:
-        raise ValueError(f"{path}: not a {spec.constructor} weights file ({e})") from e
+        raise WeightsUnavailableError(f"{path}: not a {spec.constructor} weights file ({e}); check the --weights path") from e
     arrays = full.get_weights()[: len(model.weights)]
     if [a.shape for a in arrays] != [tuple(w.shape) for w in model.weights]:
-        raise ValueError(f"{path}: weights do not match {spec.constructor}")
+        raise WeightsUnavailableError(f"{path}: weights do not match {spec.constructor}; check the --weights path")
     model.set_weights(arrays)
     return model
 

@@ -1,79 +1,21 @@
-"""``evaluate``: the HTML report of a trained TF_FILES (what the model gets wrong, which data is suspect).
-
-Reads what ``train`` left in TF_FILES (``run_summary.json``, ``history.csv``, the head inside
-``model.keras`` and the cached features) and writes ``TF_FILES/report/``: ``index.html`` (opens
-from disk, no external resources, no scripts), its PNG figures and JPEG thumbnails,
-``suspects.csv`` and ``report.json``. Needs no TensorFlow and takes seconds.
-"""
+"""The report's rendering: figures, thumbnails and the HTML page (opens from disk, no scripts)."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import html
-import json
 import os
-import shutil
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from . import hygiene
+from .. import hygiene
 
-REPORT_DIRNAME = "report"
 THUMB_SIZE = 128
 MAX_SHOWN = 60
-ATYPICAL_MAX = 12  # items per gallery in the page (the CSV and JSON hold all)
 
-
-class ReportError(ValueError):
-    """TF_FILES lacks what the report needs; the message names the file and the fix."""
-
-
-@dataclass
-class Row:
-    path: Path
-    label: str
-    digest: str
-    split: str
-
-
-def _load_summary(tf_files: Path) -> dict:
-    path = tf_files / "run_summary.json"
-    if not path.exists():
-        raise ReportError(f"no training results in {tf_files}: {path.name} is missing. "
-                          f"Train first: tfguess train {tf_files}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path} is damaged ({exc}); train again: tfguess train {tf_files}") from None
-
-
-def _load_features(rows: list[Row], bottleneck_dir: Path, tf_files: Path) -> np.ndarray:
-    feats = []
-    for row in rows:
-        f = bottleneck_dir / row.digest[:2] / f"{row.digest}.npy"
-        try:
-            feats.append(np.load(f, allow_pickle=False).astype(np.float32))
-        except (OSError, ValueError):
-            raise ReportError(f"cached features of {row.path} are missing ({f}); "
-                              f"train again to rebuild them: tfguess train {tf_files}") from None
-    return np.stack(feats) if feats else np.zeros((0, 1), np.float32)
-
-
-def _read_history(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
-
-
-# ---------------------------------------------------------------- figures
 
 def _plt():
     import matplotlib
@@ -129,8 +71,6 @@ def curves_png(path: Path, history: list[dict], best_epoch: int | None) -> None:
     plt.close(fig)
 
 
-# ---------------------------------------------------------------- thumbnails
-
 def _thumb_name(path: Path, digest: str | None) -> str:
     key = digest or hashlib.sha256(str(path).encode()).hexdigest()
     return f"thumbs/{key[:20]}.jpg"
@@ -139,7 +79,7 @@ def _thumb_name(path: Path, digest: str | None) -> str:
 def _make_thumb(src: Path, dst: Path) -> bool:
     from PIL import Image
 
-    from .images import ImageError, decode_image
+    from ..images import ImageError, decode_image
 
     if dst.exists():
         return True
@@ -179,156 +119,6 @@ class Thumbs:
             return f'<img class="thumb" src="{name}" alt="{alt}" loading="eager">'
         return '<div class="thumb none">no preview</div>'
 
-
-# ---------------------------------------------------------------- analysis
-
-def _eval_split(summary: dict) -> str:
-    for split in ("test", "validation", "train"):
-        if summary.get("metrics", {}).get(split, {}).get("n"):
-            return split
-    return "test"
-
-
-def analyse(tf_files: str | Path, threshold: float | None = None,
-            folds: int = hygiene.CV_FOLDS) -> dict:
-    """Everything the report shows, as plain data (what ``report.json`` holds).
-
-    ``threshold``: cosine similarity for near-duplicates (default: calibrated on the data,
-    :func:`hygiene.calibrate_threshold`).
-    """
-    from .model import read_head, softmax
-
-    tf_files = Path(tf_files).expanduser().resolve()
-    t0 = time.perf_counter()
-    summary = _load_summary(tf_files)
-    labels: list[str] = summary["labels"]
-    index = {label: i for i, label in enumerate(labels)}
-    rows = [Row(Path(p), label, digest, split)
-            for split, items in summary.get("splits", {}).items() for p, label, digest in items]
-    x = _load_features(rows, Path(summary["bottleneck_dir"]), tf_files)
-    y = np.array([index[r.label] for r in rows], dtype=np.int64)
-    finite = np.isfinite(x).all(axis=1) if len(rows) else np.zeros(0, bool)
-    warnings_ = []
-    if len(rows) and not finite.all():
-        warnings_.append(f"{int((~finite).sum())} of {len(rows)} cached feature vectors are not finite "
-                         "(NaN/inf): the backbone produced invalid features; suspects and near-duplicates "
-                         "leave them out. Delete TF_FILES/bottlenecks and train again.")
-    timings = {"load": time.perf_counter() - t0}
-
-    # The model's own predictions on the evaluation split.
-    split = _eval_split(summary)
-    metrics = summary.get("metrics", {}).get(split, {"n": 0, "accuracy": None})
-    kernel, bias = read_head(tf_files / "model.keras")
-    misclassified = []
-    sel = [i for i, r in enumerate(rows) if r.split == split]
-    if sel:
-        probs = softmax(x[sel] @ kernel + bias)
-        for i, p in zip(sel, probs, strict=True):
-            pred = int(np.nanargmax(p)) if np.isfinite(p).any() else -1
-            if pred != y[i]:
-                misclassified.append({
-                    "path": str(rows[i].path), "digest": rows[i].digest, "label": rows[i].label,
-                    "predicted": labels[pred] if pred >= 0 else None,
-                    "score": float(p[pred]) if pred >= 0 else None,
-                    "label_score": float(p[y[i]]) if np.isfinite(p[y[i]]) else None,
-                })
-        misclassified.sort(key=lambda m: -(m["score"] or 0))
-
-    # Suspected label errors: out-of-sample predictions on all usable images.
-    t = time.perf_counter()
-    good = np.flatnonzero(finite)
-    suspects, oos_accuracy, folds_used = [], None, 0
-    present = np.unique(y[good]) if len(good) else np.zeros(0, int)
-    counts_good = np.bincount(y[good], minlength=len(labels)) if len(good) else np.zeros(len(labels))
-    if len(present) >= 2 and counts_good[present].min() >= 2:
-        # Labels with fewer than two usable images cannot be cross-validated: leave them out.
-        keep = good[np.isin(y[good], present)]
-        remap = {c: i for i, c in enumerate(present)}
-        yk = np.array([remap[c] for c in y[keep]])
-        folds_used = max(2, min(folds, int(counts_good[present].min())))
-        probs = hygiene.out_of_sample_probs(x[keep], yk, len(present), folds_used)
-        oos_accuracy = float((probs.argmax(1) == yk).mean())
-        for s in hygiene.find_suspects(yk, probs):
-            r = rows[keep[s.index]]
-            suspects.append({
-                "rank": len(suspects) + 1, "path": str(r.path), "digest": r.digest, "split": r.split,
-                "given": r.label, "suggested": labels[present[s.suggested]],
-                "self_confidence": round(s.self_confidence, 4),
-                "suggested_prob": round(s.suggested_prob, 4),
-            })
-    timings["suspects"] = time.perf_counter() - t
-
-    # The most atypical images (junk, placeholders, something else entirely).
-    t = time.perf_counter()
-    limit = min(ATYPICAL_MAX, max(3, len(good) // 100))
-    outliers = [{"rank": n + 1, "path": str(rows[good[i]].path), "digest": rows[good[i]].digest,
-                 "label": rows[good[i]].label, "split": rows[good[i]].split, "score": round(score, 4)}
-                for n, (i, score) in enumerate(hygiene.atypical(x[good], limit))]
-    timings["atypical"] = time.perf_counter() - t
-
-    # Near-duplicates (different files, near-identical features) and leaks across splits.
-    t = time.perf_counter()
-    near = []
-    if threshold is None:
-        threshold = hygiene.calibrate_threshold(x[good]) if len(good) else hygiene.NEAR_DUPLICATE_THRESHOLD
-    for i, j, sim in hygiene.near_duplicates(x[good], threshold) if len(good) else []:
-        a, b = rows[good[i]], rows[good[j]]
-        splits = {a.split, b.split}
-        near.append({
-            "a": str(a.path), "a_digest": a.digest, "a_label": a.label, "a_split": a.split,
-            "b": str(b.path), "b_digest": b.digest, "b_label": b.label, "b_split": b.split,
-            "similarity": round(sim, 4),
-            "cross_split": len(splits) > 1 and "train" in splits,
-            "label_conflict": a.label != b.label,
-        })
-    timings["near_duplicates"] = time.perf_counter() - t
-
-    counts = summary.get("counts", {})
-    totals = {label: int(sum(counts.get(label, {}).values())) for label in labels}
-    nonzero = [n for n in totals.values() if n]
-    per_label = metrics.get("per_label", {})
-    measured = [k for k, v in per_label.items() if v["support"]]
-    worst = min(measured, key=lambda k: (per_label[k]["f1"], k)) if measured else None
-    timings["total"] = time.perf_counter() - t0
-    return {
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "tf_files": str(tf_files),
-        "image_dir": summary.get("image_dir"),
-        "backbone": summary.get("backbone", {}).get("name"),
-        "labels": labels,
-        "eval_split": split,
-        "metrics": metrics,
-        "worst_label": worst,
-        "all_metrics": {s: {"n": m.get("n"), "accuracy": m.get("accuracy")}
-                        for s, m in summary.get("metrics", {}).items()},
-        "eval_dir": summary.get("metrics", {}).get("eval_dir"),
-        "best_epoch": summary.get("best_epoch"),
-        "imbalance": {"counts": counts, "totals": totals,
-                      "ratio": round(max(nonzero) / min(nonzero), 2) if nonzero else None},
-        "misclassified": misclassified,
-        "suspects": suspects,
-        "suspect_method": {
-            "model": "logistic regression on L2-normalised cached features",
-            "folds": folds_used,
-            "images": int(len(good)),
-            "out_of_sample_accuracy": None if oos_accuracy is None else round(oos_accuracy, 4),
-            "ranking": "cleanlab.filter.find_label_issues, ranked by self-confidence",
-        },
-        "atypical": outliers,
-        "exact_duplicates": [{"kept": a, "duplicate": b} for a, b in summary.get("duplicates", [])],
-        "conflicts": summary.get("conflicts", []),
-        "near_duplicates": {"threshold": threshold, "pairs": near,
-                            "cross_split": sum(p["cross_split"] for p in near)},
-        "skipped": summary.get("skipped", []) + [
-            {**s, "reason": f"{s['reason']} (evaluation folder)"}
-            for s in summary.get("metrics", {}).get("eval_dir", {}).get("skipped", [])],
-        "notes": summary.get("notes", []),
-        "warnings": warnings_,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-    }
-
-
-# ---------------------------------------------------------------- page
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
@@ -555,9 +345,7 @@ def render_html(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-# ---------------------------------------------------------------- writing
-
-def _write_suspects_csv(path: Path, suspects: list[dict]) -> None:
+def write_suspects_csv(path: Path, suspects: list[dict]) -> None:
     fields = ["rank", "path", "given", "suggested", "self_confidence", "suggested_prob", "split", "digest"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -578,84 +366,3 @@ def summary_lines(data: dict, page: Path) -> list[str]:
     lines.extend(f"  warning: {text}" for text in data["warnings"])
     lines.append(f"  {page}")
     return lines
-
-
-def write_report(
-    tf_files: str | Path,
-    *,
-    progress: bool = False,
-    log: Callable[[str], None] = print,
-    threshold: float | None = None,
-    folds: int = hygiene.CV_FOLDS,
-) -> Path:
-    """Write ``TF_FILES/report/`` and return the path of its ``index.html``.
-
-    A previous report there is replaced (the new one is built aside first, then swapped in).
-    """
-    tf_files = Path(tf_files).expanduser().resolve()
-    if progress:
-        log("Writing the evaluation report ...")
-    data = analyse(tf_files, threshold=threshold, folds=folds)
-    final = tf_files / REPORT_DIRNAME
-    work = tf_files / f".{REPORT_DIRNAME}.{os.getpid()}.tmp"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        t = time.perf_counter()
-        figures = {}
-        m = data["metrics"]
-        if m.get("confusion"):
-            confusion_png(work / "confusion.png", np.array(m["confusion"]), data["labels"],
-                          f"Confusion matrix ({data['eval_split']}, n={m['n']})")
-            figures["confusion"] = "confusion.png"
-        extra = data.get("eval_dir") or {}
-        if extra.get("confusion"):
-            confusion_png(work / "confusion_eval_dir.png", np.array(extra["confusion"]), data["labels"],
-                          f"Confusion matrix ({Path(extra.get('folder', 'eval')).name}, n={extra['n']})")
-            figures["confusion_eval_dir"] = "confusion_eval_dir.png"
-        history = _read_history(tf_files / "history.csv")
-        if history:
-            curves_png(work / "curves.png", history, data.get("best_epoch"))
-            figures["curves"] = "curves.png"
-        thumbs = Thumbs(work)
-        for item in data["misclassified"][:MAX_SHOWN]:
-            thumbs.want(item["path"], item["digest"])
-        for s in data["suspects"][:MAX_SHOWN]:
-            thumbs.want(s["path"], s["digest"])
-        for a in data["atypical"]:
-            thumbs.want(a["path"], a["digest"])
-        for p in data["near_duplicates"]["pairs"][:MAX_SHOWN]:
-            thumbs.want(p["a"], p["a_digest"])
-            thumbs.want(p["b"], p["b_digest"])
-        for d in data["exact_duplicates"][:MAX_SHOWN]:
-            thumbs.want(d["kept"])
-        for s in data["skipped"][:MAX_SHOWN * 5]:
-            thumbs.want(s["path"])
-        thumbs.make()
-        data["timings_s"]["figures"] = round(time.perf_counter() - t, 3)
-        page = render_html(data, thumbs, figures)
-        (work / "index.html").write_text(page, encoding="utf-8")
-        _write_suspects_csv(work / "suspects.csv", data["suspects"])
-        (work / "report.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
-        if final.exists():
-            old = tf_files / f".{REPORT_DIRNAME}.{os.getpid()}.old"
-            os.replace(final, old)
-            os.replace(work, final)
-            shutil.rmtree(old, ignore_errors=True)
-            log(f"Replaced the previous report in {final}")
-        else:
-            os.replace(work, final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    index = final / "index.html"
-    for line in summary_lines(data, index):
-        log(line)
-    return index
-
-
-def load_report(tf_files: str | Path) -> dict:
-    """The ``report.json`` written by :func:`write_report`."""
-    return json.loads((Path(tf_files) / REPORT_DIRNAME / "report.json").read_text(encoding="utf-8"))
-
-
-__all__ = ["ReportError", "analyse", "write_report", "load_report", "render_html", "summary_lines"]

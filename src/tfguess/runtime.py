@@ -1,0 +1,194 @@
+"""Running saved TFLite files without TensorFlow's Python stack: the fast path of guessing.
+
+The interpreter comes from ``ai-edge-litert`` (LiteRT) where it has wheels, else from
+TensorFlow's own ``tf.lite.Interpreter`` (same kernels, XNNPACK included); :data:`RUNTIME` says
+which one this process uses, and run summaries record it.
+
+- :class:`TFLiteEngine`: a backbone's TFLite twin, pixels -> features, one single-threaded
+  interpreter per core.
+- :class:`TFLiteClassifier`: an exported ``.tflite`` classifier that carries its labels.
+- :func:`softmax` and :class:`Head`: the trained head applied to features in numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._quiet import quiet_stderr
+from .errors import ModelError
+from .pipeline import default_workers
+from .tflite_metadata import DESCRIPTION_FILE, read_metadata
+
+
+def _interpreter_class():
+    """LiteRT's interpreter, or TensorFlow's where LiteRT is not installed (``TFGUESS_RUNTIME``
+    set to ``tf.lite`` forces the latter)."""
+    if os.environ.get("TFGUESS_RUNTIME") != "tf.lite":
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+
+            return Interpreter, "ai-edge-litert"
+        except ImportError:
+            pass
+    from ._quiet import import_tensorflow
+
+    return import_tensorflow().lite.Interpreter, "tf.lite"
+
+
+_CLASS: tuple | None = None
+
+
+def interpreter_class():
+    """``(Interpreter class, runtime name)``, chosen once per process."""
+    global _CLASS
+    if _CLASS is None:
+        _CLASS = _interpreter_class()
+    return _CLASS
+
+
+def runtime_name() -> str:
+    """``ai-edge-litert`` or ``tf.lite``: which interpreter runs TFLite files in this process."""
+    return interpreter_class()[1]
+
+
+def new_interpreter(**kwargs):
+    with quiet_stderr():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+        return interpreter_class()[0](**kwargs)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class Head:
+    """The trained head: ``softmax(features @ kernel + bias)``."""
+
+    kernel: np.ndarray
+    bias: np.ndarray
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return softmax(features @ self.kernel + self.bias)
+
+
+class TFLiteEngine:
+    """Runs a TFLite model on batches with ``threads`` single-threaded interpreters in parallel.
+
+    Each interpreter takes one image at a time: on a CPU this is faster than one multi-threaded
+    interpreter on the whole batch (the activations of one image stay in the core's cache, and
+    no thread waits for another at every layer). Interpreters beyond the first are created when
+    a batch first needs them, so a single image costs one.
+    """
+
+    def __init__(self, tflite_path: Path, threads: int | None = None) -> None:
+        self.path = Path(tflite_path)
+        self.name = f"tflite ({runtime_name()})"
+        self.threads = max(1, threads or default_workers())
+        self._interpreters: list = []
+        self._add_interpreter()
+        first = self._interpreters[0]
+        self._input = first.get_input_details()[0]["index"]
+        self._output = first.get_output_details()[0]["index"]
+        self._dim = tuple(first.get_output_details()[0]["shape"][1:])
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _add_interpreter(self) -> None:
+        interpreter = new_interpreter(model_path=str(self.path), num_threads=1)
+        size = interpreter.get_input_details()[0]["shape"][1:]
+        interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], [1, *size])
+        interpreter.allocate_tensors()
+        self._interpreters.append(interpreter)
+
+    def _run(self, k: int, pixels: np.ndarray, out: np.ndarray, rows: range) -> None:
+        interpreter = self._interpreters[k]
+        for i in rows:
+            interpreter.tensor(self._input)()[0] = pixels[i]  # casts uint8 -> float32 in place
+            interpreter.invoke()
+            out[i] = interpreter.get_tensor(self._output)[0]
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        with self._lock:
+            n = len(pixels)
+            out = np.empty((n, *self._dim), np.float32)
+            parts = min(n, self.threads)
+            while len(self._interpreters) < parts:
+                self._add_interpreter()
+            if parts <= 1:
+                self._run(0, pixels, out, range(n))
+                return out
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tflite")
+            bounds = np.linspace(0, n, parts + 1).astype(int)
+            jobs = [
+                self._pool.submit(self._run, k, pixels, out, range(bounds[k], bounds[k + 1]))
+                for k in range(parts)
+            ]
+            for job in jobs:
+                job.result()
+            return out
+
+
+class TFLiteClassifier:
+    """Runs an exported ``.tflite`` alone: labels, input size and resize recipe come from inside it.
+
+    Works with any image classifier carrying standard TFLite metadata (labels file, normalisation);
+    without a ``tfguess.json`` inside, images are squashed to the input size.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.path = Path(path)
+        data = self.path.read_bytes()
+        try:
+            md = read_metadata(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure means "not a usable model"
+            raise ModelError(f"{self.path} is not a TFLite model with metadata ({exc})") from exc
+        if md is None or not md.labels:
+            raise ModelError(f"{self.path} has no labels inside (no TFLite metadata with a labels "
+                             "file): export it with tfguess export TF_FILES --format tflite")
+        description = json.loads(md.files.get(DESCRIPTION_FILE, b"{}"))
+        self.labels: list[str] = md.labels
+        self._interpreter = new_interpreter(model_content=data, num_threads=threads or default_workers())
+        inp = self._interpreter.get_input_details()[0]
+        out = self._interpreter.get_output_details()[0]
+        self.input_size: int = int(inp["shape"][1])
+        self.resize: str = description.get("resize", "squash")
+        self._input, self._output = inp, out
+        self._mean = np.float32(md.norm_mean[0]) if md.norm_mean else np.float32(0)
+        self._std = np.float32(md.norm_std[0]) if md.norm_std else np.float32(1)
+        self._batch = int(inp["shape"][0])
+        self._interpreter.allocate_tensors()
+        if len(self.labels) != int(out["shape"][-1]):
+            raise ModelError(f"{self.path}: {len(self.labels)} labels inside but the model has "
+                             f"{int(out['shape'][-1])} outputs")
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        x = np.asarray(pixels, dtype=np.float32)
+        n = len(x)
+        if n != self._batch:
+            self._interpreter.resize_tensor_input(self._input["index"], [n, *x.shape[1:]])
+            self._interpreter.allocate_tensors()
+            self._batch = n
+        dtype = self._input["dtype"]
+        if np.issubdtype(dtype, np.integer):
+            scale, zero = self._input["quantization"]
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / (scale or 1.0) + zero), info.min, info.max).astype(dtype)
+        else:
+            x = (x - self._mean) / self._std
+        self._interpreter.set_tensor(self._input["index"], x)
+        self._interpreter.invoke()
+        y = self._interpreter.get_tensor(self._output["index"]).copy()
+        if np.issubdtype(y.dtype, np.integer):
+            scale, zero = self._output["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32)
