@@ -17,6 +17,20 @@ HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
 ARTIFACTS = REPO / "test-artifacts"
 
 
+# Tests that need TensorFlow, a trained model or an engine are the slow tier; `pytest -m "not
+# slow"` runs the rest (logic, metrics, config, CLI errors) in well under a minute.
+HEAVY_FIXTURES = {
+    "demo_trained", "hymenoptera_trained", "demo_report", "lite0", "lite0_classifier",
+    "tiny_model", "built", "engine", "trained",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def require_shared() -> Path:
     """The hymenoptera data set: skipped when absent, a failure under CI=true."""
     if not HYMENOPTERA.is_dir():

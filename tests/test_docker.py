@@ -277,6 +277,29 @@ def test_guess_through_docker_with_relative_paths(trained: Path, workdir: Path,
 
 @pytest.mark.docker
 @pytest.mark.slow
+def test_engine_cache_persists_between_docker_runs(trained: Path, workdir: Path,
+                                                   request: pytest.FixtureRequest) -> None:
+    """The converted engine lives in a host folder mounted into every container: only the first
+    guess.sh after the cache is emptied converts the backbone."""
+    import pwd
+
+    cache = Path(pwd.getpwnam(TEST_USER).pw_dir) / ".cache" / "tfguess" / "docker"
+    assert list((cache / "engines").glob("*.tflite")), "train.sh left no engine in the cache"
+    shutil.rmtree(cache / "engines")
+    image = sorted((workdir / "test data").glob("*.jpg"))[0]
+    times = []
+    for run in ("first", "second"):
+        start = time.monotonic()
+        result = as_user(request, f"guess.sh ({run}, engine cache {'empty' if run == 'first' else 'kept'})",
+                         "guess.sh", trained, image, cwd=workdir)
+        times.append(time.monotonic() - start)
+        assert ("Converting the backbone" in result.stdout + result.stderr) == (run == "first")
+    assert list((cache / "engines").glob("*.tflite"))
+    assert times[1] < times[0]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
 def test_guess_dir_through_docker(trained: Path, workdir: Path, docker_user: tuple[int, int],
                                   request: pytest.FixtureRequest) -> None:
     src, dst = workdir / "test data", workdir / "sorted out"

@@ -34,18 +34,45 @@ def demo_images() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def demo_exports(demo_trained, tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("demo_export")
-    paths = export(demo_trained, ["tflite", "coreml", "savedmodel", "frozen-graph"], out_dir=out,
-                   log=lambda *_: None)
-    paths += export(demo_trained, ["tflite"], "int8", out_dir=out, log=lambda *_: None)
-    return {p.name: p for p in paths}
+def export_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("demo_export")
 
 
-def test_tflite_works_alone_with_labels_inside(demo_trained, demo_exports, tmp_path):
+def _export(tf_files: Path, out: Path, fmt: str, quantize: str = "none") -> dict[str, Path]:
+    return {p.name: p for p in export(tf_files, [fmt], quantize, out_dir=out, log=lambda *_: None)}
+
+
+# One fixture per format: a missing optional exporter skips its own tests only.
+@pytest.fixture(scope="module")
+def tflite_export(demo_trained, export_dir) -> dict[str, Path]:
+    return _export(demo_trained, export_dir, "tflite")
+
+
+@pytest.fixture(scope="module")
+def int8_export(demo_trained, export_dir) -> dict[str, Path]:
+    return _export(demo_trained, export_dir, "tflite", "int8")
+
+
+@pytest.fixture(scope="module")
+def frozen_export(demo_trained, export_dir) -> dict[str, Path]:
+    return _export(demo_trained, export_dir, "frozen-graph")
+
+
+@pytest.fixture(scope="module")
+def coreml_export(demo_trained, export_dir) -> dict[str, Path]:
+    pytest.importorskip("coremltools", reason="Core ML export needs pip install 'tfguess[export]'")
+    return _export(demo_trained, export_dir, "coreml")
+
+
+@pytest.fixture(scope="module")
+def savedmodel_export(demo_trained, export_dir) -> dict[str, Path]:
+    return _export(demo_trained, export_dir, "savedmodel")
+
+
+def test_tflite_works_alone_with_labels_inside(demo_trained, tflite_export, tmp_path):
     alone = tmp_path / "shared" / "model.tflite"
     alone.parent.mkdir()
-    shutil.copy(demo_exports["model.tflite"], alone)
+    shutil.copy(tflite_export["model.tflite"], alone)
     data = alone.read_bytes()
 
     # Independent readers: the appended zip holds the labels; the schema reads the metadata.
@@ -75,8 +102,8 @@ def test_tflite_works_alone_with_labels_inside(demo_trained, demo_exports, tmp_p
     assert lines[0].startswith(f"{best} (score = ")
 
 
-def test_int8_file_is_integer(demo_trained, demo_exports):
-    data = demo_exports["model_int8.tflite"].read_bytes()
+def test_int8_file_is_integer(demo_trained, tflite_export, int8_export):
+    data = int8_export["model_int8.tflite"].read_bytes()
     types = tensor_types(data)
     assert set(types["inputs"] + types["outputs"]) <= {"UINT8", "INT8"}
     weights = {t for ts in types["weights"].values() for t in ts}
@@ -84,19 +111,19 @@ def test_int8_file_is_integer(demo_trained, demo_exports):
     classifier = load_classifier(demo_trained)
     images = demo_images()
     ref = keras_probs(classifier, images)
-    got = tflite_probs(TFLiteClassifier(demo_exports["model_int8.tflite"]), images)
+    got = tflite_probs(TFLiteClassifier(int8_export["model_int8.tflite"]), images)
     assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.9
     # A float file does not pass the int8 check.
     with pytest.raises(ExportError, match="did not quantize"):
-        check_tflite_types(demo_exports["model.tflite"].read_bytes(), "int8")
+        check_tflite_types(tflite_export["model.tflite"].read_bytes(), "int8")
 
 
-def test_frozen_graph_classic_client(demo_trained, demo_exports):
+def test_frozen_graph_classic_client(demo_trained, frozen_export):
     import tensorflow as tf
     from PIL import Image
     from skimage import data as skdata
 
-    labels = demo_exports[LABELS_FILENAME].read_text().split()
+    labels = frozen_export[LABELS_FILENAME].read_text().split()
     assert labels == (demo_trained / LABELS_FILENAME).read_text().split()
     jpegs = [p.read_bytes() for p in demo_images()]
     for photo in (skdata.chelsea(), skdata.coffee(), skdata.astronaut()):
@@ -106,7 +133,7 @@ def test_frozen_graph_classic_client(demo_trained, demo_exports):
 
     # The classic TF1-style client, unchanged.
     gd = tf.compat.v1.GraphDef()
-    gd.ParseFromString(demo_exports["retrained_graph.pb"].read_bytes())
+    gd.ParseFromString(frozen_export["retrained_graph.pb"].read_bytes())
     with tf.Graph().as_default() as g:
         tf.import_graph_def(gd, name="")
         with tf.compat.v1.Session(graph=g) as sess:
@@ -123,9 +150,9 @@ def test_frozen_graph_classic_client(demo_trained, demo_exports):
     assert np.abs(got - expected).max() < 0.02
 
 
-def test_coreml_spec(demo_trained, demo_exports):
+def test_coreml_spec(demo_trained, coreml_export):
     ct = pytest.importorskip("coremltools")
-    spec = ct.models.MLModel(str(demo_exports["model.mlpackage"]), skip_model_load=True).get_spec()
+    spec = ct.models.MLModel(str(coreml_export["model.mlpackage"]), skip_model_load=True).get_spec()
     assert spec.WhichOneof("Type") == "mlProgram"
     classifier = load_classifier(demo_trained)
     (image,) = spec.description.input
@@ -157,10 +184,10 @@ def test_coreml_spec(demo_trained, demo_exports):
     assert value(arithmetic[1], "y") == pytest.approx(-127 / 128, rel=1e-3)
 
 
-def test_savedmodel_one_signature(demo_trained, demo_exports):
+def test_savedmodel_one_signature(demo_trained, savedmodel_export):
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(demo_exports["saved_model"]))
+    loaded = tf.saved_model.load(str(savedmodel_export["saved_model"]))
     assert list(loaded.signatures) == ["serving_default"]
     classifier = load_classifier(demo_trained)
     images = demo_images()[:4]
