@@ -151,6 +151,7 @@ def test_lite0_imagenet_accuracy_on_hymenoptera(lite0_classifier):
     assert top5_acc >= 0.92
 
 
+@pytest.mark.slow
 def test_lite_conversion_is_cached(monkeypatch):
     b = get_backbone("efficientnet_lite0")
     b.build()  # converts (or finds the conversion)
@@ -193,6 +194,7 @@ def test_unknown_backbone_names_the_closest():
     assert "inception_v3" in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", list_backbones(), ids=lambda b: b.name)
 def test_every_backbone_builds(backbone, offline):
     size = backbone.input_size
@@ -232,6 +234,7 @@ def test_lite_features_match_classifier_trunk(lite0_classifier):
     np.testing.assert_allclose(expected, np.asarray(lite0_classifier(x)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_application_uses_local_weights_file(tmp_path, offline):
     import keras
 
@@ -255,6 +258,7 @@ def test_application_uses_local_weights_file(tmp_path, offline):
         backbone.build(weights=str(tmp_path / "missing.h5"))
 
 
+@pytest.mark.slow
 def test_nested_backbone_survives_keras_save_and_load(tmp_path):
     import keras
 
@@ -315,6 +319,7 @@ def test_tfhub_module_from_local_savedmodel(tmp_path):
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(outer(x)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tfhub_module_without_static_size_needs_one(tmp_path):
     import tensorflow as tf
 

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import DEMO_DATA, TEST_DATA
 
 TFGUESS = [sys.executable, "-m", "tfguess"]
@@ -15,6 +16,7 @@ def run(*args, **kwargs):
     return subprocess.run([*TFGUESS, *map(str, args)], capture_output=True, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_train_guess_guess_dir_from_the_command_line(tmp_path):
     tf_files = tmp_path / "my tf files"
     shutil.copytree(DEMO_DATA, tf_files / "data")
@@ -33,6 +35,7 @@ def test_train_guess_guess_dir_from_the_command_line(tmp_path):
     assert len(list((tmp_path / "out").glob("*.jpg"))) == 20
 
 
+@pytest.mark.slow
 def test_clear_errors(tmp_path):
     result = run("guess", tmp_path, TEST_DATA / "face_091.jpg")
     assert result.returncode == 2

@@ -69,6 +69,7 @@ def test_model_file_matches_feature_path(demo_trained):
     np.testing.assert_allclose(fast.probabilities(pixels), keras_probs, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_second_run_computes_nothing_and_one_change_recomputes_one(tmp_path):
     tf_files = tmp_path / "tf"
     for label in ("face", "not_face"):
@@ -141,6 +142,7 @@ def _bad_inputs_folder(root):
     return {"empty.jpg", "notes.jpg", "truncated.jpg", "blank.png"}
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_reported_not_fatal(tmp_path):
     bad = _bad_inputs_folder(tmp_path / "photos")
     result = train(tmp_path / "tf", TrainConfig(image_dir=str(tmp_path / "photos"), report=False,
@@ -156,6 +158,7 @@ def test_bad_inputs_are_reported_not_fatal(tmp_path):
     assert ".hidden.jpg" not in used
 
 
+@pytest.mark.slow
 def test_a_failed_run_keeps_the_good_model(tmp_path, monkeypatch):
     tf_files = tmp_path / "tf"
     shutil.copytree(DEMO_DATA, tf_files / "data")
@@ -175,6 +178,7 @@ def test_a_failed_run_keeps_the_good_model(tmp_path, monkeypatch):
     assert not list(tf_files.glob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_one_label_is_a_clear_error(tmp_path):
     shutil.copytree(DEMO_DATA / "face", tmp_path / "tf" / "data" / "face")
     with pytest.raises(DatasetError, match="label"):
@@ -199,6 +203,7 @@ def test_hymenoptera_accuracy_and_placeholder(hymenoptera_trained):
     assert "placeholder" in skipped["imageNotFound.gif"]
 
 
+@pytest.mark.slow
 def test_summaries_dir_gets_tensorboard_logs(tmp_path):
     logs = tmp_path / "logs"
     result = train(tmp_path / "tf", TrainConfig(image_dir=str(DEMO_DATA), report=False, epochs=4,
