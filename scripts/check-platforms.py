@@ -18,8 +18,11 @@ target. Constraint files from the pip configuration of this machine (`constraint
 PIP_CONSTRAINT) are not applied: the question is whether the declared dependencies resolve
 for a user. Other pip settings (index, proxy, certificates) are.
 
-Wheel metadata comes from the index (PEP 658) where it has it, so little is downloaded; pip's
-cache (--cache-dir) makes a second run faster.
+pip reads each wheel's metadata from the index (PEP 658) where it has it, else, with pip 25 or
+later, from the wheel's last bytes (HTTP range requests, `--use-feature=fast-deps`): nothing
+but metadata is downloaded. An older pip downloads every wheel it considers (TensorFlow's are
+hundreds of MB each, and an index that sends no cache headers makes pip's cache no help):
+several minutes instead of seconds; the script says so.
 """
 
 from __future__ import annotations
@@ -153,6 +156,15 @@ def read_pins(path: Path) -> dict[str, str]:
     return pins
 
 
+FAST_PIP = (25, 0)
+
+
+def pip_version() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(x) for x in re.findall(r"\d+", version("pip"))[:2])
+
+
 # Run pip with its marker environment replaced by the target's (argv[1], JSON).
 PIP_WITH_ENV = """
 import json, sys
@@ -202,6 +214,8 @@ def resolve(target: Target, cache_dir: str | None) -> Result:
             cmd += ["--platform", tag]
         if cache_dir:
             cmd += ["--cache-dir", cache_dir]
+        if pip_version() >= FAST_PIP:
+            cmd += ["--use-feature=fast-deps"]
         # No constraint file from this machine's pip configuration (see the module docstring).
         env = {**os.environ, "PIP_CONSTRAINT": "", "PIP_REQUIRE_VIRTUALENV": "0"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -243,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         sys.exit(f"check-platforms: {missing[0]} is missing (scripts/pin-docker-requirements.py makes it)")
 
+    if pip_version() < FAST_PIP:
+        print(f"check-platforms: pip {'.'.join(map(str, pip_version()))} downloads whole wheels to "
+              "read their dependencies (pip >= 25 reads only their metadata): this takes minutes",
+              file=sys.stderr)
     t0 = time.monotonic()
     with ThreadPoolExecutor(max(1, opts.jobs)) as pool:
         results = list(pool.map(lambda t: resolve(t, opts.cache_dir), targets))
