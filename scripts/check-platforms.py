@@ -196,14 +196,19 @@ def pip_problem(output: str) -> str:
     return "\n".join(wanted or lines[-8:])
 
 
-def resolve(target: Target, cache_dir: str | None) -> Result:
-    plat = target.platform
-    reqs = [str(r) for r in project_requirements(plat.env)]
-    pins = read_pins(target.pins) if target.pins else {}
-    reqs += [f"{n}=={v}" for n, v in pins.items()]
-    t0 = time.monotonic()
+class ResolveError(Exception):
+    """pip found no set of wheels; the message is what pip said."""
+
+
+# Installed in every virtual environment, not pinned by the Docker pin files.
+TOOLING = {"pip", "setuptools", "wheel"}
+
+
+def pip_resolve(plat: Platform, requirements: list[str], constraints: Path | None = None,
+                cache_dir: str | None = None) -> dict[str, str]:
+    """The versions pip would install for ``requirements`` on ``plat``, by canonical name."""
     with tempfile.TemporaryDirectory(prefix="tfguess-platforms-") as tmp:
-        (Path(tmp) / "requirements.txt").write_text("\n".join(reqs) + "\n")
+        (Path(tmp) / "requirements.txt").write_text("\n".join(requirements) + "\n")
         cmd = [sys.executable, "-c", PIP_WITH_ENV, json.dumps(plat.env),
                "install", "--dry-run", "--ignore-installed", "--only-binary=:all:",
                "--python-version", PYTHON, "--implementation", "cp",
@@ -212,6 +217,8 @@ def resolve(target: Target, cache_dir: str | None) -> Result:
                "-r", str(Path(tmp) / "requirements.txt")]
         for tag in plat.tags:
             cmd += ["--platform", tag]
+        if constraints:
+            cmd += ["--constraint", str(constraints)]
         if cache_dir:
             cmd += ["--cache-dir", cache_dir]
         if pip_version() >= FAST_PIP:
@@ -219,16 +226,28 @@ def resolve(target: Target, cache_dir: str | None) -> Result:
         # No constraint file from this machine's pip configuration (see the module docstring).
         env = {**os.environ, "PIP_CONSTRAINT": "", "PIP_REQUIRE_VIRTUALENV": "0"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        seconds = time.monotonic() - t0
         if proc.returncode != 0:
-            return Result(target, False, seconds, {}, pip_problem(proc.stdout + proc.stderr))
+            raise ResolveError(pip_problem(proc.stdout + proc.stderr))
         report = json.loads((Path(tmp) / "report.json").read_text())
-    versions = {
+    return {
         canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
         for item in report["install"]
     }
+
+
+def resolve(target: Target, cache_dir: str | None) -> Result:
+    plat = target.platform
+    reqs = [str(r) for r in project_requirements(plat.env)]
+    pins = read_pins(target.pins) if target.pins else {}
+    reqs += [f"{n}=={v}" for n, v in pins.items()]
+    t0 = time.monotonic()
+    try:
+        versions = pip_resolve(plat, reqs, cache_dir=cache_dir)
+    except ResolveError as e:
+        return Result(target, False, time.monotonic() - t0, {}, str(e))
+    seconds = time.monotonic() - t0
     if pins:
-        unpinned = sorted(set(versions) - set(pins))
+        unpinned = sorted(set(versions) - set(pins) - TOOLING)
         if unpinned:
             return Result(target, False, seconds, versions,
                           f"resolved but not pinned in {target.pins.name}: {', '.join(unpinned)} "
