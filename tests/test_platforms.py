@@ -83,3 +83,32 @@ def test_every_platform_resolves() -> None:
     print(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{len(check.TARGETS)} of {len(check.TARGETS)} targets resolve" in proc.stdout
+
+
+# --- without ai-edge-litert (macOS x86_64): TensorFlow's copy of the TFLite schema ----------
+
+@pytest.mark.slow
+def test_tflite_metadata_is_the_same_with_tensorflows_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.lite.python import schema_py_generated as tf_schema
+
+    from tfguess import tflite_metadata as tm
+
+    inputs = tf.keras.Input((4,))
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(2, activation="softmax")(inputs))
+    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    info = tm.ImageClassifierInfo(name="m", description="d", version="1", labels=["ant", "bee"],
+                                  norm_mean=[127.5], norm_std=[127.5])
+    with_litert = tm.add_metadata(tflite, info)
+    monkeypatch.setattr(tm, "_schema", lambda: tf_schema)
+    with_tf = tm.add_metadata(tflite, info)
+    assert with_tf == with_litert
+    assert tm.read_metadata(with_tf).labels == ["ant", "bee"]
+    x = np.ones((1, 4), np.float32)
+    interpreter = tf.lite.Interpreter(model_content=with_tf)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(out, model(x).numpy(), atol=1e-6)

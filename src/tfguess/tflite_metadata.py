@@ -4,7 +4,7 @@ Writes the standard metadata (``metadata_schema.fbs``, the format the TFLite Tas
 MediaPipe and ML Kit read): a flatbuffer stored in a model buffer referenced by the model's
 ``TFLITE_METADATA`` entry, with the associated files (labels, ...) packed as a zip archive
 appended to the model, as the standard metadata populator does. Needs only ``flatbuffers``
-and the schemas (no TensorFlow).
+and the schemas (no TensorFlow where ai-edge-litert is installed).
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ MIN_PARSER_VERSION = "1.0.0"
 
 
 def _schema():
-    from ai_edge_litert import schema_py_generated
-
+    """The TFLite model schema: LiteRT's, else TensorFlow's copy (where ai-edge-litert has no wheel)."""
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        from tensorflow.lite.python import schema_py_generated
     return schema_py_generated
 
 
