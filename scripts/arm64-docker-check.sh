@@ -6,7 +6,8 @@
 #
 # 1. scripts/docker-engine.sh start --arch arm64: the engine, QEMU's binfmt handler, and the
 #    base image tfguess-base:bookworm-arm64 (debootstrap --arch=arm64).
-# 2. docker build --platform linux/arm64 (the Dockerfile picks requirements-docker-arm64.txt).
+# 2. python -m tfguess.docker build --platform linux/arm64 (the Dockerfile picks
+#    requirements-docker-arm64.txt).
 # 3. In the image: the architecture, the versions, `tfguess train` on a copy of tf_files/data,
 #    then `tfguess guess` on a test photo; each step timed, the model and summary checked.
 #
@@ -16,7 +17,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 IMAGE=${TFGUESS_ARM64_IMAGE:-tfguess:arm64}
 BASE=${TFGUESS_BASE_IMAGE:-tfguess-base:bookworm-arm64}
-export DOCKER_BUILDKIT=0   # the classic builder: an engine without buildx builds too
+# The launcher builds (host network, the CA bundle pip uses here); it needs the docker package.
+PY=${TFGUESS_HOST_PYTHON:-python3}
+"$PY" -c 'import docker' 2>/dev/null || { echo "arm64-check: $PY cannot import docker (set TFGUESS_HOST_PYTHON)" >&2; exit 1; }
 
 say() { printf 'arm64-check: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -25,8 +28,8 @@ stage() { say "$1: $(($SECONDS - $2)) s"; }
 TFGUESS_BASE_IMAGE=$BASE bash scripts/docker-engine.sh start --arch arm64 >/dev/null
 
 t=$SECONDS
-docker build --platform linux/arm64 --build-arg BASE_IMAGE="$BASE" -t "$IMAGE" . ||
-    die "docker build --platform linux/arm64 failed"
+PYTHONPATH=$PWD/src "$PY" -m tfguess.docker build --platform linux/arm64 --image "$IMAGE" \
+    --base-image "$BASE" || die "building $IMAGE for linux/arm64 failed"
 stage "build" $t
 arch=$(docker image inspect "$IMAGE" --format '{{.Os}}/{{.Architecture}}')
 [[ $arch == linux/arm64 ]] || die "$IMAGE is $arch, not linux/arm64"
