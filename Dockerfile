@@ -4,6 +4,11 @@
 #   docker build -t tfguess .                                                      # CPU
 #   docker build -t tfguess:gpu --build-arg TF_PACKAGE='tensorflow[and-cuda]' .   # NVIDIA GPUs
 #   (CUDA libraries come from pip; run with --gpus all; see docs/docker.md)
+#   docker build --platform linux/arm64 -t tfguess .    # Apple Silicon, Graviton, Raspberry Pi
+#
+# linux/amd64 and linux/arm64: the build picks the pinned requirements of the machine it runs
+# on (uname -m, which is also right under emulation): requirements-docker.txt with
+# tensorflow-cpu on x86_64, requirements-docker-arm64.txt with tensorflow on aarch64.
 #
 # Any Debian/Ubuntu-like base with python3 (>= 3.10), its venv module and useradd works: the
 # build always installs into the virtual environment /opt/venv.
@@ -13,10 +18,11 @@
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
-# TF_PACKAGE: tensorflow-cpu (default) or tensorflow[and-cuda] for NVIDIA GPUs.
+# TF_PACKAGE: by default tensorflow-cpu on x86_64 and tensorflow on aarch64;
+# tensorflow[and-cuda] for NVIDIA GPUs.
 # PIP_*: optional package index settings for pip, used only when given.
 # SOURCE_HASH: set by the launcher (src/tfguess/docker.py) to tell when the image is outdated.
-ARG TF_PACKAGE=tensorflow-cpu PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_DEFAULT_TIMEOUT=120 SOURCE_HASH
+ARG TF_PACKAGE PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_DEFAULT_TIMEOUT=120 SOURCE_HASH
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -40,11 +46,16 @@ COPY --chown=tfguess . /tmp/src/
 # Pinned dependencies without resolving again; TensorFlow separately so that TF_PACKAGE picks
 # the CPU or GPU build; then the project itself.
 RUN set -eux; \
+    case "$(uname -m)" in \
+        x86_64) pins=/tmp/src/requirements-docker.txt; tf=tensorflow-cpu ;; \
+        aarch64) pins=/tmp/src/requirements-docker-arm64.txt; tf=tensorflow ;; \
+        *) echo "tfguess: no pinned requirements for $(uname -m): build for linux/amd64 or linux/arm64" >&2; exit 1 ;; \
+    esac; \
     if [ -f /tmp/src/.build-ca.pem ]; then export PIP_CERT=/tmp/src/.build-ca.pem; fi; \
     python3 -m venv /opt/venv; \
-    grep -vE '^tensorflow(-cpu)?==' /tmp/src/requirements-docker.txt > /tmp/requirements.txt; \
+    grep -vE '^tensorflow(-cpu)?==' "$pins" > /tmp/requirements.txt; \
     pip install --no-deps -r /tmp/requirements.txt; \
-    pip install -c /tmp/src/requirements-docker.txt "$TF_PACKAGE"; \
+    pip install -c "$pins" "${TF_PACKAGE:-$tf}"; \
     pip install --no-deps /tmp/src; \
     rm -rf /tmp/src /tmp/requirements.txt; \
     tfguess --help > /dev/null

@@ -3,6 +3,7 @@
 # and make the base image the Dockerfile builds on when no registry can be reached.
 #
 #   sudo bash scripts/docker-engine.sh start   # idempotent: install, start, wait, base image
+#   sudo bash scripts/docker-engine.sh start --arch arm64   # also a linux/arm64 base image
 #   sudo bash scripts/docker-engine.sh stop
 #   bash scripts/docker-engine.sh status
 #
@@ -13,18 +14,29 @@
 #   and, unless it exists, makes the image $TFGUESS_BASE_IMAGE from a debootstrap of Debian
 #   bookworm (python3 3.11, venv, pip, CA certificates), so no registry pull is needed.
 #   The socket belongs to group "docker": add users to that group to let them use it.
+#   --arch arm64 (on an x86_64 machine): the base image is made for linux/arm64 instead
+#   (tfguess-base:bookworm-arm64), and arm64 programs run through QEMU user emulation:
+#   qemu-user-static and binfmt-support are installed and the kernel's binfmt_misc handler
+#   for aarch64 is checked (it must have the F flag, so containers need no QEMU inside).
 #
 # Settings (environment):
 #   TFGUESS_ENGINE_DIR   data root, log and pid file        (default /var/lib/tfguess-engine)
 #   TFGUESS_DOCKER_SOCK  socket path                         (default /var/run/docker.sock)
-#   TFGUESS_BASE_IMAGE   base image to create                (default tfguess-base:bookworm)
+#   TFGUESS_BASE_IMAGE   base image to create   (default tfguess-base:bookworm, -arm64 added
+#                        for --arch arm64)
 #   TFGUESS_STORAGE_DRIVER  overlay2 or vfs                  (default: overlay2 when it works)
 #   TFGUESS_DEBIAN_MIRROR  mirror for debootstrap            (default: the one apt uses)
 set -euo pipefail
 
 ENGINE_DIR=${TFGUESS_ENGINE_DIR:-/var/lib/tfguess-engine}
 SOCK=${TFGUESS_DOCKER_SOCK:-/var/run/docker.sock}
-BASE_IMAGE=${TFGUESS_BASE_IMAGE:-tfguess-base:bookworm}
+ARCH=amd64
+if [[ ${2:-} == --arch ]]; then ARCH=${3:-}; fi
+case $ARCH in
+    amd64) BASE_IMAGE=${TFGUESS_BASE_IMAGE:-tfguess-base:bookworm} ;;
+    arm64) BASE_IMAGE=${TFGUESS_BASE_IMAGE:-tfguess-base:bookworm-arm64} ;;
+    *) echo "docker-engine: error: --arch takes amd64 or arm64, not '$ARCH'" >&2; exit 2 ;;
+esac
 PIDFILE=$ENGINE_DIR/dockerd.pid
 LOG=$ENGINE_DIR/dockerd.log
 export DOCKER_HOST=unix://$SOCK
@@ -51,6 +63,10 @@ install_packages() {
     local missing=()
     command -v dockerd >/dev/null || missing+=(docker.io)
     command -v debootstrap >/dev/null || missing+=(debootstrap)
+    if [[ $ARCH == arm64 && $(uname -m) != aarch64 ]]; then
+        command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+        command -v update-binfmts >/dev/null || missing+=(binfmt-support)
+    fi
     ((${#missing[@]})) || return 0
     command -v apt-get >/dev/null || die "dockerd/debootstrap missing and no apt-get: install Docker first"
     say "installing ${missing[*]} with apt-get"
@@ -103,6 +119,23 @@ start_daemon() {
     die "dockerd did not answer within 60 s (log: $LOG)"
 }
 
+# Emulation of arm64 programs: the kernel hands aarch64 ELF files to qemu-aarch64-static. The F
+# flag makes the kernel open the interpreter once, at registration, so it works in containers
+# whose file systems have no QEMU.
+check_emulation() {
+    [[ $ARCH == arm64 && $(uname -m) != aarch64 ]] || return 0
+    local handler=/proc/sys/fs/binfmt_misc/qemu-aarch64
+    if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc ||
+            die "cannot mount binfmt_misc: arm64 emulation needs it (a privileged container or a VM)"
+    fi
+    [[ -e $handler ]] || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+    [[ -e $handler ]] || die "no binfmt_misc handler for aarch64 (is qemu-user-static installed?)"
+    grep -q '^flags:.*F' "$handler" ||
+        die "the aarch64 binfmt handler lacks the F flag ($(grep '^flags' "$handler")): reinstall qemu-user-static"
+    say "arm64 programs run through $(sed -n 's/^interpreter //p' "$handler")"
+}
+
 make_base_image() {
     if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
         say "base image $BASE_IMAGE present"; return
@@ -112,13 +145,21 @@ make_base_image() {
     root=$(mktemp -d "${TMPDIR:-/tmp}/tfguess-rootfs.XXXXXX")
     # shellcheck disable=SC2064
     trap "rm -rf '$root'" EXIT
-    say "debootstrap bookworm from $mirror (about a minute)"
-    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-        bookworm "$root" "$mirror" >"$ENGINE_DIR/debootstrap.log" 2>&1 ||
-        { tail -n 20 "$ENGINE_DIR/debootstrap.log" >&2; die "debootstrap failed"; }
+    local packages=python3,python3-venv,python3-pip,ca-certificates log=$ENGINE_DIR/debootstrap.log
+    if [[ $ARCH == amd64 ]]; then
+        say "debootstrap bookworm from $mirror (about a minute)"
+        debootstrap --variant=minbase --include=$packages bookworm "$root" "$mirror" >"$log" 2>&1 ||
+            { tail -n 20 "$log" >&2; die "debootstrap failed"; }
+    else
+        # Two stages: unpack here, then configure inside the tree, which runs arm64 programs.
+        say "debootstrap --arch=arm64 bookworm from $mirror (several minutes under emulation)"
+        { debootstrap --arch=arm64 --foreign --variant=minbase --include=$packages bookworm \
+              "$root" "$mirror" && chroot "$root" /debootstrap/debootstrap --second-stage; } \
+            >"$log" 2>&1 || { tail -n 20 "$log" >&2; die "debootstrap failed"; }
+    fi
     chmod 755 "$root"   # mktemp made it 0700: it becomes the image's /
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-    tar -C "$root" -c . | docker import -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
+    tar -C "$root" -c . | docker import --platform "linux/$ARCH" -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
     rm -rf "$root"
     trap - EXIT
     say "base image $BASE_IMAGE made in $((SECONDS - t0)) s"
@@ -137,6 +178,7 @@ case ${1:-} in
     start)
         need_root start
         install_packages
+        check_emulation
         start_daemon
         make_base_image
         echo "export DOCKER_HOST=$DOCKER_HOST"
@@ -145,5 +187,5 @@ case ${1:-} in
     status)
         if engine_up; then say "engine answers at $DOCKER_HOST"; else say "no engine at $DOCKER_HOST"; exit 1; fi
         ;;
-    *) echo "usage: bash $0 start|stop|status" >&2; exit 2 ;;
+    *) echo "usage: bash $0 start [--arch amd64|arm64] | stop | status" >&2; exit 2 ;;
 esac

@@ -158,9 +158,13 @@ def build_image(
     root: Path = REPO_ROOT,
     build_args: dict[str, str] | None = None,
     ca_bundle: Path | None = None,
+    platform: str | None = None,
     log: IO[str] = sys.stderr,
 ) -> str:
-    """Build ``image`` from ``root``/Dockerfile, streaming the build output to ``log``."""
+    """Build ``image`` from ``root``/Dockerfile, streaming the build output to ``log``.
+
+    ``platform`` (e.g. ``linux/arm64``): build for another architecture than the engine's.
+    """
     image = image or default_image()
     if not (root / "Dockerfile").is_file():
         raise DockerError(f"no Dockerfile in {root}: cannot build the image {image}")
@@ -176,7 +180,7 @@ def build_image(
         stream = client.api.build(
             fileobj=context, custom_context=True, tag=image,
             buildargs={**args, "SOURCE_HASH": source_hash(root)}, network_mode="host",
-            rm=True, forcerm=True, decode=True,
+            rm=True, forcerm=True, decode=True, platform=platform,
         )
         for chunk in stream:
             if "stream" in chunk:
@@ -359,6 +363,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--image", default=None, help=f"image tag (default {DEFAULT_IMAGE})")
     build.add_argument("--base-image", help="BASE_IMAGE build argument")
     build.add_argument("--tf-package", help="TF_PACKAGE build argument, e.g. tensorflow[and-cuda]")
+    build.add_argument("--platform", help="e.g. linux/arm64 (default: the engine's own)")
     run = sub.add_parser("run", help="run tfguess in a container: run [options] -- ARGS...")
     run.add_argument("--image", default=None, help=f"image (default {DEFAULT_IMAGE})")
     run.add_argument("--rw", action="append", default=[], type=Path, metavar="PATH",
@@ -380,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 build_args["BASE_IMAGE"] = opts.base_image
             if opts.tf_package:
                 build_args["TF_PACKAGE"] = opts.tf_package
-            build_image(connect(), opts.image, build_args=build_args, ca_bundle=host_ca_bundle())
+            build_image(connect(), opts.image, build_args=build_args, ca_bundle=host_ca_bundle(),
+                        platform=opts.platform)
             return 0
         args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
         if not args:

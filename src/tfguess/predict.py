@@ -124,6 +124,10 @@ def guess(model: str | Path, images: list[str | Path], top_k: int = 0, as_json: 
     return failed
 
 
+# O_BINARY: on Windows a file descriptor is in text mode (each \n written as \r\n) without it.
+_NEW_BINARY_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+
+
 def _claim(dst_dir: Path, stem: str, ext: str) -> tuple[Path, int]:
     """Create a new, empty file named ``stem+ext`` (or ``stem-N+ext``) that did not exist before."""
     n = 0
@@ -131,7 +135,7 @@ def _claim(dst_dir: Path, stem: str, ext: str) -> tuple[Path, int]:
         name = f"{stem}{ext}" if n == 0 else f"{stem}-{n}{ext}"
         target = dst_dir / name
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(target, _NEW_BINARY_FILE, 0o644)
             return target, fd
         except FileExistsError:
             n += 1
