@@ -260,9 +260,26 @@ def _all_tensor_types(data: bytes) -> set[str]:
 # --- Core ML -----------------------------------------------------------------------------------
 
 
+def _coremltools_platform() -> bool:
+    """Whether coremltools publishes wheels for this machine (macOS, Linux x86_64)."""
+    import platform
+    import sys
+
+    return sys.platform == "darwin" or (sys.platform == "linux" and platform.machine() == "x86_64")
+
+
 def save_coreml(classifier, path: Path) -> None:
     """An ML Program classifier: image input ``image`` (RGB, 0..255 as is), labels built in."""
-    import coremltools as ct
+    try:
+        import coremltools as ct
+    except ImportError:
+        import platform
+
+        raise ExportError(
+            "Core ML export needs coremltools, which is not installed here"
+            + (f" (it has no wheel for {platform.system()} {platform.machine()}: export on macOS "
+               "or Linux x86_64 instead)" if not _coremltools_platform() else
+               ": pip install 'tfguess[export]'")) from None
 
     size = classifier.input_size
     mlmodel = ct.convert(
