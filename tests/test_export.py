@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -241,3 +242,10 @@ def test_hymenoptera_exports_agree_with_keras(hymenoptera_trained, hymenoptera, 
     assert by_name["tflite int8"]["agreement"] >= 0.97
     assert abs(by_name["tflite int8"]["accuracy"] - keras_acc) <= 0.02
     assert by_name["frozen graph (classic client)"]["agreement"] == 1.0
+
+
+def test_coreml_without_coremltools_is_a_clear_error(demo_trained, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "coremltools", None)  # as on Windows or Linux arm64
+    with pytest.raises(ExportError, match="Core ML export needs coremltools"):
+        export(demo_trained, ["coreml"], out_dir=tmp_path, log=lambda *_: None)
+    assert not list(tmp_path.iterdir())
