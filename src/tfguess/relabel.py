@@ -47,11 +47,12 @@ def _free_name(folder: Path, name: str) -> Path:
         n += 1
 
 
-def _move_no_overwrite(src: Path, folder: Path) -> Path:
-    """Move ``src`` into ``folder`` under a free name; never replaces a file."""
+def _move_no_overwrite(src: Path, folder: Path, name: str | None = None) -> Path:
+    """Move ``src`` into ``folder`` as ``name`` (default: its own) or, when taken, a free
+    variant of it; never replaces a file."""
     folder.mkdir(parents=True, exist_ok=True)
     while True:
-        target = _free_name(folder, src.name)
+        target = _free_name(folder, name or src.name)
         try:
             os.link(src, target)  # fails when target appeared meanwhile: never overwrites
         except FileExistsError:
@@ -192,6 +193,7 @@ class DataSetEditor:
             now = self._abs(target.destination)
             if not now.is_file():
                 raise RelabelError(f"{now}: no longer there, cannot undo change {change_id}")
-            back = _move_no_overwrite(now, self._abs(target.source).parent)
+            original = self._abs(target.source)
+            back = _move_no_overwrite(now, original.parent, original.name)
             return self._record("undo", now, back, target.to_label, target.from_label,
                                 undoes=change_id)

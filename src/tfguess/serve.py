@@ -28,6 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
@@ -313,7 +314,7 @@ def _limit_body(app, max_bytes: int, timeout_s: float):
 def create_app(model: str | Path, limits: ServeLimits | None = None, host: str = "127.0.0.1",
                log: Callable[[str], None] = print):
     """The FastAPI application serving ``model`` (a TF_FILES folder, ``model.keras`` or ``.tflite``)."""
-    from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+    from fastapi import FastAPI, File, HTTPException, Query, UploadFile
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
@@ -357,8 +358,8 @@ def create_app(model: str | Path, limits: ServeLimits | None = None, host: str =
 
     @app.post("/api/predict", summary="classify one or more images (field 'files', repeated)",
               response_description="per file: path (the uploaded name), error, predictions best first")
-    async def predict(files: list[UploadFile] = File(..., description="image files"),
-                      top_k: int = Query(0, ge=0, description="labels per image (0: all)")):
+    async def predict(files: Annotated[list[UploadFile], File(description="image files")],
+                      top_k: Annotated[int, Query(ge=0, description="labels per image (0: all)")] = 0):
         if len(files) > limits.max_files:
             raise HTTPException(413, f"{len(files)} files in one request; at most {limits.max_files}")
         try:
