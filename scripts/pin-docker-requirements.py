@@ -2,7 +2,7 @@
 
 Run with the environment's Python (the one the tests pass in):
     .venv/bin/python scripts/pin-docker-requirements.py
-Pins the runtime dependencies of tfguess (and its "export" extra), with everything they pull in.
+Pins the runtime dependencies of tfguess (and its "export" and "serve" extras), with everything they pull in.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tomllib
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = {"export"}
+EXTRAS = {"export", "serve"}
 SKIP = {"pip", "setuptools", "wheel"}
 
 

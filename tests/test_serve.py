@@ -341,6 +341,7 @@ def test_page_classifies_an_uploaded_photo(server, browser):
     assert pick.get_attribute("accept") == "image/*" and pick.get_attribute("multiple") is not None
     browser.execute_script("arguments[0].hidden = false", pick)
     pick.send_keys("\n".join(str(TEST_DATA / n) for n in ("face_090.jpg", "not_face_091.jpg")))
+    browser.execute_script("arguments[0].hidden = true", pick)
     tiles = _wait(browser, lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, ".result[data-label]")]
                   if len(d.find_elements(By.CSS_SELECTOR, ".result[data-label]")) == 2 else False)
     labels = {t.find_element(By.CSS_SELECTOR, ".name").text: t.get_attribute("data-label") for t in tiles}
