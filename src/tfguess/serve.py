@@ -15,6 +15,7 @@ data set (:mod:`tfguess.relabel`) and the model re-trained in place.
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import ipaddress
 import json
@@ -24,7 +25,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -178,7 +179,11 @@ def exposure_warning(host: str) -> str | None:
     """What binding ``host`` exposes, when it is more than this machine."""
     if _is_loopback(host):
         return None
-    where = "every network interface of this machine" if host in ("0.0.0.0", "::") else host
+    where = host
+    if host in ("0.0.0.0", "::"):
+        where = ("every network interface of this container (the host addresses that reach it "
+                 "are the ones its port is published on)" if Path("/.dockerenv").exists()
+                 else "every network interface of this machine")
     return (f"warning: listening on {where}: anyone who can reach it can classify images, read "
             "the model card and the evaluation report (file names of the data set), and see the "
             "review page. There is no login and no TLS; prefer 127.0.0.1 behind a reverse proxy.")
@@ -318,7 +323,6 @@ def create_app(model: str | Path, limits: ServeLimits | None = None, host: str =
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
-    from starlette.concurrency import run_in_threadpool
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     from . import __version__
@@ -330,6 +334,9 @@ def create_app(model: str | Path, limits: ServeLimits | None = None, host: str =
     served = ServedModel(model, log)
     batcher = MicroBatcher(lambda: served.predictor, limits.max_batch,
                            limits.max_wait_ms / 1000, limits.queue_size)
+    # Decoding in a pool of one thread a core: faster than more on a busy CPU, and a fixed
+    # number of threads keeps the memory flat under load.
+    decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="decode")
     retrainer = Retrainer(served) if served.tf_files else None
     token = secrets.token_urlsafe(32)
 
@@ -337,6 +344,7 @@ def create_app(model: str | Path, limits: ServeLimits | None = None, host: str =
     async def lifespan(_app):
         yield
         batcher.close()
+        decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="tfguess", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=lifespan, description="Classify images with a trained tfguess model.")
@@ -368,24 +376,28 @@ def create_app(model: str | Path, limits: ServeLimits | None = None, host: str =
             raise HTTPException(503, "the server is busy (queue full); retry shortly",
                                 headers={"Retry-After": "1"}) from None
         predictor = served.predictor
-        futures: list[Future | None] = []
-        errors: list[str | None] = []
-        for upload in files:
-            data = await upload.read()
-            name = upload.filename or "upload"
+        loop = asyncio.get_running_loop()
+
+        async def decode(upload: UploadFile) -> np.ndarray | str:
             try:
-                pixels = await run_in_threadpool(load_image, name, predictor.input_size,
-                                                 predictor.resize, data=data)
-            except ImageError as exc:
-                batcher.release()
-                futures.append(None)
-                errors.append(exc.reason)
-                continue
+                data = await upload.read()
             finally:
                 await upload.close()
-                del data
-            futures.append(batcher.submit(pixels))
-            errors.append(None)
+            job = functools.partial(load_image, upload.filename or "upload", predictor.input_size,
+                                    predictor.resize, data=data)
+            try:
+                return await loop.run_in_executor(decoder, job)
+            except ImageError as exc:
+                return exc.reason
+
+        futures: list[Future | None] = []
+        errors: list[str | None] = []
+        try:
+            for decoded in await asyncio.gather(*(decode(u) for u in files)):
+                futures.append(None if isinstance(decoded, str) else batcher.submit(decoded))
+                errors.append(decoded if isinstance(decoded, str) else None)
+        finally:  # the places of images that did not reach the network are given back
+            batcher.release(len(files) - sum(f is not None for f in futures))
         waiting = [asyncio.wrap_future(f) for f in futures if f is not None]
         try:
             done = await asyncio.wait_for(asyncio.gather(*waiting), limits.timeout_s)
