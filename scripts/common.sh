@@ -10,6 +10,7 @@
 
 TFGUESS_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TFG_RW=()   # paths the container may write (the wrappers' outputs)
+TFG_PUBLISH=""  # a port the container's server listens on (published on 127.0.0.1 only)
 
 tfg_say() { printf 'tfguess: %s\n' "$*" >&2; }
 tfg_die() { printf 'tfguess: error: %s\n' "$*" >&2; exit 1; }
@@ -87,6 +88,7 @@ tfg_run_docker() {
     local py rw=() path
     py=$(tfg_host_python)
     for path in ${TFG_RW[@]+"${TFG_RW[@]}"}; do rw+=(--rw "$path"); done
+    [[ -z $TFG_PUBLISH ]] || rw+=(--publish "$TFG_PUBLISH")
     tfg_say "running in Docker (image ${TFGUESS_IMAGE:-tfguess:latest})"
     # sys.path[0] (the current folder) is replaced by the repository's src folder.
     exec "$py" -c 'import sys; sys.path[0] = sys.argv.pop(1)
@@ -103,7 +105,7 @@ tfg_run_local() {
             python3 -m venv "$venv" >&2 || tfg_die "could not create $venv"
         fi
         tfg_say "installing tfguess and its dependencies into $venv (once, a few minutes)"
-        "$venv/bin/python" -m pip install -q -e "${TFGUESS_REPO}[export]" >&2 ||
+        "$venv/bin/python" -m pip install -q -e "${TFGUESS_REPO}[export,serve]" >&2 ||
             tfg_die "could not install tfguess into $venv"
     fi
     tfg_say "running locally ($venv)"

@@ -5,7 +5,7 @@
 
 linux/amd64: the versions installed in a working environment (run it with the Python of the
 environment the tests pass in). Pins the runtime dependencies of tfguess (and its "export"
-extra), with everything they pull in.
+and "serve" extras), with everything they pull in.
 
 linux/arm64: there is no arm64 environment to read, so pip's resolver chooses the versions for
 Linux aarch64 (scripts/check-platforms.py, markers evaluated for that platform), held to the
@@ -26,7 +26,7 @@ import tomllib
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = {"export"}
+EXTRAS = {"export", "serve"}
 SKIP = {"pip", "setuptools", "wheel"}
 PIN_FILES = {"amd64": ROOT / "requirements-docker.txt", "arm64": ROOT / "requirements-docker-arm64.txt"}
 HEADER = {

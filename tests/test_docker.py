@@ -30,7 +30,7 @@ TEST_DATA = REPO / "test_data"
 BASE_IMAGE = os.environ.get("TFGUESS_BASE_IMAGE", "tfguess-base:bookworm")
 IMAGE = os.environ.get("TFGUESS_IMAGE", "tfguess:latest")
 TEST_USER = "tfguess-test"
-WRAPPERS = ["train.sh", "guess.sh", "guessDir.sh", "export.sh"]
+WRAPPERS = ["train.sh", "guess.sh", "guessDir.sh", "export.sh", "serve.sh"]
 GUESS_LINE = re.compile(r"^(\S.*) \(score = (\d\.\d{5})\)$", re.MULTILINE)
 
 
@@ -56,7 +56,8 @@ def test_pinned_requirements_cover_every_dependency(pin_file: str) -> None:
     env = {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
            "platform_machine": PIN_FILES[pin_file], "python_version": "3.11", "extra": ""}
     applicable = 0
-    for spec in project["dependencies"] + project["optional-dependencies"]["export"]:
+    for spec in project["dependencies"] + project["optional-dependencies"]["export"] + \
+            project["optional-dependencies"]["serve"]:
         req = Requirement(spec)
         if req.marker is not None and not req.marker.evaluate(env):
             assert canonical(req.name) not in pinned or req.name == "tensorflow", (
@@ -369,3 +370,67 @@ def test_ctrl_c_stops_and_removes_the_container(built: str, engine, tmp_path: Pa
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted, stopping the container" in err
     assert not ours(), "the container was left behind"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _non_loopback_address() -> str | None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 9))  # no packet is sent: this only picks an interface
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_serve_through_docker_answers_on_loopback_only(trained: Path, engine) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TFGUESS_")}
+    env.update(TFGUESS_DOCKER="1", TFGUESS_IMAGE=IMAGE)
+    proc = subprocess.Popen(["bash", str(REPO / "serve.sh"), str(trained), str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, page = time.monotonic() + 300, None
+        while page is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                page = urllib.request.urlopen(url + "/", timeout=5).read().decode()
+            except OSError:
+                time.sleep(1)
+        assert page is not None, "serve.sh did not answer on 127.0.0.1"
+        assert "<title>tfguess</title>" in page
+        boundary = uuid.uuid4().hex
+        image = (TEST_DATA / "face_090.jpg").read_bytes()
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+                f"filename=\"face_090.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+        body += image + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(
+            url + "/api/predict", data=body, method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        assert answer[0]["path"] == "face_090.jpg" and answer[0]["predictions"][0]["label"] == "face"
+        other = _non_loopback_address()
+        if other:
+            with pytest.raises(OSError):
+                urllib.request.urlopen(f"http://{other}:{port}/healthz", timeout=5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert f"port {port} published on 127.0.0.1 only" in out, out[-3000:]
+    assert "interrupted, stopping the container" in out, out[-3000:]

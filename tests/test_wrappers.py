@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "tf_files"
 TEST_DATA = REPO / "test_data"
-WRAPPERS = ["train.sh", "guess.sh", "guessDir.sh", "export.sh"]
+WRAPPERS = ["train.sh", "guess.sh", "guessDir.sh", "export.sh", "serve.sh"]
 GUESS_LINE = re.compile(r"^(\S.*) \(score = (\d\.\d{5})\)$", re.MULTILINE)
 
 
@@ -131,3 +132,33 @@ def test_local_end_to_end_in_a_path_with_spaces(tmp_path: Path) -> None:
 
     after = {p: p.read_bytes() for p in (tf_files / "data").rglob("*") if p.is_file()}
     assert after == source, "the training photos were modified"
+
+
+def test_serve_rejects_a_bad_port(tmp_path: Path) -> None:
+    result = wrapper("serve.sh", tmp_path, "80x")
+    assert result.returncode == 2 and "PORT: a number from 1 to 65535, not '80x'" in result.stderr
+
+
+@pytest.mark.slow
+def test_serve_locally_answers_on_loopback(demo_trained: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["bash", str(REPO / "serve.sh"), str(demo_trained), str(port)],
+                            env=local_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline, page = time.monotonic() + 180, None
+        while page is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert page is not None and "<title>tfguess</title>" in page, out[-3000:]
+    assert "running locally" in out and f"http://127.0.0.1:{port}/" in out

@@ -85,7 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: TF_FILES/export)")
 
     sub.add_parser("backbones", help="list the backbones and where their weights come from")
+    _serve_parser(sub)
     return parser
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="a web page and a REST API for the model (needs the serve extra)")
+    p.add_argument("model", help="TF_FILES folder (adds /report/ and /review), model.keras or .tflite")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-upload-mb", type=float, help="request body limit (default 32)")
+    p.add_argument("--max-batch", type=int, help="images per network batch (default 32)")
+    p.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill (default 10)")
+    p.add_argument("--queue-size", type=int, help="images in flight; 503 beyond (default 256)")
+    p.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per request (default 60)")
 
 
 def _run(args) -> int:
@@ -126,6 +140,15 @@ def _run(args) -> int:
         from .export import export
 
         export(args.tf_files, args.formats or ["tflite"], quantize=args.quantize, out_dir=args.out)
+        return 0
+    if args.command == "serve":
+        from .serve import ServeLimits, serve
+
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeLimits)
+                 if getattr(args, f.name, None) is not None}
+        given.setdefault("max_files", min(ServeLimits.max_files,
+                                          given.get("queue_size", ServeLimits.queue_size)))
+        serve(args.model, args.host, args.port, ServeLimits(**given))
         return 0
     if args.command == "backbones":
         from .backbones import describe_backbones

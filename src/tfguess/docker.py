@@ -300,11 +300,14 @@ def run_in_docker(
     mounts: Sequence[HostPath] = (),
     image: str | None = None,
     build_if_missing: bool = True,
+    publish: int | None = None,
 ) -> int:
     """Run ``tfguess SUBCOMMAND_ARGS`` in a container and return its exit status.
 
     Arguments naming existing paths are made absolute and mounted read-only; ``mounts`` adds
-    paths (read-write when ``writable``). Ctrl-C (or SIGTERM) stops and removes the container.
+    paths (read-write when ``writable``). ``publish``: a port the container's server listens
+    on, reachable on the host's 127.0.0.1 only. Ctrl-C (or SIGTERM) stops and removes the
+    container.
     """
     image = image or default_image()
     args, arg_mounts = path_arguments(subcommand_args)
@@ -312,6 +315,16 @@ def run_in_docker(
     binds = resolve_mounts([*mounts, *arg_mounts, HostPath(cache, writable=True)])
     client = connect()
     ensure_image(client, image, build_if_missing=build_if_missing)
+    network, ports = os.environ.get("TFGUESS_DOCKER_NETWORK", "none"), None
+    if publish:
+        if client.networks.list(names=["bridge"]):
+            # the server listens on the container's interfaces; Docker forwards host 127.0.0.1 only
+            network, ports = "bridge", {f"{publish}/tcp": ("127.0.0.1", publish)}
+            args = [*args, "--host", "0.0.0.0"]
+        else:  # an engine without a bridge network: share the host's, listening on 127.0.0.1
+            network = "host"
+        print(f"tfguess: port {publish} published on 127.0.0.1 only ({network} network)",
+              file=sys.stderr)
     user = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None
     environment = {"HOME": CONTAINER_HOME, "MPLCONFIGDIR": f"{CONTAINER_HOME}/.matplotlib",
                    "TFGUESS_CACHE": str(cache)}
@@ -321,7 +334,7 @@ def run_in_docker(
             image, command=args, user=user, detach=True, environment=environment,
             mounts=[Mount(target=str(m.path), source=str(m.path), type="bind",
                           read_only=not m.writable) for m in binds],
-            network_mode=os.environ.get("TFGUESS_DOCKER_NETWORK", "none"),
+            network_mode=network, ports=ports,
             working_dir=CONTAINER_HOME, device_requests=_gpu_requests() or None,
         )
     except APIError as exc:
@@ -369,6 +382,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--rw", action="append", default=[], type=Path, metavar="PATH",
                      help="mount PATH read-write (the outputs)")
     run.add_argument("--no-build", action="store_true", help="fail when the image is missing")
+    run.add_argument("--publish", type=int, metavar="PORT",
+                     help="make the container's server port reachable on the host's 127.0.0.1")
     run.add_argument("args", nargs=argparse.REMAINDER, help="tfguess subcommand and arguments")
     return parser
 
@@ -392,7 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args:
             _parser().error("run: give the tfguess subcommand and its arguments after --")
         mounts = [HostPath(p, writable=True) for p in opts.rw]
-        return run_in_docker(args, mounts, image=opts.image, build_if_missing=not opts.no_build)
+        return run_in_docker(args, mounts, image=opts.image, build_if_missing=not opts.no_build,
+                             publish=opts.publish)
     except DockerError as exc:
         print(f"tfguess: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,152 @@
+// The review page: move suspected label errors to another label, take junk out, undo, re-train.
+"use strict";
+const TOKEN = document.querySelector('meta[name="tfguess-token"]').content;
+const $ = (id) => document.getElementById(id);
+const pct = (v) => (v == null ? "–" : (100 * v).toFixed(1) + " %");
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+async function post(url, body) {
+  const r = await fetch(url, {
+    method: "POST", headers: { "Content-Type": "application/json", "X-Tfguess-Token": TOKEN },
+    body: JSON.stringify(body || {}),
+  });
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(data.detail || `HTTP ${r.status}`);
+  return data;
+}
+
+let state = null;
+
+function pendingChanges() {
+  if (!state) return [];
+  return state.changes.filter((c) => c.action !== "undo" && !c.undone &&
+    (!state.generated || c.time >= state.generated));
+}
+
+function renderBanner() {
+  const n = pendingChanges().length;
+  const banner = $("banner");
+  if (n) {
+    banner.hidden = false;
+    $("banner-text").textContent = `${n} change(s) since the report. Re-train to update the model (seconds: features are cached).`;
+  } else if (!$("retrain-status").textContent) {
+    banner.hidden = true;
+  }
+}
+
+function itemNode(item) {
+  const active = state.changes.filter((c) => c.action !== "undo" && !c.undone && c.destination === item.path);
+  const last = active[active.length - 1];
+  const node = el("article", { class: "review-item" + (last ? " changed" : ""), "data-path": item.path });
+  const img = el("img", { alt: item.name, loading: "lazy" });
+  if (item.where !== "gone") img.src = "/api/review/image?path=" + encodeURIComponent(item.path);
+  const info = el("div");
+  info.append(el("div", {}, el("span", { class: "tag " + item.kind }, item.kind === "suspect" ? "suspected label error" : "misclassified"),
+    " ", el("b", {}, item.name)));
+  const where = item.where === "data" ? `now in ${item.label}` : item.where === "removed" ? "taken out of the data set" : "file not found";
+  info.append(el("div", {}, `folder: ${item.given} · model says: `, el("b", {}, `${item.suggested}`), ` (${item.score.toFixed(2)}) · `,
+    el("span", { class: "where" }, where)));
+  const actions = el("div", { class: "actions" });
+  if (item.where === "data") {
+    const select = el("select", { "aria-label": "new label" });
+    for (const label of state.labels) {
+      if (label === item.label) continue;
+      const opt = el("option", { value: label }, label);
+      if (label === item.suggested) opt.selected = true;
+      select.append(opt);
+    }
+    const move = el("button", { class: "move" }, "Move to label");
+    move.onclick = () => act(() => post("/api/review/move", { path: item.path, label: select.value }));
+    const out = el("button", { class: "secondary remove" }, "Take out of the data set");
+    out.onclick = () => act(() => post("/api/review/move", { path: item.path }));
+    if (select.options.length) actions.append(select, move);
+    actions.append(out);
+  }
+  if (last) {
+    const undo = el("button", { class: "secondary undo", "data-change": last.id }, `Undo (${last.action === "move" ? "move to " + last.to_label : "take-out"})`);
+    undo.onclick = () => act(() => post("/api/review/undo", { id: last.id }));
+    actions.append(undo);
+  }
+  info.append(actions);
+  node.append(img, info);
+  return node;
+}
+
+function renderJournal() {
+  const rows = state.changes.slice().reverse().map((c) => {
+    const what = c.action === "move" ? `${c.from_label} → ${c.to_label}` :
+      c.action === "remove" ? `${c.from_label} → taken out` : `undo #${c.undoes}`;
+    return el("tr", {}, el("td", {}, String(c.id)), el("td", {}, what + (c.undone ? " (undone)" : "")),
+      el("td", {}, c.destination), el("td", { class: "muted" }, new Date(c.time).toLocaleString()));
+  });
+  $("journal").replaceChildren(...rows);
+}
+
+async function load() {
+  const r = await fetch("/api/review");
+  state = await r.json();
+  if (!r.ok) {
+    $("summary").textContent = state.detail || `HTTP ${r.status}`;
+    return;
+  }
+  if (!state.report) {
+    $("summary").textContent = state.hint;
+  } else {
+    const s = state.items.filter((i) => i.kind === "suspect").length;
+    $("summary").textContent = `${s} suspected label error(s), ${state.items.length - s} misclassified ${state.split} image(s); ` +
+      `${state.split} accuracy ${pct(state.accuracy)} (report of ${new Date(state.generated).toLocaleString()}).`;
+  }
+  $("items").replaceChildren(...state.items.map(itemNode));
+  renderJournal();
+  renderBanner();
+}
+
+async function act(fn) {
+  for (const b of document.querySelectorAll("button")) b.disabled = true;
+  try {
+    await fn();
+  } catch (e) {
+    alert(e.message);
+  }
+  await load();
+  for (const b of document.querySelectorAll("button")) b.disabled = false;
+}
+
+async function retrain() {
+  const status = $("retrain-status");
+  $("retrain").disabled = true;
+  status.className = "";
+  status.textContent = "re-training…";
+  try {
+    let s = await post("/api/review/retrain");
+    while (s.state === "running") {
+      await new Promise((ok) => setTimeout(ok, 1000));
+      s = await (await fetch("/api/review/retrain")).json();
+    }
+    if (s.state === "done") {
+      status.className = "ok-text";
+      status.textContent = `done in ${s.seconds} s: test accuracy ${pct(s.accuracy_before)} → ${pct(s.accuracy)} (n=${s.n_test}); the page now uses the new model.`;
+    } else {
+      status.className = "error-text";
+      status.textContent = "re-training failed: " + s.error;
+    }
+  } catch (e) {
+    status.className = "error-text";
+    status.textContent = "re-training failed: " + e.message;
+  }
+  $("retrain").disabled = false;
+  await load();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("retrain").onclick = retrain;
+  load();
+});
