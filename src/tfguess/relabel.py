@@ -15,12 +15,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-JOURNAL_FILENAME = "relabel-journal.csv"
-REMOVED_DIRNAME = "removed"
+from .errors import TfguessError
+from .runfolder import RELABEL_JOURNAL_FILENAME as JOURNAL_FILENAME
+from .runfolder import REMOVED_DIRNAME
+
 FIELDS = ["id", "time", "action", "source", "destination", "from_label", "to_label", "undoes"]
 
 
-class RelabelError(ValueError):
+class RelabelError(TfguessError, ValueError):
     """A change that cannot be made; the message says why."""
 
 

@@ -11,6 +11,8 @@
       bottlenecks/<key>/       the feature cache
       report/                  the evaluation report
       export/                  exported models
+      relabel-journal.csv      moves made on the review page (tfguess serve), reversible
+      removed/<label>/         images taken out of the data set there (never deleted)
 
 Paths inside the folder are stored relative to it in ``run_summary.json``, so a copied or moved
 folder keeps working: it trains again warm, evaluates, exports and guesses.
@@ -33,6 +35,8 @@ HISTORY_FILENAME = "history.csv"
 BOTTLENECKS_DIRNAME = "bottlenecks"
 REPORT_DIRNAME = "report"
 EXPORT_DIRNAME = "export"
+RELABEL_JOURNAL_FILENAME = "relabel-journal.csv"   # the review page's moves (tfguess serve)
+REMOVED_DIRNAME = "removed"                        # images taken out of the data set there
 SUMMARY_VERSION = 2
 
 

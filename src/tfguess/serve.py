@@ -18,7 +18,6 @@ import contextlib
 import functools
 import hmac
 import ipaddress
-import json
 import os
 import queue
 import secrets
@@ -33,8 +32,10 @@ from typing import Annotated
 
 import numpy as np
 
+from .errors import TfguessError
 from .images import ImageError, load_image
 from .predict import Predictor
+from .runfolder import RunFolder
 
 WEB_DIR = Path(__file__).with_name("web")
 TOKEN_HEADER = "X-Tfguess-Token"
@@ -69,7 +70,7 @@ class ServeLimits:
                 raise ValueError(f"invalid setting: {message}")
 
 
-class ServeError(ValueError):
+class ServeError(TfguessError, ValueError):
     """Serving cannot start; the message says why and what to do."""
 
 
@@ -221,7 +222,7 @@ class ServedModel:
             "engine": p.engine,
             "date": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds"),
             "backbone": None, "mode": None, "config": None, "metrics": None, "test_accuracy": None,
-            "report": bool(self.tf_files and (self.tf_files / "report" / "index.html").is_file()),
+            "report": bool(self.tf_files and (RunFolder.at(self.tf_files).report / "index.html").is_file()),
             "review": self.tf_files is not None,
         }
         if self.path.suffix.lower() == ".keras":
@@ -261,16 +262,16 @@ class Retrainer:
     def _work(self) -> None:
         from .config import TrainConfig
         from .report import write_report
-        from .train import SUMMARY_FILENAME, train
+        from .train import train
 
         tf_files = self.served.tf_files
+        run = RunFolder.at(tf_files)
         t0 = time.perf_counter()
         lines: list[str] = []
         try:
-            summary = json.loads((tf_files / SUMMARY_FILENAME).read_text(encoding="utf-8"))
-            config = TrainConfig.from_dict(summary.get("config", {}))
+            config = TrainConfig.from_dict(run.read_summary().get("config", {}))
             result = train(tf_files, config, progress=False, log=lines.append)
-            if config.report or (tf_files / "report").is_dir():
+            if config.report or run.report.is_dir():
                 write_report(tf_files, progress=False, log=lines.append)
             self.served.reload()
             state = {"state": "done", "accuracy": result.metrics.get("test", {}).get("accuracy"),
@@ -448,7 +449,7 @@ def create_app(model: str | Path, limits: ServeLimits | None = None, host: str =
         pass
 
     if served.tf_files is not None:
-        app.mount("/report", StaticFiles(directory=served.tf_files / "report", html=True,
+        app.mount("/report", StaticFiles(directory=RunFolder.at(served.tf_files).report, html=True,
                                          check_dir=False), name="report")
         _review_routes(app, served, retrainer, token, page)
     else:
@@ -471,16 +472,15 @@ def _review_routes(app, served: ServedModel, retrainer: Retrainer, token: str, p
     from pydantic import BaseModel
 
     from .relabel import DataSetEditor, RelabelError
-    from .report import REPORT_DIRNAME
-
     tf_files = served.tf_files
+    run = RunFolder.at(tf_files)
 
     def editor() -> DataSetEditor:
         try:
-            summary = json.loads((tf_files / "run_summary.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            raise HTTPException(409, f"no training results in {tf_files}: train first") from None
-        return DataSetEditor(tf_files, summary["image_dir"], summary["labels"])
+            summary = run.read_summary()
+        except TfguessError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return DataSetEditor(tf_files, run.image_dir(summary), summary["labels"])
 
     def check_write(request: Request) -> None:
         """Only this server's own review page may change the data set."""
@@ -502,7 +502,7 @@ def _review_routes(app, served: ServedModel, retrainer: Retrainer, token: str, p
     @app.get("/api/review", summary="what the review page lists (needs a report)")
     def review_items() -> dict:
         ed = editor()
-        report_json = tf_files / REPORT_DIRNAME / "report.json"
+        report_json = run.report / "report.json"
         if not report_json.is_file():
             return {"report": False, "labels": ed.labels, "items": [], "changes": [],
                     "hint": f"no evaluation report yet: tfguess evaluate {tf_files}"}
