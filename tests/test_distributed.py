@@ -139,6 +139,7 @@ def _manifest(dst: Path) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_guess_dir_on_ray_equals_local(ray_local, small_run, tmp_path):
+    from tfguess.cli import main
     from tfguess.config import TrainConfig
     from tfguess.distributed import guess_dir_ray
     from tfguess.predict import guess_dir
@@ -166,9 +167,11 @@ def test_guess_dir_on_ray_equals_local(ray_local, small_run, tmp_path):
     for row in _manifest(tmp_path / "ray"):
         assert (tmp_path / "ray" / row[1]).read_bytes() == Path(row[0]).read_bytes()
 
-    # A second run never overwrites: every copy gets a new name and the manifest keeps both runs.
+    # A second run (from the command line) never overwrites: every copy gets a new name and the
+    # manifest keeps both runs.
     first = {p: p.read_bytes() for p in (tmp_path / "ray").rglob("*.jpg")}
-    guess_dir_ray(small_run, src, tmp_path / "ray", by_label=True, **QUIET)
+    assert main(["-q", "guess-dir", str(small_run), str(src), str(tmp_path / "ray"), "--by-label",
+                 "--ray", "auto"]) == 1  # 1: files were skipped
     rows = _manifest(tmp_path / "ray")
     assert len(rows) == 48 and len({r[1] for r in rows}) == 48
     assert all(p.read_bytes() == data for p, data in first.items())
