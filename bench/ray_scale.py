@@ -7,11 +7,14 @@ Every configuration extracts the same images into a fresh cache (nothing cached)
   local-2   the same with 2 threads and 2 interpreters (the default on 2 cores)
   ray-1     distributed.compute_features_ray on a local Ray instance, 1 actor
   ray-2     the same with 2 actors (one per CPU)
-Ray's per-job start-up (actor processes importing tfguess and building the engine) is measured
-with a 4-image job and reported apart; "steady img/s" excludes it: (N - 4) / (t_N - t_4).
+Ray starts its actors (processes importing tfguess and building the engine) for every job:
+"start-up s" is the time to the first finished batch, and "steady img/s" the rate after it
+(images of the later batches / time from the first batch to the last).
 "CPU ms/img" is the CPU time of the driver plus, for Ray, of the actor processes (sampled from
-/proc), per image: the other load of a shared machine changes it much less than the wall time.
-Ray's overhead per image = steady ms/img of ray-k minus ms/img of local-k.
+/proc; Ray's other processes are printed apart), per image: the other load of a shared machine changes it much less than the wall time.
+For Ray it is given with the actors' start-up ("CPU ms/img") and without it ("steady CPU
+ms/img" = (CPU of the N-image job - CPU of a 4-image job) / (N - 4)).
+Ray's overhead per image = steady CPU ms/img of ray-k minus CPU ms/img of local-k.
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ def _self_cpu() -> float:
 
 
 class ActorCPU:
-    """CPU seconds of the ImageActor processes, sampled while a job runs."""
+    """CPU seconds of the ImageActor processes (``seconds``) and of Ray's other processes
+    (``others``: raylet, GCS, idle workers; not the driver), sampled while a job runs."""
 
     def __init__(self) -> None:
         self.seen: dict[int, float] = {}
+        self.actors: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._tick = os.sysconf("SC_CLK_TCK")
@@ -49,8 +54,11 @@ class ActorCPU:
             if not proc.name.isdigit():
                 continue
             try:
-                if b"ImageActor" not in (proc / "cmdline").read_bytes():
+                cmdline = (proc / "cmdline").read_bytes()
+                if b"ray" not in cmdline or int(proc.name) == os.getpid():
                     continue
+                if b"ImageActor" in cmdline:
+                    self.actors.add(int(proc.name))
                 fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
                 cpu = (int(fields[11]) + int(fields[12])) / self._tick
             except (OSError, IndexError, ValueError):
@@ -73,7 +81,12 @@ class ActorCPU:
 
     @property
     def seconds(self) -> float:
-        return sum(v - self.base.get(pid, 0.0) for pid, v in self.seen.items())
+        return sum(v - self.base.get(pid, 0.0) for pid, v in self.seen.items() if pid in self.actors)
+
+    @property
+    def others(self) -> float:
+        return sum(v - self.base.get(pid, 0.0) for pid, v in self.seen.items()
+                   if pid not in self.actors)
 
 
 def main() -> None:
@@ -117,37 +130,52 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray_init_s = time.perf_counter() - t
     quiet = {"progress": False, "log": lambda *_: None}
-    for k in (1, 2):
-        t = time.perf_counter()
-        compute_features_ray(items[:4], fresh(f"ray{k}-warm"), ref, spec.build, workers=k, **quiet)
-        t4 = time.perf_counter() - t
+    def ray_job(k: int, job: list, name: str):
+        marks: list[tuple[float, int]] = []
         cpu = _self_cpu()
         with ActorCPU() as actors:
             t = time.perf_counter()
-            res = compute_features_ray(items, fresh(f"ray{k}"), ref, spec.build, workers=k,
+            res = compute_features_ray(job, fresh(name), ref, spec.build, workers=k,
+                                       on_batch=lambda done: marks.append((time.perf_counter(), done)),
                                        **quiet)
             wall = time.perf_counter() - t
-        cpu = _self_cpu() - cpu + actors.seconds
-        assert res.computed == n
+        assert res.computed == len(job)
+        driver = _self_cpu() - cpu
+        parts = {"driver": driver, "actors": actors.seconds, "ray_other": actors.others}
+        return wall, driver + actors.seconds, [(m - t, done) for m, done in marks], parts
+
+    for k in (1, 2):
+        _, cpu4, _, parts4 = ray_job(k, items[:4], f"ray{k}-small")
+        wall, cpu, marks, parts = ray_job(k, items, f"ray{k}")
+        (t_first, n_first), (t_last, n_last) = marks[0], marks[-1]
+        steady = (n_last - n_first) / (t_last - t_first) if t_last > t_first else float("nan")
         rows.append({"config": f"ray-{k}", "images": n, "wall_s": wall, "img_s": n / wall,
-                     "steady_img_s": (n - 4) / max(wall - t4, 1e-9), "startup_s": t4,
-                     "cpu_ms_img": 1000 * cpu / n})
+                     "steady_img_s": steady, "startup_s": t_first, "cpu_ms_img": 1000 * cpu / n,
+                     "steady_cpu_ms_img": 1000 * (cpu - cpu4) / (n - 4),
+                     "cpu_s": {"job": parts, "4-image job": parts4}})
     ray.shutdown()
     shutil.rmtree(work)
 
     for k in (1, 2):
         local = next(r for r in rows if r["config"] == f"local-{k}")
         remote = next(r for r in rows if r["config"] == f"ray-{k}")
-        remote["overhead_ms_img"] = 1000 / remote["steady_img_s"] - 1000 / local["img_s"]
+        remote["overhead_ms_img"] = remote["steady_cpu_ms_img"] - local["cpu_ms_img"]
     load = os.getloadavg()
     print(f"{n} images from {args.dataset}; {os.cpu_count()} CPUs; ray.init {ray_init_s:.1f} s; "
           f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    print(f"{'config':8} {'wall s':>7} {'img/s':>7} {'steady img/s':>13} {'start-up s':>11} "
-          f"{'CPU ms/img':>11} {'Ray overhead ms/img':>20}")
+    print("| config | wall s | img/s | start-up s | steady img/s | CPU ms/img | steady CPU ms/img "
+          "| Ray overhead CPU ms/img |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        steady_cpu = r.get("steady_cpu_ms_img", r["cpu_ms_img"])
         over = f"{r['overhead_ms_img']:.1f}" if "overhead_ms_img" in r else "-"
-        print(f"{r['config']:8} {r['wall_s']:7.1f} {r['img_s']:7.1f} {r['steady_img_s']:13.1f} "
-              f"{r['startup_s']:11.1f} {r['cpu_ms_img']:11.1f} {over:>20}")
+        print(f"| {r['config']} | {r['wall_s']:.1f} | {r['img_s']:.1f} | {r['startup_s']:.1f} | "
+              f"{r['steady_img_s']:.1f} | {r['cpu_ms_img']:.1f} | {steady_cpu:.1f} | {over} |")
+    for r in rows:
+        if "cpu_s" in r:
+            print(f"{r['config']} CPU s (driver, actors, Ray's other processes): " + "; ".join(
+                f"{job}: " + ", ".join(f"{v:.1f}" for v in p.values())
+                for job, p in r["cpu_s"].items()))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "ray_init_s": ray_init_s,
                                          "loadavg": load}, indent=2))

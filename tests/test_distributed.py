@@ -178,6 +178,27 @@ def test_guess_dir_on_ray_equals_local(ray_local, small_run, tmp_path):
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
 
 
+@pytest.mark.slow
+def test_actors_read_uris_with_the_local_reasons(ray_local, tmp_path):
+    """file:// URIs go through the pyarrow file-system reader that s3:// and gs:// use."""
+    from tfguess.bottlenecks import BottleneckCache, compute_features
+    from tfguess.distributed import compute_features_ray
+    from tfguess.features import make_extractor
+
+    spec, ref = _backbone_ref()
+    items = _items(DEMO_DATA)[:6]
+    missing = tmp_path / "gone.png"
+    uris = [(p.resolve().as_uri(), d) for p, d in items] + [(missing.as_uri(), "0" * 64)]
+    on_ray = compute_features_ray(uris, BottleneckCache(tmp_path / "ray", ref.cache_key), ref,
+                                  spec.build, progress=False, log=lambda *_: None)
+    local = compute_features([*items, (missing, "0" * 64)],
+                             BottleneckCache(tmp_path / "local", ref.cache_key),
+                             lambda: make_extractor(ref, spec.build, "tflite"), ref.input_size,
+                             ref.resize, progress=False)
+    assert on_ray.skipped == local.skipped == {"0" * 64: "file not found (or a broken link)"}
+    assert max(np.abs(on_ray.features[d] - f).max() for d, f in local.features.items()) <= 1e-5
+
+
 def _actor_pids() -> list[int]:
     """The processes of the Ray Data actors running :class:`distributed.ImageActor`."""
     pids = []

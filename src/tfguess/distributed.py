@@ -74,7 +74,7 @@ def cluster_workers(ray) -> int:
 # --- paths: local, shared file systems, object storage --------------------------------------
 
 def is_uri(location: str | os.PathLike) -> bool:
-    return "://" in str(location) and not str(location).startswith("file://")
+    return "://" in str(location)
 
 
 def resolve_filesystem(location: str):
@@ -114,12 +114,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _read_uri(uri: str, filesystems: dict) -> tuple[bytes | None, str | None]:
-    scheme = uri.split("://", 1)[0]
+    """The bytes of the file at ``uri``, or the reason they cannot be read (the local path's
+    words); one file system per scheme and bucket, made on first use."""
+    scheme, rest = uri.split("://", 1)
+    store = f"{scheme}://{rest.split('/', 1)[0]}"
     try:
-        if scheme not in filesystems:
-            filesystems[scheme] = resolve_filesystem(uri)[0]
-        path = uri.split("://", 1)[1]
-        with filesystems[scheme].open_input_file(path) as f:
+        if store not in filesystems:
+            filesystems[store] = resolve_filesystem(uri)[0]
+        with filesystems[store].open_input_file(rest) as f:
             return f.readall(), None
     except FileNotFoundError:
         return None, "file not found (or a broken link)"
