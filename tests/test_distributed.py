@@ -221,8 +221,10 @@ def test_a_killed_actor_does_not_lose_or_corrupt_results(ray_local, tmp_path):
     spec, ref = _backbone_ref()
     items = _items(DEMO_DATA)[:96]
     killed: list[tuple[int, int]] = []
+    seen: set[int] = set()
 
     def kill_one_actor(done: int) -> None:
+        seen.update(_actor_pids())
         if not killed:
             pid = _actor_pids()[0]
             os.kill(pid, signal.SIGKILL)
@@ -233,6 +235,7 @@ def test_a_killed_actor_does_not_lose_or_corrupt_results(ray_local, tmp_path):
                                   progress=False, log=lambda *_: None)
     assert killed and killed[0][1] < len(items)  # killed while most of the job was left
     assert killed[0][0] not in _actor_pids()
+    assert len(seen) > 2, "no actor took the killed one's place"  # 2 actors, then a restart
     assert result.computed == len(items) and not result.skipped
     assert set(result.features) == {d for _, d in items}
 
