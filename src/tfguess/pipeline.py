@@ -42,9 +42,10 @@ def load_pixels(path: Path | str, size: int, resize: str, *, data: bytes | None 
                 reject_placeholders: bool = False) -> tuple[np.ndarray | None, str | None]:
     """``(pixels, None)``, or ``(None, reason)`` for a file that cannot be used: the one place
     that turns a decoding failure into the reason every command reports."""
+    extra = {"data": data} if data is not None else {}
     try:
-        return load_image(path, size, resize, data=data,
-                          reject_placeholders=reject_placeholders), None
+        return load_image(path, size, resize, reject_placeholders=reject_placeholders,
+                          **extra), None
     except ImageError as exc:
         return None, exc.reason
     except OSError as exc:
