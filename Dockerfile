@@ -3,6 +3,7 @@
 #
 #   docker build -t tfguess .                                                      # CPU
 #   docker build -t tfguess:gpu --build-arg TF_PACKAGE='tensorflow[and-cuda]' .   # NVIDIA GPUs
+#   docker build -t tfguess:ray --build-arg EXTRAS=ray .                          # Ray cluster nodes
 #   (CUDA libraries come from pip; run with --gpus all; see docs/docker.md)
 #   docker build --platform linux/arm64 -t tfguess .    # Apple Silicon, Graviton, Raspberry Pi
 #
@@ -22,7 +23,8 @@ FROM ${BASE_IMAGE}
 # tensorflow[and-cuda] for NVIDIA GPUs.
 # PIP_*: optional package index settings for pip, used only when given.
 # SOURCE_HASH: set by the launcher (src/tfguess/docker.py) to tell when the image is outdated.
-ARG TF_PACKAGE PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_DEFAULT_TIMEOUT=120 SOURCE_HASH
+# EXTRAS: optional extras of tfguess to add (e.g. "ray": docs/scale.md), resolved against the pins.
+ARG TF_PACKAGE PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_DEFAULT_TIMEOUT=120 SOURCE_HASH EXTRAS
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -57,5 +59,6 @@ RUN set -eux; \
     pip install --no-deps -r /tmp/requirements.txt; \
     pip install -c "$pins" "${TF_PACKAGE:-$tf}"; \
     pip install --no-deps /tmp/src; \
+    if [ -n "$EXTRAS" ]; then pip install -c /tmp/src/requirements-docker.txt "/tmp/src[$EXTRAS]"; fi; \
     rm -rf /tmp/src /tmp/requirements.txt; \
     tfguess --help > /dev/null

@@ -38,6 +38,15 @@ def _train_parser(sub) -> None:
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the HTML evaluation report")
     p.add_argument("--workers", type=int, default=0, help="decoding threads (default: one per core)")
+    _ray_arguments(p, "extract the bottlenecks")
+
+
+def _ray_arguments(p, what: str) -> None:
+    p.add_argument("--ray", metavar="auto|ADDRESS",
+                   help=f"{what} on a Ray cluster (auto: this machine's, else a local one; "
+                        "needs pip install 'tfguess[ray]'; see docs/scale.md)")
+    p.add_argument("--ray-workers", type=int, default=0,
+                   help="Ray actors (default: one per CPU of the cluster)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["auto", "tflite", "keras"], default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0)
+    _ray_arguments(p, "classify")
 
     p = sub.add_parser("evaluate", help="write the HTML evaluation report of a trained TF_FILES")
     p.add_argument("tf_files")
@@ -126,10 +136,16 @@ def _run(args) -> int:
     if args.command == "guess-dir":
         from .predict import guess_dir
 
-        result = guess_dir(args.model, args.src, args.dst, recursive=args.recursive,
-                           by_label=args.by_label, min_score=args.min_score, top_k=args.top_k,
-                           engine=args.engine, batch_size=args.batch_size, workers=args.workers,
-                           progress=progress)
+        options = dict(recursive=args.recursive, by_label=args.by_label, min_score=args.min_score,
+                       top_k=args.top_k, engine=args.engine, batch_size=args.batch_size,
+                       workers=args.workers, progress=progress)
+        if args.ray:
+            from .distributed import guess_dir_ray
+
+            result = guess_dir_ray(args.model, args.src, args.dst, address=args.ray,
+                                   ray_workers=args.ray_workers, **options)
+        else:
+            result = guess_dir(args.model, args.src, args.dst, **options)
         return 1 if result.skipped else 0
     if args.command == "evaluate":
         from .report import write_report

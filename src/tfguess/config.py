@@ -34,6 +34,8 @@ class TrainConfig:
     summaries_dir: str | None = None    # TensorBoard logs of training
     report: bool = True                 # write the evaluation report at the end of training
     workers: int = 0                    # image decoding threads; 0 = one per core
+    ray: str | None = None              # extract bottlenecks on a Ray cluster: auto | ADDRESS
+    ray_workers: int = 0                # Ray actors; 0 = one per CPU of the cluster
 
     def __post_init__(self) -> None:
         checks = [

@@ -53,8 +53,12 @@ def evaluate_folder(
     *,
     workers: int = 0,
     progress: bool = True,
+    compute: Callable = compute_features,
 ) -> dict:
-    """Metrics of the trained head on every image of a labelled folder (e.g. a held-out set)."""
+    """Metrics of the trained head on every image of a labelled folder (e.g. a held-out set).
+
+    ``compute``: :func:`bottlenecks.compute_features` or a function with its signature (the Ray
+    cluster's, :class:`distributed.RayFeatureComputer`)."""
     scan = scan_dataset(folder, validation_pct=0, test_pct=0, min_per_label=1,
                         decode_check=False, progress=progress)
     unknown = sorted(set(scan.labels) - set(labels))
@@ -63,8 +67,8 @@ def evaluate_folder(
             f"{folder} has label folder(s) the model does not know: {', '.join(unknown)} "
             f"(trained labels: {', '.join(labels)})"
         )
-    feats = compute_features([(it.path, it.digest) for it in scan.items], cache, make_extractor,
-                             size, resize, workers=workers, progress=progress)
+    feats = compute([(it.path, it.digest) for it in scan.items], cache, make_extractor,
+                    size, resize, workers=workers, progress=progress)
     items = [it for it in scan.items if it.digest in feats.features]
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([index[it.label] for it in items], np.int64)

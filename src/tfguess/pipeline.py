@@ -38,6 +38,20 @@ class Loaded:
     error: str | None = None
 
 
+def load_pixels(path: Path | str, size: int, resize: str, *, data: bytes | None = None,
+                reject_placeholders: bool = False) -> tuple[np.ndarray | None, str | None]:
+    """``(pixels, None)``, or ``(None, reason)`` for a file that cannot be used: the one place
+    that turns a decoding failure into the reason every command reports."""
+    extra = {"data": data} if data is not None else {}
+    try:
+        return load_image(path, size, resize, reject_placeholders=reject_placeholders,
+                          **extra), None
+    except ImageError as exc:
+        return None, exc.reason
+    except OSError as exc:
+        return None, f"cannot read: {exc.strerror or exc}"
+
+
 def iter_loaded(
     paths: Iterable[Path],
     size: int,
@@ -53,13 +67,8 @@ def iter_loaded(
     """
 
     def load(i: int, path: Path) -> Loaded:
-        try:
-            pixels = load_image(path, size, resize, reject_placeholders=reject_placeholders)
-            return Loaded(i, Path(path), pixels)
-        except ImageError as exc:
-            return Loaded(i, Path(path), None, exc.reason)
-        except OSError as exc:
-            return Loaded(i, Path(path), None, f"cannot read: {exc.strerror or exc}")
+        pixels, error = load_pixels(path, size, resize, reject_placeholders=reject_placeholders)
+        return Loaded(i, Path(path), pixels, error)
 
     items = enumerate(paths)
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:

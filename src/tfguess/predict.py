@@ -168,12 +168,14 @@ def guess_dir(
     workers: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    predictor: Predictor | None = None,
 ) -> GuessDirResult:
     """Copy every image of ``src`` into ``dst`` as ``<label>-<score>.<ext>``.
 
     Sources are only read. Nothing in ``dst`` is ever overwritten: a name already taken gets a
     ``-N`` suffix. A CSV manifest (``dst/manifest.csv``, appended to across runs) records source,
-    destination, label, score and the top-k.
+    destination, label, score and the top-k. ``predictor``: one already loaded (e.g. the Ray
+    cluster's, :class:`distributed.RayPredictor`) instead of loading ``model``.
     """
     from .dataset import non_image_reason, walk_files
 
@@ -182,7 +184,7 @@ def guess_dir(
         raise DatasetError(f"source folder not found: {src}: check the path")
     if dst == src:
         raise ConfigError(f"the destination must differ from the source folder: {src}")
-    predictor = Predictor.load(model, engine, log)
+    predictor = predictor or Predictor.load(model, engine, log)
     start = time.perf_counter()
     paths, others = walk_files(src, recursive=recursive, exclude=dst)
     dst.mkdir(parents=True, exist_ok=True)

@@ -158,11 +158,16 @@ def train(
 
     cache = BottleneckCache(run.bottlenecks, ref.cache_key)
     extractor = _LazyExtractor(ref, backbone, config.engine, log)
-    feats = compute_features([(item.path, item.digest) for item in scan.items], cache, extractor,
-                             ref.input_size, ref.resize, workers=config.workers, progress=progress)
+    compute = compute_features
+    if config.ray:
+        from .distributed import RayFeatureComputer
+
+        compute = RayFeatureComputer(ref, lambda: backbone, config.ray, config.ray_workers, log)
+    feats = compute([(item.path, item.digest) for item in scan.items], cache, extractor,
+                    ref.input_size, ref.resize, workers=config.workers, progress=progress)
     timings["features"] = feats.seconds
     log(f"Bottlenecks: {feats.computed} computed, {feats.cached} from the cache "
-        f"({feats.seconds:.1f} s, engine: {extractor.name})")
+        f"({feats.seconds:.1f} s, engine: {'tflite (ray)' if config.ray else extractor.name})")
 
     usable, skipped = _usable_items(scan, feats, config, image_dir, log)
     index = {label: i for i, label in enumerate(labels)}
@@ -193,7 +198,7 @@ def train(
     if config.eval_dir:
         metrics["eval_dir"] = evaluate_folder(
             Path(config.eval_dir).expanduser().resolve(), labels, head, cache, extractor,
-            ref.input_size, ref.resize, workers=config.workers, progress=progress)
+            ref.input_size, ref.resize, workers=config.workers, progress=progress, compute=compute)
         log(f"Accuracy on {config.eval_dir}: {metrics['eval_dir']['accuracy']} "
             f"(n={metrics['eval_dir']['n']})")
 
@@ -213,7 +218,7 @@ def train(
         "image_dir": run.store(image_dir),
         "config": config.to_dict(),
         "backbone": backbone_meta,
-        "engine": extractor.name,
+        "engine": "tflite (ray)" if config.ray and feats.computed else extractor.name,
         "runtime": runtime_name(),
         "bottleneck_key": cache.key,
         "labels": labels,
