@@ -59,6 +59,6 @@ RUN set -eux; \
     pip install --no-deps -r /tmp/requirements.txt; \
     pip install -c "$pins" "${TF_PACKAGE:-$tf}"; \
     pip install --no-deps /tmp/src; \
-    if [ -n "$EXTRAS" ]; then pip install -c /tmp/src/requirements-docker.txt "/tmp/src[$EXTRAS]"; fi; \
+    if [ -n "$EXTRAS" ]; then pip install -c "$pins" "/tmp/src[$EXTRAS]"; fi; \
     rm -rf /tmp/src /tmp/requirements.txt; \
     tfguess --help > /dev/null
