@@ -484,9 +484,22 @@ def save_savedmodel(classifier, path: Path) -> None:
         lambda pixels: {"probabilities": model(pixels, training=False)},
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
     )
-    labels = tf.constant(classifier.labels)
+    with tempfile.TemporaryDirectory() as tmp:
+        labels_file = Path(tmp) / LABELS_FILENAME
+        labels_file.write_text("\n".join(classifier.labels) + "\n", encoding="utf-8")
+        asset = tf.saved_model.Asset(str(labels_file))
+        _add_bytes_endpoint(archive, model, size, crop, asset)
+        # The archive saves this object: an Asset tracked by it is copied into assets/.
+        archive._tf_trackable.labels_file = asset
+        archive.write_out(str(path), verbose=False)
+
+
+def _add_bytes_endpoint(archive, model, size: int, crop: bool, asset) -> None:
+    import tensorflow as tf
 
     def classify_image(image_bytes):
+        labels = tf.strings.split(tf.strings.strip(tf.io.read_file(asset)), "\n")
+
         def one(contents):
             pixels = _resize_like_pil(_decode_like_pil(contents, size), size, crop)
             return model(pixels, training=False)[0]
@@ -498,11 +511,6 @@ def save_savedmodel(classifier, path: Path) -> None:
 
     archive.add_endpoint(BYTES_SIGNATURE, classify_image,
                          input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    with tempfile.TemporaryDirectory() as tmp:
-        labels_file = Path(tmp) / LABELS_FILENAME
-        labels_file.write_text("\n".join(classifier.labels) + "\n", encoding="utf-8")
-        archive.labels_file = tf.saved_model.Asset(str(labels_file))
-        archive.write_out(str(path), verbose=False)
 
 
 # --- ONNX --------------------------------------------------------------------------------------
