@@ -141,7 +141,7 @@ def check(tf_files: Path, paths: list[Path], work: Path) -> list[dict]:
 
 
 def table(rows: list[dict], title: str) -> str:
-    out = [f"{title}", f"| client | format | loads | labels | agrees with `guess` | with `guess FILE` |",
+    out = [f"{title}", "| client | format | loads | labels | agrees with `guess` | with `guess FILE` |",
            "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if not r["loads"]:

@@ -19,7 +19,7 @@ def main(load, classify):
     try:
         client = load(model)
     except Exception as exc:  # noqa: BLE001 - the runner reports any load failure
-        sys.stderr.write("cannot load {}: {}: {}\n".format(model, type(exc).__name__, exc))
+        sys.stderr.write(f"cannot load {model}: {type(exc).__name__}: {exc}\n")
         sys.exit(3)
     out = {}
     for path in paths:
@@ -27,7 +27,7 @@ def main(load, classify):
             label, score = classify(client, path)
             out[path] = [label, float(score)]
         except Exception as exc:  # noqa: BLE001
-            out[path] = ["error: {}: {}".format(type(exc).__name__, exc), 0.0]
+            out[path] = [f"error: {type(exc).__name__}: {exc}", 0.0]
     if hasattr(client, "close"):
         client.close()   # before interpreter shutdown, which some clients do not survive
     json.dump(out, sys.stdout)
