@@ -182,7 +182,7 @@ def test_registry_facts():
     assert [r["name"] for r in rows] == names
     lite0 = rows[0]
     assert lite0["input_size"] == 224 and lite0["feature_dim"] == 1280
-    assert lite0["offline"] and lite0["available"] and lite0["resize"] == "crop"
+    assert lite0["offline"] and lite0["available"] and lite0["resize"] == "squash"
     assert lite0["preprocessing"] == "(x - 127) / 128"
     assert not next(r for r in rows if r["name"] == "inception_v3")["available"]  # empty KERAS_HOME
 

@@ -40,7 +40,8 @@ def export_dir(tmp_path_factory) -> Path:
 
 
 def _export(tf_files: Path, out: Path, fmt: str, quantize: str = "none") -> dict[str, Path]:
-    return {p.name: p for p in export(tf_files, [fmt], quantize, out_dir=out, log=lambda *_: None)}
+    return {p.name: p for p in export(tf_files, [fmt], quantize, out_dir=out, log=lambda *_: None,
+                                      quiet=True)}
 
 
 # One fixture per format: a missing optional exporter skips its own tests only.
@@ -68,6 +69,18 @@ def coreml_export(demo_trained, export_dir) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def savedmodel_export(demo_trained, export_dir) -> dict[str, Path]:
     return _export(demo_trained, export_dir, "savedmodel")
+
+
+@pytest.fixture(scope="module")
+def dynamic_export(demo_trained, export_dir) -> dict[str, Path]:
+    return _export(demo_trained, export_dir, "tflite", "dynamic")
+
+
+@pytest.fixture(scope="module")
+def demo_exports(tflite_export, int8_export, dynamic_export, frozen_export,
+                 savedmodel_export) -> dict[str, Path]:
+    """Every format that needs no optional exporter (Core ML has a fixture of its own)."""
+    return {**tflite_export, **int8_export, **dynamic_export, **frozen_export, **savedmodel_export}
 
 
 def test_tflite_works_alone_with_labels_inside(demo_trained, tflite_export, tmp_path):
@@ -151,6 +164,68 @@ def test_frozen_graph_classic_client(demo_trained, frozen_export):
     assert np.abs(got - expected).max() < 0.02
 
 
+def test_frozen_graph_has_no_default_valued_attrs(demo_exports):
+    """TensorFlow 1.15 refuses attributes it does not know (explicit_paddings, ...): every
+    attribute still in the graph differs from its op's default."""
+    import tensorflow as tf
+    from tensorflow.python.framework import op_def_registry
+
+    gd = tf.compat.v1.GraphDef()
+    gd.ParseFromString(demo_exports["retrained_graph.pb"].read_bytes())
+    nodes = list(gd.node) + [n for f in gd.library.function for n in f.node_def]
+    assert {"DecodeJpeg/contents", "final_result"} <= {n.name for n in gd.node}
+    assert any(n.op == "DepthwiseConv2dNative" for n in nodes)
+    for node in nodes:
+        op_def = op_def_registry.get(node.op)
+        for attr in op_def.attr:
+            if attr.HasField("default_value") and attr.name in node.attr:
+                assert node.attr[attr.name] != attr.default_value, (node.name, attr.name)
+        assert "explicit_paddings" not in node.attr or node.attr["explicit_paddings"].list.i
+
+
+def test_tflite_op_versions_load_in_the_task_library(demo_exports):
+    """Per-channel dynamic-range dense layers would be FULLY_CONNECTED v12, which the Task
+    Library 0.4.4 cannot load; every variant stays within the versions it loads."""
+    from tfguess.export import TASK_LIBRARY_OP_VERSIONS, tflite_runtime_notes
+    from tfguess.tflite_metadata import op_versions
+
+    for name in ("model.tflite", "model_int8.tflite", "model_dynamic.tflite"):
+        data = demo_exports[name].read_bytes()
+        versions = op_versions(data)
+        assert "FULLY_CONNECTED" in versions
+        assert all(v <= TASK_LIBRARY_OP_VERSIONS[op] for op, v in versions.items()), (name, versions)
+        assert tflite_runtime_notes(data) == []
+    assert op_versions(demo_exports["model_dynamic.tflite"].read_bytes())["FULLY_CONNECTED"] == 9
+
+
+def test_onnx_runtime_parity(demo_trained, tmp_path):
+    pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import json
+
+    (path,) = export(demo_trained, ["onnx"], out_dir=tmp_path, log=lambda *_: None, quiet=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    classifier = load_classifier(demo_trained)
+    assert json.loads(props["labels"]) == classifier.labels
+    description = json.loads(props["tfguess"])
+    assert (description["input_size"], description["resize"]) == (classifier.input_size, classifier.resize)
+    images = demo_images()
+    x = np.stack([load_image(p, classifier.input_size, classifier.resize) for p in images])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert out.name == "probabilities"
+    got = session.run(None, {inp.name: x.astype(np.float32)})[0]
+    assert np.abs(got - keras_probs(classifier, images)).max() < 1e-4
+
+
+def test_cli_export_prints_each_file_once(demo_trained, tmp_path, capsys):
+    from tfguess.cli import main
+
+    assert main(["-q", "export", str(demo_trained), "--format", "frozen-graph", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"Wrote {tmp_path / 'retrained_graph.pb'}", f"Wrote {tmp_path / LABELS_FILENAME}"]
+
+
 def test_coreml_spec(demo_trained, coreml_export):
     ct = pytest.importorskip("coremltools")
     spec = ct.models.MLModel(str(coreml_export["model.mlpackage"]), skip_model_load=True).get_spec()
@@ -163,6 +238,9 @@ def test_coreml_spec(demo_trained, coreml_export):
     assert kind.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB
     assert spec.description.predictedFeatureName == "classLabel"
     assert spec.description.predictedProbabilitiesName == "classLabel_probs"
+    # The description tells Vision users the resize the model was trained with.
+    assert classifier.resize == "squash" and ".scaleFill" in image.shortDescription
+    assert ".centerCrop" not in image.shortDescription
 
     ops = list(spec.mlProgram.functions["main"].block_specializations.values())[0].operations
     (classify,) = [op for op in ops if op.type == "classify"]
@@ -185,16 +263,32 @@ def test_coreml_spec(demo_trained, coreml_export):
     assert value(arithmetic[1], "y") == pytest.approx(-127 / 128, rel=1e-3)
 
 
-def test_savedmodel_one_signature(demo_trained, savedmodel_export):
+def test_savedmodel_signatures(demo_trained, demo_exports):
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(savedmodel_export["saved_model"]))
-    assert list(loaded.signatures) == ["serving_default"]
+    saved = demo_exports["saved_model"]
+    labels = (demo_trained / LABELS_FILENAME).read_text().split()
+    assert (saved / "assets" / LABELS_FILENAME).read_text().split() == labels
+    loaded = tf.saved_model.load(str(saved))
+    assert sorted(loaded.signatures) == ["classify_image", "serving_default"]
     classifier = load_classifier(demo_trained)
     images = demo_images()[:4]
     x = np.stack([load_image(p, classifier.input_size, classifier.resize) for p in images])
     got = loaded.signatures["serving_default"](pixels=tf.constant(x, tf.float32))["probabilities"]
     assert np.abs(np.asarray(got) - keras_probs(classifier, images)).max() < 1e-5
+
+    # Encoded images in, labels and probabilities out, as `guess` prints them.
+    from tfguess.predict import Predictor
+
+    predictor = Predictor.load(demo_trained)
+    expected = {str(p.path): p.top for p in predictor.predict(images)}
+    out = loaded.signatures["classify_image"](image_bytes=tf.constant([p.read_bytes() for p in images]))
+    assert [row.decode() for row in out["labels"].numpy()[0]] == labels
+    for path, label, score, probs in zip(images, out["label"].numpy(), out["score"].numpy(),
+                                         out["probabilities"].numpy()):
+        best, best_score = expected[str(path)][0]
+        assert label.decode() == best and abs(score - best_score) < 0.02
+        assert abs(probs.sum() - 1) < 1e-4
 
 
 def test_existing_output_is_kept(demo_trained, tmp_path):
@@ -209,8 +303,8 @@ def test_existing_output_is_kept(demo_trained, tmp_path):
 
 
 def test_bad_requests_are_explained(demo_trained, tmp_path):
-    with pytest.raises(ExportError, match="unknown export format onnx"):
-        export(demo_trained, ["onnx"], out_dir=tmp_path)
+    with pytest.raises(ExportError, match="unknown export format pdf"):
+        export(demo_trained, ["pdf"], out_dir=tmp_path)
     with pytest.raises(ExportError, match="tflite format only"):
         export(demo_trained, ["coreml"], "int8", out_dir=tmp_path)
     with pytest.raises(ExportError, match="unknown quantization"):

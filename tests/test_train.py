@@ -41,7 +41,7 @@ def test_outputs_are_complete_and_self_describing(demo_trained):
     assert meta["labels"] == labels
     assert meta["backbone"]["name"] == "efficientnet_lite0"
     assert meta["backbone"]["input_size"] == 224
-    assert meta["backbone"]["resize"] == "crop"
+    assert meta["backbone"]["resize"] == "squash"
     classifier = load_classifier(tf_files / "model.keras")
     assert classifier.keras_model.output_shape == (None, 2)
 

@@ -86,10 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="write the HTML evaluation report of a trained TF_FILES")
     p.add_argument("tf_files")
 
-    p = sub.add_parser("export", help="export the trained model (TFLite, Core ML, SavedModel, frozen graph)")
+    p = sub.add_parser("export", help="export the trained model (TFLite, Core ML, SavedModel, frozen graph, ONNX)")
     p.add_argument("tf_files")
     p.add_argument("--format", dest="formats", action="append",
-                   choices=["tflite", "coreml", "savedmodel", "frozen-graph"],
+                   choices=["tflite", "coreml", "savedmodel", "frozen-graph", "onnx"],
                    help="repeat for several (default: tflite)")
     p.add_argument("--quantize", choices=["none", "float16", "dynamic", "int8"], default="none")
     p.add_argument("--out", help="output folder (default: TF_FILES/export)")
@@ -155,7 +155,8 @@ def _run(args) -> int:
     if args.command == "export":
         from .export import export
 
-        export(args.tf_files, args.formats or ["tflite"], quantize=args.quantize, out_dir=args.out)
+        export(args.tf_files, args.formats or ["tflite"], quantize=args.quantize, out_dir=args.out,
+               quiet=args.quiet)   # prints one "Wrote" line a file
         return 0
     if args.command == "serve":
         from .serve import ServeLimits, serve

@@ -8,10 +8,16 @@ tflite             ``model.tflite`` (float32), ``model_float16.tflite``, ``model
                    and a ``tfguess.json`` description (input size, resize recipe) are inside
                    the file (standard TFLite metadata + packed files), so it works alone.
 coreml             ``model.mlpackage``: an ML Program classifier with an RGB image input.
-savedmodel         ``saved_model/``: one ``serving_default`` signature, pixels -> probabilities.
+savedmodel         ``saved_model/``: ``serving_default`` (pixels -> probabilities) and
+                   ``classify_image`` (encoded image bytes -> labels, probabilities, top label
+                   and score); the labels are its asset ``assets/retrained_labels.txt``.
 frozen-graph       ``retrained_graph.pb`` + ``retrained_labels.txt``: JPEG bytes at
                    ``DecodeJpeg/contents:0`` -> probabilities ``[1, labels]`` at
-                   ``final_result:0``, for TF1-style clients.
+                   ``final_result:0``, for TF1-style clients (loads in TensorFlow 1.15 and 2.x:
+                   attributes at their default value are left out).
+onnx               ``model.onnx``: pixels ``[N, size, size, 3]`` -> probabilities; the labels and
+                   the description are in the model's metadata properties (``labels``,
+                   ``tfguess``, both JSON).
 =================  ==========================================================================
 
 All models take RGB pixels in 0..255 (the normalisation is inside them). Every output is written
@@ -21,7 +27,10 @@ under a temporary name and renamed into place; an output that already exists is 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,11 +47,12 @@ from .tflite_metadata import (
     DESCRIPTION_FILE,
     ImageClassifierInfo,
     add_metadata,
+    op_versions,
     tensor_types,
     tflite_schema,
 )
 
-FORMATS = ("tflite", "coreml", "savedmodel", "frozen-graph")
+FORMATS = ("tflite", "coreml", "savedmodel", "frozen-graph", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 TFLITE_FILENAMES = {
     "none": "model.tflite",
@@ -53,11 +63,22 @@ TFLITE_FILENAMES = {
 COREML_DIRNAME = "model.mlpackage"
 SAVEDMODEL_DIRNAME = "saved_model"
 FROZEN_GRAPH_FILENAME = "retrained_graph.pb"
+ONNX_FILENAME = "model.onnx"
+ONNX_OPSET = 15
+BYTES_SIGNATURE = "classify_image"
 REPRESENTATIVE_IMAGES = 100
 JPEG_INPUT = "DecodeJpeg/contents"
 OUTPUT_NAME = "final_result"
 _ALIASES = {"frozen_graph": "frozen-graph", "pb": "frozen-graph", "saved_model": "savedmodel",
             "saved-model": "savedmodel", "mlpackage": "coreml"}
+# The highest operator versions that the TFLite Task Library 0.4.4 (tflite-support's last
+# release) and MediaPipe load, for the operators tfguess exports contain (checked by
+# tests/test_export_clients.py). A newer version needs a newer runtime (LiteRT / ai-edge-litert).
+TASK_LIBRARY_RUNTIME = "the TFLite Task Library (tflite-support 0.4.4)"
+TASK_LIBRARY_OP_VERSIONS = {
+    "ADD": 4, "CONV_2D": 5, "DEPTHWISE_CONV_2D": 6, "DEQUANTIZE": 4, "FULLY_CONNECTED": 9,
+    "MEAN": 3, "MUL": 5, "QUANTIZE": 2, "SOFTMAX": 3,
+}
 
 
 def export(
@@ -66,11 +87,13 @@ def export(
     quantize: str = "none",
     out_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
+    quiet: bool = False,
 ) -> list[Path]:
     """Export the model of ``tf_files`` (the folder or its ``model.keras``) in ``formats``.
 
     ``quantize`` applies to ``tflite``; ``int8`` calibrates on up to 100 of the training images
-    listed in ``run_summary.json``. Returns the written paths.
+    listed in ``run_summary.json``. ``quiet`` silences the converters' own progress bars and
+    warnings. Logs one "Wrote" line a file and returns the written paths.
     """
     wanted = [_ALIASES.get(f.lower(), f.lower()) for f in formats]
     unknown = [f for f in wanted if f not in FORMATS]
@@ -90,9 +113,17 @@ def export(
         if fmt == "tflite":
             images = representative_images(RunFolder.of_model(model_path)) if quantize == "int8" else None
             data = tflite_bytes(classifier, quantize, images)
-            written.append(_publish_bytes(data, out / TFLITE_FILENAMES[quantize], log))
+            path = _publish_bytes(data, out / TFLITE_FILENAMES[quantize], log)
+            for note in tflite_runtime_notes(data):
+                log(f"Note: {path.name}: {note}")
+            written.append(path)
         elif fmt == "coreml":
-            written.append(_publish_dir(lambda d: save_coreml(classifier, d), out / COREML_DIRNAME, log))
+            with _converter_quiet(quiet):
+                written.append(_publish_dir(lambda d: save_coreml(classifier, d), out / COREML_DIRNAME, log))
+        elif fmt == "onnx":
+            with _converter_quiet(quiet):
+                data = onnx_bytes(classifier)
+            written.append(_publish_bytes(data, out / ONNX_FILENAME, log))
         elif fmt == "savedmodel":
             written.append(_publish_dir(lambda d: save_savedmodel(classifier, d), out / SAVEDMODEL_DIRNAME, log))
         else:
@@ -158,6 +189,11 @@ def tflite_bytes(classifier, quantize: str = "none", images: list[str] | None = 
     )
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "dynamic":
+        # Per-channel int8 dense weights make FULLY_CONNECTED version 12, which the TFLite Task
+        # Library 0.4.4 cannot load; per-tensor (version 9) loads everywhere. Conv layers keep
+        # per-channel weights.
+        converter._experimental_disable_per_channel_quantization_for_dense_layers = True
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "int8":
@@ -250,6 +286,18 @@ def check_tflite_types(data: bytes, quantize: str) -> dict:
     return types
 
 
+def tflite_runtime_notes(data: bytes) -> list[str]:
+    """What keeps a ``.tflite`` from loading in the Task Library 0.4.4 (its operator versions)."""
+    too_new = [f"{op} v{v}" for op, v in sorted(op_versions(data).items())
+               if v > TASK_LIBRARY_OP_VERSIONS.get(op, 0)]
+    if not too_new:
+        return []
+    return [f"{', '.join(too_new)} may be newer than {TASK_LIBRARY_RUNTIME} and MediaPipe load "
+            "(checked up to " + ", ".join(f"{op} v{v}" for op, v in TASK_LIBRARY_OP_VERSIONS.items()
+                                           if op in op_versions(data))
+            + "); LiteRT (ai-edge-litert) and `tfguess guess` load it"]
+
+
 def _all_tensor_types(data: bytes) -> set[str]:
     schema = tflite_schema()
     names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
@@ -293,21 +341,67 @@ def save_coreml(classifier, path: Path) -> None:
     )
     mlmodel.short_description = (f"tfguess classifier ({classifier.meta['backbone']['name']}): "
                                  f"{', '.join(classifier.labels)}")
-    mlmodel.input_description["image"] = (
-        f"RGB image, {size}x{size} ({_resize_text(classifier)}; with Vision use "
-        "imageCropAndScaleOption = .centerCrop)")
+    mlmodel.input_description["image"] = coreml_input_description(classifier)
     mlmodel.user_defined_metadata["tfguess"] = json.dumps(_description(classifier, "none"))
     mlmodel.save(str(path))
+
+
+def coreml_input_description(classifier) -> str:
+    """How to feed the image, in Vision's terms."""
+    size = classifier.input_size
+    if classifier.resize == "squash":
+        return (f"RGB image, {size}x{size}: the whole image resized to {size}x{size}, bicubic, "
+                "aspect ratio not kept (with Vision: imageCropAndScaleOption = .scaleFill)")
+    return (f"RGB image, {size}x{size}: the central {CROP_FRACTION:.1%} square of the image "
+            f"resized to {size}x{size}, bicubic ({_resize_text(classifier)}). Vision's .centerCrop "
+            "takes the whole central square instead: crop the central square to "
+            f"{CROP_FRACTION:.1%} of its side yourself (or set the request's regionOfInterest), "
+            "then use .scaleFill")
+
+
+@contextlib.contextmanager
+def _converter_quiet(quiet: bool):
+    """Silence a converter's progress bars, Python warnings and log lines (coremltools, tf2onnx)."""
+    if not quiet:
+        yield
+        return
+    import logging
+    import warnings
+
+    from ._quiet import quiet_stderr
+
+    loggers = [logging.getLogger(n) for n in ("coremltools", "tf2onnx", "tensorflow")]
+    levels = [lg.level for lg in loggers]
+    saved = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), quiet_stderr():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
 
 
 # --- SavedModel --------------------------------------------------------------------------------
 
 
 def save_savedmodel(classifier, path: Path) -> None:
+    """Two signatures: ``serving_default`` takes pixels ``[N, size, size, 3]`` (0..255) and
+    returns ``probabilities``; ``classify_image`` takes encoded images (``image_bytes``, a
+    ``[N]`` string tensor: JPEG, PNG, GIF or BMP, decoded and resized as ``guess`` does, EXIF
+    orientation not applied) and returns ``labels`` ``[N, labels]``, ``probabilities``, the top
+    ``label`` and its ``score``. The labels file is the asset ``assets/retrained_labels.txt``."""
     import keras
     import tensorflow as tf
 
-    model, size = classifier.keras_model, classifier.input_size
+    model, size, crop = classifier.keras_model, classifier.input_size, classifier.resize == "crop"
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
@@ -315,7 +409,65 @@ def save_savedmodel(classifier, path: Path) -> None:
         lambda pixels: {"probabilities": model(pixels, training=False)},
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
     )
-    archive.write_out(str(path), verbose=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        labels_file = Path(tmp) / LABELS_FILENAME
+        labels_file.write_text("\n".join(classifier.labels) + "\n", encoding="utf-8")
+        asset = tf.saved_model.Asset(str(labels_file))
+        _add_bytes_endpoint(archive, model, size, crop, asset)
+        # The archive saves this object: an Asset tracked by it is copied into assets/.
+        archive._tf_trackable.labels_file = asset
+        archive.write_out(str(path), verbose=False)
+
+
+def _add_bytes_endpoint(archive, model, size: int, crop: bool, asset) -> None:
+    import tensorflow as tf
+
+    def classify_image(image_bytes):
+        labels = tf.strings.split(tf.strings.strip(tf.io.read_file(asset)), "\n")
+
+        def one(contents):
+            pixels = _resize_like_pil(_decode_like_pil(contents, size), size, crop)
+            return model(pixels, training=False)[0]
+
+        probs = tf.map_fn(one, image_bytes, fn_output_signature=tf.float32)
+        return {"labels": tf.broadcast_to(labels, tf.shape(probs)), "probabilities": probs,
+                "label": tf.gather(labels, tf.argmax(probs, axis=-1)),
+                "score": tf.reduce_max(probs, axis=-1)}
+
+    archive.add_endpoint(BYTES_SIGNATURE, classify_image,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+
+
+# --- ONNX --------------------------------------------------------------------------------------
+
+
+def onnx_bytes(classifier) -> bytes:
+    """``model.onnx``: pixels ``[N, size, size, 3]`` (RGB, 0..255) -> ``probabilities``, with
+    the labels (``labels``) and the description (``tfguess``, with the resize recipe) as JSON
+    metadata properties. Needs the ``onnx`` extra (tf2onnx)."""
+    try:
+        import tf2onnx
+    except ImportError as exc:
+        raise ExportError("the onnx format needs tf2onnx: pip install 'tfguess[onnx]'") from exc
+    import tensorflow as tf
+
+    model, size = classifier.keras_model, classifier.input_size
+    spec = [tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")]
+    fn = tf.function(lambda pixels: tf.identity(model(pixels, training=False), name="probabilities"))
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=ONNX_OPSET)
+    if len(proto.graph.output) != 1:
+        raise ExportError(f"unexpected ONNX graph: {len(proto.graph.output)} outputs, not 1")
+    old = proto.graph.output[0].name
+    proto.graph.output[0].name = "probabilities"
+    for node in proto.graph.node:
+        node.output[:] = ["probabilities" if o == old else o for o in node.output]
+    proto.doc_string = (f"tfguess classifier ({classifier.meta['backbone']['name']}): "
+                        f"{', '.join(classifier.labels)}. Input: {_resize_text(classifier)}.")
+    for key, value in (("labels", json.dumps(classifier.labels)),
+                       ("tfguess", json.dumps(_description(classifier, "none")))):
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    return proto.SerializeToString()
 
 
 # --- the classic frozen graph ------------------------------------------------------------------
@@ -410,4 +562,32 @@ def frozen_graph_bytes(classifier) -> bytes:
             base = name.lstrip("^").split(":")[0]
             if base == old:
                 node.input[i] = name.replace(old, JPEG_INPUT, 1)
+    strip_default_attrs(graph_def)
     return graph_def.SerializeToString()
+
+
+def strip_default_attrs(graph_def) -> int:
+    """Remove every node attribute that equals its op's default (in place; also inside the
+    graph's functions), as ``tf.compat.v1``'s meta-graph export with ``strip_default_attrs``
+    does: attributes added to ops after TensorFlow 1.15 (``explicit_paddings``, ...) are then
+    absent, so older runtimes load the graph. Returns the number removed."""
+    from tensorflow.python.framework import op_def_registry
+
+    removed = 0
+
+    def strip(nodes) -> None:
+        nonlocal removed
+        for node in nodes:
+            op_def = op_def_registry.get(node.op)
+            if op_def is None:
+                continue
+            for attr in op_def.attr:
+                if (attr.HasField("default_value") and attr.name in node.attr
+                        and node.attr[attr.name] == attr.default_value):
+                    del node.attr[attr.name]
+                    removed += 1
+
+    strip(graph_def.node)
+    for function in graph_def.library.function:
+        strip(function.node_def)
+    return removed

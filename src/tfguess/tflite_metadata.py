@@ -227,3 +227,22 @@ def tensor_types(model_bytes: bytes) -> dict:
         "outputs": [ttype(graph.Outputs(i)) for i in range(graph.OutputsLength())],
         "weights": weights,
     }
+
+
+def op_versions(model_bytes: bytes) -> dict[str, int]:
+    """The operators a ``.tflite`` uses, each with the highest version it is used at.
+
+    A runtime loads a model only if it has a kernel for every (operator, version) pair.
+    """
+    schema = tflite_schema()
+    ops = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(model_bytes, 0)
+    versions: dict[str, int] = {}
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        name = ops.get(builtin, f"builtin {builtin}")
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            name = f"CUSTOM {code.CustomCode().decode()}"
+        versions[name] = max(versions.get(name, 0), code.Version())
+    return versions
