@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the linux/arm64 image and train the demo in it, on any machine with a Docker engine;
-# on x86_64 through QEMU user emulation (slow: about an hour on two cores, so not in CI).
+# on x86_64 through QEMU user emulation (slow: the base image alone took 53 minutes on a busy
+# two-core machine, so not in CI).
 #
 #   sudo bash scripts/arm64-docker-check.sh
 #

@@ -161,8 +161,26 @@ make_base_image() {
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
     tar -C "$root" -c . | docker import --platform "linux/$ARCH" -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
     rm -rf "$root"
+    [[ $ARCH == amd64 ]] || label_architecture
     trap - EXIT
     say "base image $BASE_IMAGE made in $((SECONDS - t0)) s"
+}
+
+# An engine without multi-platform support (Debian's 20.10) ignores `docker import --platform`
+# and labels the image with its own architecture; a build for linux/$ARCH then refuses it.
+# Rewrite the label in the image's config (docker save, edit, docker load).
+label_architecture() {
+    local dir cfg
+    [[ $(docker image inspect "$BASE_IMAGE" --format '{{.Architecture}}') == "$ARCH" ]] && return
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/tfguess-image.XXXXXX")
+    docker save "$BASE_IMAGE" | tar -x -C "$dir"
+    cfg=$(sed -E 's/.*"Config":"([^"]+)".*/\1/' "$dir/manifest.json")
+    sed -i -E "s/\"architecture\":\"[a-z0-9]+\"/\"architecture\":\"$ARCH\"/" "$dir/$cfg"
+    tar -C "$dir" -c . | docker load >/dev/null
+    rm -rf "$dir"
+    [[ $(docker image inspect "$BASE_IMAGE" --format '{{.Architecture}}') == "$ARCH" ]] ||
+        die "could not label $BASE_IMAGE as $ARCH"
+    say "labelled $BASE_IMAGE linux/$ARCH"
 }
 
 stop_daemon() {
