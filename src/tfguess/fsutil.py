@@ -132,6 +132,17 @@ def clean_stale_temp_files(folder: Path, names: list[str]) -> list[Path]:
     return removed
 
 
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that can always be printed: bytes that are not UTF-8 (a file name from
+    another system) appear as ``\\xe9`` escapes instead of failing the output."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (this process counts as running)."""
+    return _alive(pid)
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
