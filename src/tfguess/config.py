@@ -34,6 +34,7 @@ class TrainConfig:
     summaries_dir: str | None = None    # TensorBoard logs of training
     report: bool = True                 # write the evaluation report at the end of training
     workers: int = 0                    # image decoding threads; 0 = one per core
+    keep_placeholders: bool = False     # use images the placeholder check would skip
 
     def __post_init__(self) -> None:
         checks = [

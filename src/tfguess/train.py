@@ -159,7 +159,8 @@ def train(
     cache = BottleneckCache(run.bottlenecks, ref.cache_key)
     extractor = _LazyExtractor(ref, backbone, config.engine, log)
     feats = compute_features([(item.path, item.digest) for item in scan.items], cache, extractor,
-                             ref.input_size, ref.resize, workers=config.workers, progress=progress)
+                             ref.input_size, ref.resize, workers=config.workers, progress=progress,
+                             keep_placeholders=config.keep_placeholders)
     timings["features"] = feats.seconds
     log(f"Bottlenecks: {feats.computed} computed, {feats.cached} from the cache "
         f"({feats.seconds:.1f} s, engine: {extractor.name})")
