@@ -27,6 +27,10 @@ def quiet_stderr():
 
 
 def import_tensorflow():
+    """TensorFlow, imported with its start-up chatter silenced, devices included: on a machine
+    without a GPU the first device query logs a "failed call to cuInit" error, harmless there."""
     with quiet_stderr():
         import tensorflow as tf
+
+        tf.config.list_physical_devices()
     return tf

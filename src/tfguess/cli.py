@@ -41,6 +41,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--keep-placeholders", action="store_true",
                    help="use images that look like placeholders (flat background with a little "
                         "text or an icon) instead of skipping them")
+    p.add_argument("--follow-links", action="store_true",
+                   help="follow links to folders outside a label folder (by default not followed)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ class TrainConfig:
     report: bool = True                 # write the evaluation report at the end of training
     workers: int = 0                    # image decoding threads; 0 = one per core
     keep_placeholders: bool = False     # use images the placeholder check would skip
+    follow_links: bool = False          # follow links to folders outside a label folder
 
     def __post_init__(self) -> None:
         checks = [

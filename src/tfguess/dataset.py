@@ -245,6 +245,46 @@ def label_name_problem(name: str) -> str | None:
     return None
 
 
+def label_folders(root: Path) -> tuple[list[Path], list[str]]:
+    """The label sub-folders of ``root`` and notes on what was passed over (files directly in it,
+    hidden folders). Raises :class:`DatasetError` for a folder name that cannot be a label and for
+    fewer than two label folders: cheap, so :func:`tfguess.train.train` calls it before any work.
+    """
+    notes: list[str] = []
+    label_dirs: list[Path] = []
+    loose = 0
+    for e in sorted(os.scandir(root), key=lambda e: e.name):
+        is_dir = e.is_dir()
+        if _hidden(e.name):
+            if is_dir and e.name.startswith(".") and e.name.lower() not in _JUNK:
+                notes.append(f"ignored the hidden folder {display_path(e.path)}: a label cannot "
+                             "start with '.'; rename it to use it as a label")
+            continue
+        if is_dir:
+            label_dirs.append(Path(e.path))
+        else:
+            loose += 1
+    bad_names = [(d, why) for d in label_dirs if (why := label_name_problem(d.name))]
+    if bad_names:
+        d, why = bad_names[0]
+        more = f" (and {len(bad_names) - 1} more)" if len(bad_names) > 1 else ""
+        raise DatasetError(
+            f"label folder {display_path(d)!r} cannot be a label name: {why}{more}. "
+            "Rename the folder (one line of plain text, e.g. 'red_fox')"
+        )
+    if loose:
+        notes.append(
+            f"ignored {_plural(loose, 'file')} directly in {display_path(root)}: "
+            "images must be inside a sub-folder named after their label"
+        )
+    if len(label_dirs) < 2:
+        raise DatasetError(
+            f"found {_plural(len(label_dirs), 'label folder')} in {display_path(root)}: need at "
+            "least 2 sub-folders, one per label, each holding that label's images"
+        )
+    return label_dirs, notes
+
+
 def _map(fn, args: list, progress: bool, desc: str) -> list:
     workers = min(8, (os.cpu_count() or 2) + 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -348,39 +388,7 @@ def scan_dataset(
     except ValueError as e:
         raise DatasetError(str(e)) from None
 
-    notes: list[str] = []
-    label_dirs: list[Path] = []
-    loose = 0
-    for e in sorted(os.scandir(root), key=lambda e: e.name):
-        is_dir = e.is_dir()
-        if _hidden(e.name):
-            if is_dir and e.name.startswith(".") and e.name.lower() not in _JUNK:
-                notes.append(f"ignored the hidden folder {display_path(e.path)}: a label cannot "
-                             "start with '.'; rename it to use it as a label")
-            continue
-        if is_dir:
-            label_dirs.append(Path(e.path))
-        else:
-            loose += 1
-    bad_names = [(d, why) for d in label_dirs if (why := label_name_problem(d.name))]
-    if bad_names:
-        d, why = bad_names[0]
-        more = f" (and {len(bad_names) - 1} more)" if len(bad_names) > 1 else ""
-        raise DatasetError(
-            f"label folder {display_path(d)!r} cannot be a label name: {why}{more}. "
-            "Rename the folder (one line of plain text, e.g. 'red_fox')"
-        )
-    if loose:
-        notes.append(
-            f"ignored {_plural(loose, 'file')} directly in {root}: "
-            "images must be inside a sub-folder named after their label"
-        )
-    if len(label_dirs) < 2:
-        raise DatasetError(
-            f"found {_plural(len(label_dirs), 'label folder')} in {root}: need at least 2 "
-            "sub-folders, one per label, each holding that label's images"
-        )
-
+    label_dirs, notes = label_folders(root)
     labels = sorted(d.name for d in label_dirs)
     skipped: list[Skipped] = []
     files: list[tuple[str, Path]] = []

@@ -61,7 +61,7 @@ def atomic_write(
             data(tmp)
         else:
             with open(tmp, "wb") as f:
-                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+                f.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
                 if fsync:
                     f.flush()
                     os.fsync(f.fileno())

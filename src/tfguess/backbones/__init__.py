@@ -117,6 +117,9 @@ def _lite_source(name: str, weights: str | None) -> Path:
 
 def _lite_builder(name: str) -> Callable[[str | None, bool], keras.Model]:
     def build(weights: str | None, include_top: bool) -> keras.Model:
+        from .._quiet import import_tensorflow
+
+        import_tensorflow()  # quietly, before Keras does it noisily
         import keras
 
         weights_file = None
