@@ -158,6 +158,7 @@ class Journal:
         self._index: dict[tuple[str, str, str], list[Entry]] = {}
         for e in self.entries:
             self._index.setdefault((e.source, e.sha256, e.model), []).append(e)
+        self.sources = {e.source for e in self.entries}
         self.cleaned = self._clean_temp_files()
         if self.cleaned:
             log(f"note: removed {self.cleaned} unfinished copy(ies) of an interrupted run")
@@ -242,6 +243,7 @@ class Journal:
             tmp.unlink(missing_ok=True)
         self.entries.append(entry)
         self.destinations.add(Path(entry.destination))
+        self.sources.add(entry.source)
         return entry
 
     def _sync(self) -> None:

@@ -202,17 +202,19 @@ def guess_dir(
                      exclude_files=outputs if _inside(src, dst) else frozenset(),
                      follow_links=follow_links)
         skipped = [{"path": display_path(s.path), "reason": s.reason} for s in found.skipped]
-        todo, digests, resumed = [], {}, 0
+        todo, resumed = [], 0
         for path in found.images:
-            try:
-                digests[path] = file_digest(path)
-            except OSError as e:
-                skipped.append({"path": display_path(path), "reason": f"cannot read: {e.strerror}"})
-                continue
-            if not again and journal.done(str(path), digests[path], predictor.identity):
-                resumed += 1
-            else:
-                todo.append(path)
+            if not again and str(path) in journal.sources:  # only these are hashed up front
+                try:
+                    digest = file_digest(path)
+                except OSError as e:
+                    skipped.append({"path": display_path(path),
+                                    "reason": f"cannot read: {e.strerror}"})
+                    continue
+                if journal.done(str(path), digest, predictor.identity):
+                    resumed += 1
+                    continue
+            todo.append(path)
         if resumed:
             log(f"{resumed} image(s) already copied into {display_path(dst)} by an earlier run "
                 "(same content, same model): skipped (--again copies them again)")
