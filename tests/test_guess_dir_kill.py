@@ -70,7 +70,7 @@ def test_guess_dir_survives_sigkill_at_random_moments(demo_trained, big_photos, 
     src, dst = big_photos, tmp_path / "sorted"
     sources = {p: _sha(p) for p in sorted(src.iterdir())}
     assert len(sources) == N_IMAGES and sum(p.stat().st_size for p in sources) > 60e6
-    args = [str(demo_trained), str(src), str(dst)]
+    args = ["guess-dir", str(demo_trained), str(src), str(dst), "--batch-size", "8"]
     rng = random.Random(13)
     progress = []
     t0 = time.perf_counter()
@@ -83,11 +83,11 @@ def test_guess_dir_survives_sigkill_at_random_moments(demo_trained, big_photos, 
         proc = _run(args)
         if i % 4 == 3:  # a moment of the start (loading the model, scanning, cleaning up)
             time.sleep(rng.uniform(0.0, 2.0))
-        else:  # a moment of the copying: once this run has recorded a copy, within 1.5 s
+        else:  # a moment of the copying: once this run has recorded a copy, within 0.6 s
             before, deadline = rows(), time.monotonic() + 60
             while rows() == before and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 1.5))
+            time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate()
         assert "Traceback" not in err, err
@@ -100,7 +100,8 @@ def test_guess_dir_survives_sigkill_at_random_moments(demo_trained, big_photos, 
     print(f"rows recorded after each kill: {progress}; final run: {out.strip()}; "
           f"{seconds:.0f} s in all")
     assert max(progress) > 0, "no kill landed after the first copies: the test proves nothing"
-    assert min(progress) < N_IMAGES, "every kill came after the work was done"
+    working = sum(1 for n in progress if n < N_IMAGES)
+    assert working >= N_KILLS // 2, f"only {working} kills came before the work was done"
 
     text = (dst / "manifest.csv").read_text()
     assert text.count(",".join(HEADER)) == 1 and text.startswith(",".join(HEADER) + "\n")

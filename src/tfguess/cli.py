@@ -195,7 +195,8 @@ def _printable_output() -> None:
 
 
 def _one_line_warnings() -> None:
-    """tfguess's own warnings (e.g. an image used without its EXIF rotation) as one line each."""
+    """tfguess's and Pillow's warnings about an image (e.g. used without its EXIF rotation) as
+    one line each, without the source line of the code that warned."""
     import warnings
 
     from .images import ImageWarning
@@ -203,7 +204,7 @@ def _one_line_warnings() -> None:
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, ImageWarning):
+        if issubclass(category, ImageWarning) or f"{os.sep}PIL{os.sep}" in str(filename):
             print(f"tfguess: warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)

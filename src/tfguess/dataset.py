@@ -268,8 +268,9 @@ def label_folders(root: Path) -> tuple[list[Path], list[str]]:
     if bad_names:
         d, why = bad_names[0]
         more = f" (and {len(bad_names) - 1} more)" if len(bad_names) > 1 else ""
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in display_path(d))
         raise DatasetError(
-            f"label folder {display_path(d)!r} cannot be a label name: {why}{more}. "
+            f"label folder '{shown}' cannot be a label name: {why}{more}. "
             "Rename the folder (one line of plain text, e.g. 'red_fox')"
         )
     if loose:
