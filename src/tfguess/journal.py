@@ -84,6 +84,8 @@ def _is_ours(path: Path) -> bool:
             head = f.read(len(_header_line()))
     except FileNotFoundError:
         return True
+    except IsADirectoryError:
+        return False
     text = head.decode("utf-8", "replace")
     return text == _header_line() or (_header_line().startswith(text) and path.stat().st_size
                                       == len(head))
@@ -233,8 +235,14 @@ class Journal:
                 pass
             target = _claim(tmp, folder, stem, ext)
             entry = fields(target, h.hexdigest())
-            self._writer.writerow(entry.row())
-            self._file.flush()
+            try:
+                self._writer.writerow(entry.row())
+                self._file.flush()
+            except OSError as e:  # no row: the copy goes too (a torn row is dropped next run)
+                target.unlink(missing_ok=True)
+                if e.filename is None:
+                    raise OSError(e.errno, e.strerror, str(self.manifest)) from None
+                raise
             self._unsynced += 1
             if (self._unsynced >= FSYNC_EVERY_ROWS
                     or time.monotonic() - self._synced_at >= FSYNC_EVERY_SECONDS):
