@@ -262,7 +262,7 @@ def test_big_sparse_non_image_is_not_read_whole(model, world, capsys):
         f.truncate(600 << 20)
     world.seal()
     check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "video.mp4",
-          "not an image")
+          "looks like a video")
 
 
 def test_big_sparse_file_named_jpg(model, world, capsys):

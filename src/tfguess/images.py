@@ -190,6 +190,8 @@ def not_image_reason(head: bytes) -> str:
         return "not an image (looks like a PDF document)"
     if head.startswith(b"PK\x03\x04"):
         return "not an image (looks like a ZIP archive)"
+    if head[4:8] == b"ftyp" or head[:4] == b"\x1aE\xdf\xa3" or head[8:12] == b"AVI ":
+        return "not an image (looks like a video)"
     try:
         head.decode("utf-8")
         is_text = all(c >= 32 or c in b"\t\r\n\f" for c in head)
