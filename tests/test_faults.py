@@ -784,6 +784,7 @@ def test_image_dir_missing(tmp_path, capsys):
     check(run_main(capsys, "train", tmp_path / "tf"), 2, "data", "not found")
 
 
+@pytest.mark.slow
 def test_train_tf_files_read_only(tmp_path):
     """TF_FILES on a read-only file system (a tmpfs remounted read-only: root cannot write either)."""
     if os.geteuid() != 0:
@@ -805,6 +806,7 @@ def test_train_tf_files_read_only(tmp_path):
         subprocess.run(["umount", str(mnt)])
 
 
+@pytest.mark.slow
 def test_export_coreml_float16_is_refused(model, tmp_path):
     shutil.copytree(model, tmp_path / "tf", ignore=shutil.ignore_patterns("bottlenecks"))
     r = run_cli("export", tmp_path / "tf", "--format", "coreml", "--quantize", "float16",
