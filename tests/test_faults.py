@@ -911,3 +911,10 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+@pytest.mark.slow
+def test_no_gpu_probe_chatter_without_a_gpu(model):
+    """The Keras engine imports TensorFlow: its device probe says nothing on stderr."""
+    r = check(run_cli("guess", "--engine", "keras", model, FACE, timeout=300), 0, "face")
+    assert "cuInit" not in r.err and "cuda" not in r.err.lower(), r.err

@@ -215,6 +215,9 @@ def tfhub_backbone(handle_or_path: str, input_size: int | None = None) -> Backbo
 
 def register_custom_layers() -> None:
     """Register the Keras layers saved models may contain (call before keras.saving.load_model)."""
+    from .._quiet import import_tensorflow
+
+    import_tensorflow()  # quietly, before Keras does it noisily
     from . import tfhub  # noqa: F401
 
 
