@@ -70,7 +70,9 @@ def test_guess_dir_never_overwrites_and_keeps_sources(demo_trained, tmp_path):
     assert any(n.endswith(".JPG") for n in names) and any(n.endswith(".jpeg") for n in names)
     copies = {p.name: p.read_bytes() for p in dst.iterdir()}
 
-    second = guess_dir(demo_trained, src, dst, **QUIET)
+    resumed = guess_dir(demo_trained, src, dst, **QUIET)
+    assert len(resumed.copied) == 0 and resumed.resumed == 3  # already there: not copied again
+    second = guess_dir(demo_trained, src, dst, again=True, **QUIET)
     assert len(second.copied) == 3
     after = {p.name: p.read_bytes() for p in dst.iterdir()}
     assert len(after) == 7  # 6 copies + one manifest
@@ -108,7 +110,7 @@ def test_guess_dir_dst_inside_src_by_label_min_score(demo_trained, tmp_path):
     dst = src / "sorted"
     result = guess_dir(demo_trained, src, dst, by_label=True, min_score=0.999999, recursive=True, **QUIET)
     assert len(result.copied) == 20
-    again = guess_dir(demo_trained, src, dst, by_label=True, recursive=True, **QUIET)
+    again = guess_dir(demo_trained, src, dst, by_label=True, recursive=True, again=True, **QUIET)
     assert len(again.copied) == 20  # the copies inside DST were not scanned again
     labels = {p.name for p in dst.iterdir() if p.is_dir()}
     assert labels <= {"face", "not_face", "unknown"}

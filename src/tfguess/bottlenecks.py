@@ -62,6 +62,10 @@ class FeatureResult:
     seconds: float = 0.0
 
 
+def _is_placeholder_reason(reason: str) -> bool:
+    return reason.startswith(("looks like a placeholder", "blank image"))
+
+
 def compute_features(
     items: list[tuple[Path, str]],
     cache: BottleneckCache,
@@ -71,26 +75,32 @@ def compute_features(
     batch_size: int = 32,
     workers: int = 0,
     progress: bool = True,
+    keep_placeholders: bool = False,
 ) -> FeatureResult:
     """Features for ``(path, digest)`` items: from the cache, else computed in batches and cached.
 
-    ``make_extractor`` is only called when something must be computed.
+    ``make_extractor`` is only called when something must be computed. Images that look like
+    placeholders are skipped (the reason cached), unless ``keep_placeholders``: then their
+    features are computed but not cached, so a later run without it still skips them.
     """
     start = time.perf_counter()
     result = FeatureResult()
     todo: list[tuple[Path, str]] = []
+    kept: list[tuple[Path, str]] = []  # placeholders used anyway (keep_placeholders)
     for path, digest in items:
         hit = cache.get(digest)
         if isinstance(hit, np.ndarray):
             result.features[digest] = hit
             result.cached += 1
+        elif isinstance(hit, str) and keep_placeholders and _is_placeholder_reason(hit):
+            kept.append((path, digest))
         elif isinstance(hit, str):
             result.skipped[digest] = hit
             result.cached += 1
         else:
             todo.append((path, digest))
+    extractor = make_extractor() if todo or kept else None
     if todo:
-        extractor = make_extractor()
         paths = [p for p, _ in todo]
         bar = _progress(len(todo), "bottlenecks", progress)
         for batch in iter_batches(
@@ -108,9 +118,18 @@ def compute_features(
                     digest = todo[b.index][1]
                     cache.put_skip(digest, b.error)
                     result.skipped[digest] = b.error
+                    if keep_placeholders and _is_placeholder_reason(b.error or ""):
+                        kept.append((b.path, digest))
             result.computed += len(batch)
             bar.update(len(batch))
         bar.close()
+    for batch in iter_batches(iter_loaded([p for p, _ in kept], size, resize, workers), batch_size):
+        good = [b for b in batch if b.pixels is not None]
+        if good:
+            for b, f in zip(good, extractor(np.stack([b.pixels for b in good]))):
+                digest = kept[b.index][1]
+                result.skipped.pop(digest, None)
+                result.features[digest] = f
     result.seconds = time.perf_counter() - start
     return result
 

@@ -39,6 +39,11 @@ def _train_parser(sub) -> None:
                    help="skip the HTML evaluation report")
     p.add_argument("--workers", type=int, default=0, help="decoding threads (default: one per core)")
     _ray_arguments(p, "extract the bottlenecks")
+    p.add_argument("--keep-placeholders", action="store_true",
+                   help="use images that look like placeholders (flat background with a little "
+                        "text or an icon) instead of skipping them")
+    p.add_argument("--follow-links", action="store_true",
+                   help="follow links to folders outside a label folder (by default not followed)")
 
 
 def _ray_arguments(p, what: str) -> None:
@@ -76,12 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--recursive", action="store_true")
     p.add_argument("--by-label", action="store_true", help="copy into DST/<label>/")
-    p.add_argument("--min-score", type=float, default=0.0, help="below it the label is 'unknown'")
+    p.add_argument("--min-score", type=float, default=0.0,
+                   help="below it the label is 'unknown' ('_unknown' when the model has a label "
+                        "called 'unknown')")
     p.add_argument("--top-k", type=int, default=3, help="labels recorded in the manifest")
     p.add_argument("--engine", choices=["auto", "tflite", "keras"], default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0)
     _ray_arguments(p, "classify")
+    p.add_argument("--again", action="store_true",
+                   help="copy every image again, also those an earlier run into DST copied "
+                        "(a re-run otherwise resumes; nothing is ever overwritten)")
+    p.add_argument("--follow-links", action="store_true",
+                   help="follow links to folders outside SRC (by default only those inside SRC)")
 
     p = sub.add_parser("evaluate", help="write the HTML evaluation report of a trained TF_FILES")
     p.add_argument("tf_files")
@@ -138,7 +150,8 @@ def _run(args) -> int:
 
         options = dict(recursive=args.recursive, by_label=args.by_label, min_score=args.min_score,
                        top_k=args.top_k, engine=args.engine, batch_size=args.batch_size,
-                       workers=args.workers, progress=progress)
+                       workers=args.workers, progress=progress,
+                       again=args.again, follow_links=args.follow_links)
         if args.ray:
             from .distributed import guess_dir_ray
 
@@ -184,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Errors a user or the OS can cause print one line and exit 2; a broken
     pipe (``tfguess guess ... | head``) exits quietly; anything else is a bug: one line, exit 70,
     and the traceback only with ``--debug``."""
+    _printable_output()
     args = build_parser().parse_args(argv)
     from .errors import TfguessError, describe_os_error
 
+    _one_line_warnings()
     prefix = f"tfguess {args.command}: error:"
     try:
         return _run(args)
@@ -209,6 +224,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix} unexpected {exc.__class__.__name__}: {exc} (this is a bug in tfguess: "
               "run again with --debug and report the traceback)", file=sys.stderr)
         return 70
+
+
+def _printable_output() -> None:
+    """File names that are not UTF-8 print as ``\\xe9`` escapes instead of failing the run."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):  # pragma: no cover - replaced streams
+            pass
+
+
+def _one_line_warnings() -> None:
+    """tfguess's and Pillow's warnings about an image (e.g. used without its EXIF rotation) as
+    one line each, without the source line of the code that warned."""
+    import warnings
+
+    from .images import ImageWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ImageWarning) or f"{os.sep}PIL{os.sep}" in str(filename):
+            print(f"tfguess: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def _debug(args) -> None:

@@ -36,6 +36,8 @@ class TrainConfig:
     workers: int = 0                    # image decoding threads; 0 = one per core
     ray: str | None = None              # extract bottlenecks on a Ray cluster: auto | ADDRESS
     ray_workers: int = 0                # Ray actors; 0 = one per CPU of the cluster
+    keep_placeholders: bool = False     # use images the placeholder check would skip
+    follow_links: bool = False          # follow links to folders outside a label folder
 
     def __post_init__(self) -> None:
         checks = [

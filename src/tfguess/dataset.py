@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import images
 from .errors import DatasetError
+from .fsutil import display_path
 
 SPLITS = ("train", "validation", "test")
 
@@ -74,85 +75,136 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def walk_files(
-    folder: str | os.PathLike[str], *, recursive: bool = True, exclude: Path | None = None
-) -> tuple[list[Path], list[Path]]:
-    """``(images, others)`` under ``folder``, each sorted.
+@dataclass
+class Walk:
+    """What :func:`walk` found: image files, and every other path with why it is not used."""
 
-    Images are files with an image extension (any case), or with another extension or none
-    whose first bytes say image. Hidden files and folders (``.name``) and system junk
-    (``Thumbs.db``, ``__MACOSX``) are ignored. A file reachable under two names (links) is
-    listed once, under its first name in sorted order. Folder links are followed (once each).
-    The ``exclude`` subtree (e.g. an output folder inside the input folder) is never scanned.
+    images: list[Path]
+    skipped: list[Skipped]
+
+
+def walk(
+    folder: str | os.PathLike[str],
+    *,
+    recursive: bool = True,
+    exclude: Path | None = None,
+    exclude_files: set[Path] | frozenset[Path] = frozenset(),
+    follow_links: bool = False,
+) -> Walk:
+    """The image files under ``folder`` (sorted), and every path passed over with its reason.
+
+    Images are regular files with an image extension (any case), or with another extension or
+    none whose first bytes say image; only those first bytes are read here. Named pipes, devices
+    and sockets are never opened for reading. Hidden files and folders (``.name``) and system junk
+    (``Thumbs.db``, ``__MACOSX``) are ignored without a word. A file reachable under two names
+    (links) is listed once, under its first name in sorted order. Links to files are followed; a
+    link to a folder only when the folder lies inside ``folder`` (or with ``follow_links``), and a
+    folder reached twice (a link loop) is scanned once. The ``exclude`` subtree (e.g. an output folder inside the input folder)
+    and the ``exclude_files`` (resolved paths) are passed over silently.
     """
     root = Path(folder)
+    real_root = Path(os.path.realpath(root))
     excl = Path(exclude).resolve() if exclude is not None else None
     seen_files: set[tuple[int, int]] = set()
     seen_dirs: set[tuple[int, int]] = set()
-    found_images: list[Path] = []
-    others: list[Path] = []
+    found: list[Path] = []
+    skipped: list[Skipped] = []
 
     def visit(d: Path) -> None:
         try:
             st = d.stat()
-        except OSError:
+        except OSError as e:
+            skipped.append(Skipped(d, f"cannot read the folder: {e.strerror or e}"))
             return
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            return
-        seen_dirs.add((st.st_dev, st.st_ino))
         if excl is not None and _inside(d.resolve(), excl):
             return
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            skipped.append(Skipped(d, "folder already scanned (a link loop or a second link to it)"))
+            return
+        seen_dirs.add((st.st_dev, st.st_ino))
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError:
+        except OSError as e:
+            skipped.append(Skipped(d, f"cannot read the folder: {e.strerror or e}: check its "
+                                      "permissions (ls -ld)"))
             return
         for e in entries:
             if _hidden(e.name):
                 continue
             p = Path(e.path)
             try:
+                is_link = e.is_symlink()
                 is_dir = e.is_dir()  # follows links
             except OSError:
-                is_dir = False
+                is_link, is_dir = False, False
+            if is_dir and is_link and not follow_links:
+                target = Path(os.path.realpath(p))
+                if not _inside(target, real_root):
+                    skipped.append(Skipped(p, f"a link to {display_path(target)}, outside "
+                                              f"{display_path(root)}: not followed (--follow-links "
+                                              "follows it)"))
+                    continue
             if is_dir:
                 if recursive:
                     visit(p)
                 continue
             try:
                 st = e.stat()
-            except OSError:  # a broken link
-                others.append(p)
+            except OSError:
+                skipped.append(Skipped(p, "broken link"))
+                continue
+            if p.resolve() in exclude_files:
+                continue
+            kind = images.file_kind(st.st_mode)
+            if kind is not None:
+                skipped.append(Skipped(p, f"{kind}, not a regular file: skipped"))
                 continue
             key = (st.st_dev, st.st_ino)
             if key in seen_files:
                 continue
             seen_files.add(key)
             if p.suffix.lower() in images.IMAGE_EXTENSIONS or images.sniff(p):
-                found_images.append(p)
+                found.append(p)
             else:
-                others.append(p)
+                skipped.append(Skipped(p, non_image_reason(p)))
 
     if root.is_dir():
         visit(root)
-    return sorted(found_images), sorted(others)
+    return Walk(sorted(found), sorted(skipped, key=lambda s: s.path))
+
+
+def walk_files(
+    folder: str | os.PathLike[str], *, recursive: bool = True, exclude: Path | None = None
+) -> tuple[list[Path], list[Path]]:
+    """``(images, others)`` under ``folder``, each sorted (see :func:`walk` for the rules)."""
+    w = walk(folder, recursive=recursive, exclude=exclude)
+    return w.images, [s.path for s in w.skipped]
 
 
 def list_image_files(
     folder: str | os.PathLike[str], *, recursive: bool = True, exclude: Path | None = None
 ) -> list[Path]:
-    """The image files under ``folder``, sorted (see :func:`walk_files` for the rules)."""
-    return walk_files(folder, recursive=recursive, exclude=exclude)[0]
+    """The image files under ``folder``, sorted (see :func:`walk` for the rules)."""
+    return walk(folder, recursive=recursive, exclude=exclude).images
 
 
 def non_image_reason(path: Path) -> str:
-    """Why a file from the ``others`` list of :func:`walk_files` is not used, e.g. "broken link"."""
+    """Why a file that :func:`walk` passed over is not used, e.g. "broken link" (reads its head
+    only)."""
     if not path.exists():
         return "broken link"
     try:
+        head = images.read_head(path)
+        if not head:
+            return "zero-byte file"
+        if images.sniff(path) is None and os.stat(path).st_size > images.MAX_UNKNOWN_BYTES:
+            return images.not_image_reason(head)
         images.check_header(path)
     except images.ImageError as e:
         return e.reason
-    return "not an image file"  # pragma: no cover - walk_files would have called it an image
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    return "not an image file"  # pragma: no cover - walk would have called it an image
 
 
 def split_value(digest: str) -> float:
@@ -161,17 +213,17 @@ def split_value(digest: str) -> float:
     return int(h[:8], 16) / 2**32
 
 
-def _check(path: Path, decode: bool) -> tuple[str | None, str | None]:
+def _check(path: Path, decode: bool, placeholders: bool = True) -> tuple[str | None, str | None]:
     """``(digest, reason)``: reason is None when the file is usable."""
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        return None, f"cannot read: {e.strerror or e}"
+        data = images.read_image_bytes(path)
+    except images.ImageError as e:
+        return None, e.reason
     digest = hashlib.sha256(data).hexdigest()
     try:
         if decode:
             img = images.decode_image(path, data=data, draft_size=_CHECK_DRAFT)
-            reason = images.placeholder_reason(img)
+            reason = images.placeholder_reason(img) if placeholders else None
             if reason:
                 return digest, reason
         else:
@@ -179,6 +231,59 @@ def _check(path: Path, decode: bool) -> tuple[str | None, str | None]:
     except images.ImageError as e:
         return digest, e.reason
     return digest, None
+
+
+def label_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a label (it must fit on one line of ``retrained_labels.txt``)."""
+    bad = [c for c in name if ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029"]
+    if bad:
+        return "it holds a line break or control character"
+    if any("\udc80" <= c <= "\udcff" for c in name):
+        return "it is not valid UTF-8"
+    if name != name.strip():
+        return "it starts or ends with a space"
+    return None
+
+
+def label_folders(root: Path) -> tuple[list[Path], list[str]]:
+    """The label sub-folders of ``root`` and notes on what was passed over (files directly in it,
+    hidden folders). Raises :class:`DatasetError` for a folder name that cannot be a label and for
+    fewer than two label folders: cheap, so :func:`tfguess.train.train` calls it before any work.
+    """
+    notes: list[str] = []
+    label_dirs: list[Path] = []
+    loose = 0
+    for e in sorted(os.scandir(root), key=lambda e: e.name):
+        is_dir = e.is_dir()
+        if _hidden(e.name):
+            if is_dir and e.name.startswith(".") and e.name.lower() not in _JUNK:
+                notes.append(f"ignored the hidden folder {display_path(e.path)}: a label cannot "
+                             "start with '.'; rename it to use it as a label")
+            continue
+        if is_dir:
+            label_dirs.append(Path(e.path))
+        else:
+            loose += 1
+    bad_names = [(d, why) for d in label_dirs if (why := label_name_problem(d.name))]
+    if bad_names:
+        d, why = bad_names[0]
+        more = f" (and {len(bad_names) - 1} more)" if len(bad_names) > 1 else ""
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in display_path(d))
+        raise DatasetError(
+            f"label folder '{shown}' cannot be a label name: {why}{more}. "
+            "Rename the folder (one line of plain text, e.g. 'red_fox')"
+        )
+    if loose:
+        notes.append(
+            f"ignored {_plural(loose, 'file')} directly in {display_path(root)}: "
+            "images must be inside a sub-folder named after their label"
+        )
+    if len(label_dirs) < 2:
+        raise DatasetError(
+            f"found {_plural(len(label_dirs), 'label folder')} in {display_path(root)}: need at "
+            "least 2 sub-folders, one per label, each holding that label's images"
+        )
+    return label_dirs, notes
 
 
 def _map(fn, args: list, progress: bool, desc: str) -> list:
@@ -259,6 +364,8 @@ def scan_dataset(
     test_pct: float = 10,
     min_per_label: int = 2,
     decode_check: bool = True,
+    placeholders: bool = True,
+    follow_links: bool = False,
     progress: bool = True,
 ) -> DatasetScan:
     """Scan ``image_dir`` (one sub-folder per label) into a checked, split dataset.
@@ -282,36 +389,17 @@ def scan_dataset(
     except ValueError as e:
         raise DatasetError(str(e)) from None
 
-    notes: list[str] = []
-    label_dirs: list[Path] = []
-    loose = 0
-    for e in sorted(os.scandir(root), key=lambda e: e.name):
-        if _hidden(e.name):
-            continue
-        if e.is_dir():
-            label_dirs.append(Path(e.path))
-        else:
-            loose += 1
-    if loose:
-        notes.append(
-            f"ignored {_plural(loose, 'file')} directly in {root}: "
-            "images must be inside a sub-folder named after their label"
-        )
-    if len(label_dirs) < 2:
-        raise DatasetError(
-            f"found {_plural(len(label_dirs), 'label folder')} in {root}: need at least 2 "
-            "sub-folders, one per label, each holding that label's images"
-        )
-
+    label_dirs, notes = label_folders(root)
     labels = sorted(d.name for d in label_dirs)
     skipped: list[Skipped] = []
     files: list[tuple[str, Path]] = []
     for d in label_dirs:
-        found, others = walk_files(d)
-        skipped.extend(Skipped(p, non_image_reason(p)) for p in others)
-        files.extend((d.name, p) for p in found)
+        found = walk(d, follow_links=follow_links)
+        skipped.extend(found.skipped)
+        files.extend((d.name, p) for p in found.images)
 
-    results = _map(lambda lp: _check(lp[1], decode_check), files, progress, "checking images")
+    results = _map(lambda lp: _check(lp[1], decode_check, placeholders), files, progress,
+                   "checking images")
 
     by_digest: dict[str, list[tuple[str, Path]]] = defaultdict(list)
     for (label, path), (digest, reason) in zip(files, results, strict=True):
@@ -343,7 +431,13 @@ def scan_dataset(
     if too_few:
         detail = "; ".join(f"label '{label}' has {n}" for label, n in too_few)
         folders = ", ".join(str(root / label) for label, _ in too_few)
-        extra = f" ({_plural(len(skipped), 'file')} skipped, see the list)" if skipped else ""
+        extra = ""
+        if skipped:
+            first = sorted(skipped, key=lambda sk: not any(
+                _inside(sk.path, root / label) for label, _ in too_few))[:3]
+            listed = "; ".join(f"{display_path(sk.path)}: {sk.reason}" for sk in first)
+            more = f"; and {len(skipped) - len(first)} more" if len(skipped) > len(first) else ""
+            extra = f" ({_plural(len(skipped), 'file')} skipped: {listed}{more})"
         raise DatasetError(
             f"too few usable images in {root}: {detail}, need at least {min_per_label} per "
             f"label{extra}. Add images to {folders} or remove the folder."

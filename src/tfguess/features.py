@@ -72,7 +72,9 @@ class KerasEngine:
     name = "keras"
 
     def __init__(self, model) -> None:
-        import tensorflow as tf
+        from ._quiet import import_tensorflow
+
+        tf = import_tensorflow()
 
         self._fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
@@ -86,7 +88,9 @@ def frozen_function(model, size: int, batch: int | None = None, name: str | None
     Keras 3 variables otherwise stay resource variables, and a TFLite file converted from them
     silently loses its weights (it outputs NaN).
     """
-    import tensorflow as tf
+    from ._quiet import import_tensorflow
+
+    tf = import_tensorflow()
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
@@ -98,7 +102,9 @@ def frozen_function(model, size: int, batch: int | None = None, name: str | None
 
 def convert_to_tflite(model, size: int, out_path: Path) -> Path:
     """Convert a Keras model taking ``[N, size, size, 3]`` float pixels to a float32 TFLite file."""
-    import tensorflow as tf
+    from ._quiet import import_tensorflow
+
+    tf = import_tensorflow()
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [frozen_function(model, size)], tf.Module()

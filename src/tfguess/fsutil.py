@@ -61,7 +61,7 @@ def atomic_write(
             data(tmp)
         else:
             with open(tmp, "wb") as f:
-                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+                f.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
                 if fsync:
                     f.flush()
                     os.fsync(f.fileno())
@@ -130,6 +130,17 @@ def clean_stale_temp_files(folder: Path, names: list[str]) -> list[Path]:
                 remove(tmp)
                 removed.append(tmp)
     return removed
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that can always be printed: bytes that are not UTF-8 (a file name from
+    another system) appear as ``\\xe9`` escapes instead of failing the output."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (this process counts as running)."""
+    return _alive(pid)
 
 
 def _alive(pid: int) -> bool:

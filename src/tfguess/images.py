@@ -10,11 +10,16 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
+import stat
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .fsutil import display_path
 
 try:  # HEIC/HEIF through the optional pillow-heif package.
     from pillow_heif import register_heif_opener
@@ -51,6 +56,12 @@ CROP_FRACTION = 0.875
 # feature cache is keyed by it.
 PREPROCESS_VERSION = 2
 
+# A file whose first bytes announce no known image format is read whole (Pillow knows a few more
+# formats) only up to this size; a bigger one (a video, a disk image) is refused from its head.
+MAX_UNKNOWN_BYTES = 64 << 20
+# No image tfguess can use is bigger than this (an 89 MP uncompressed TIFF is about 360 MB).
+MAX_FILE_BYTES = 1 << 30
+
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
 _AVIF_BRANDS = {b"avif", b"avis"}
 
@@ -61,7 +72,74 @@ class ImageError(Exception):
     def __init__(self, path: str | os.PathLike[str], reason: str):
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{display_path(self.path)}: {reason}")
+
+
+class ImageWarning(UserWarning):
+    """A file used with a compromise (e.g. its EXIF orientation could not be read)."""
+
+
+def file_kind(mode: int) -> str | None:
+    """None for a regular file, else what it is ("a named pipe (FIFO)", "a device", ...)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(fd, size)`` of ``path`` opened for reading, or ImageError when it is not a regular file.
+
+    The type is checked before opening (a FIFO would block, a device never ends) and again on the
+    open descriptor (opened non-blocking, so a FIFO swapped in meanwhile cannot hang the run).
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+        kind = file_kind(st.st_mode)
+        if kind is None:
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            st = os.fstat(fd)
+            kind = file_kind(st.st_mode)
+            if kind is None:
+                return fd, st.st_size
+            os.close(fd)
+    except FileNotFoundError:
+        raise ImageError(p, "file not found (or a broken link)") from None
+    except OSError as e:
+        raise ImageError(p, f"cannot read: {e.strerror or e}") from None
+    if kind == "a folder":
+        raise ImageError(p, "is a folder, not a file")
+    raise ImageError(p, f"{kind}, not a regular file: skipped")
+
+
+def _read_fd(fd: int, n: int) -> bytes:
+    chunks, left = [], n
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_head(path: str | os.PathLike[str], n: int = 64) -> bytes:
+    """The first ``n`` bytes of a regular file (ImageError for anything else)."""
+    fd, _ = open_regular(path)
+    try:
+        return _read_fd(fd, n)
+    except OSError as e:
+        raise ImageError(path, f"cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
 
 
 def _sniff_bytes(head: bytes) -> str | None:
@@ -89,15 +167,20 @@ def _sniff_bytes(head: bytes) -> str | None:
 
 
 def sniff(path: str | os.PathLike[str]) -> str | None:
-    """The image format the first bytes of ``path`` announce, or None when they announce none."""
+    """The image format the first bytes of ``path`` announce, or None when they announce none
+    (or when it is not a regular file: FIFOs and devices are never opened for a blocking read)."""
     try:
-        with open(path, "rb") as f:
-            return _sniff_bytes(f.read(64))
-    except OSError:
+        return _sniff_bytes(read_head(path))
+    except ImageError:
         return None
 
 
-def _not_image_reason(head: bytes) -> str:
+# The extension a copy gets when its source has none, by sniffed format.
+FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp",
+                     "TIFF": ".tif", "HEIF": ".heic", "AVIF": ".avif"}
+
+
+def not_image_reason(head: bytes) -> str:
     text = head.lstrip().lower()
     if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
         return "not an image (looks like a web page saved instead of the image)"
@@ -107,6 +190,8 @@ def _not_image_reason(head: bytes) -> str:
         return "not an image (looks like a PDF document)"
     if head.startswith(b"PK\x03\x04"):
         return "not an image (looks like a ZIP archive)"
+    if head[4:8] == b"ftyp" or head[:4] == b"\x1aE\xdf\xa3" or head[8:12] == b"AVI ":
+        return "not an image (looks like a video)"
     try:
         head.decode("utf-8")
         is_text = all(c >= 32 or c in b"\t\r\n\f" for c in head)
@@ -117,17 +202,46 @@ def _not_image_reason(head: bytes) -> str:
     return "not an image (unrecognised content)"
 
 
-def _read(path: Path, data: bytes | None) -> bytes:
-    if data is not None:
-        return data
+def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The content of an image file, read whole only once its first bytes say image (or it is
+    small): a FIFO, a device or a big non-image is refused without reading it."""
+    p = Path(path)
+    fd, size = open_regular(p)
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(path, "file not found (or a broken link)") from None
-    except IsADirectoryError:
-        raise ImageError(path, "is a folder, not a file") from None
+        head = _read_fd(fd, 64)
+        if not head:
+            raise ImageError(p, "zero-byte file")
+        known = _sniff_bytes(head) is not None
+        if not known and size > MAX_UNKNOWN_BYTES:
+            raise ImageError(p, not_image_reason(head))
+        if size > MAX_FILE_BYTES:
+            raise ImageError(p, f"too large for an image ({size / 2**30:.1f} GB)")
+        return head + _read_fd(fd, (MAX_FILE_BYTES if known else MAX_UNKNOWN_BYTES) + 1 - len(head))
     except OSError as e:
-        raise ImageError(path, f"cannot read: {e.strerror or e}") from None
+        raise ImageError(p, f"cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path, data: bytes | None) -> bytes:
+    return data if data is not None else read_image_bytes(path)
+
+
+def _png_checksum_error(data: bytes) -> str | None:
+    """The name of the first PNG chunk whose CRC does not match, if any."""
+    pos = 8
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            return None
+        if zlib.crc32(data[pos + 4:end]) != int.from_bytes(data[end:end + 4], "big"):
+            return kind.decode("latin-1")
+        if kind == b"IEND":
+            return None
+        pos = end + 4
+    return None
 
 
 def _open(path: Path, data: bytes, max_pixels: int | None) -> Image.Image:
@@ -150,9 +264,12 @@ def _open(path: Path, data: bytes, max_pixels: int | None) -> Image.Image:
             raise ImageError(
                 path, "unsupported format AVIF: pip install pillow-avif-plugin"
             ) from None
+        if fmt == "PNG" and (chunk := _png_checksum_error(data)):
+            raise ImageError(path, f"corrupt PNG: checksum (CRC) error in its {chunk} chunk: "
+                                   "the file is damaged") from None
         if fmt is not None:
             raise ImageError(path, f"corrupt {fmt}: {_short(e)}") from None
-        raise ImageError(path, _not_image_reason(head)) from None
+        raise ImageError(path, not_image_reason(head)) from None
     w, h = im.size
     if w <= 0 or h <= 0:
         raise ImageError(path, f"corrupt {im.format}: empty size {w}x{h}")
@@ -165,6 +282,7 @@ def _open(path: Path, data: bytes, max_pixels: int | None) -> Image.Image:
 
 def _short(e: BaseException) -> str:
     msg = str(e).strip() or type(e).__name__
+    msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", " (the data)", msg)
     return msg if len(msg) <= 120 else msg[:117] + "..."
 
 
@@ -241,7 +359,14 @@ def decode_image(
                 scale = need / min(w, h)
                 im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
         im.load()
+    except Exception as e:
+        raise ImageError(p, f"truncated or corrupt {fmt}: {_short(e)}") from None
+    try:
         ImageOps.exif_transpose(im, in_place=True)
+    except Exception as e:  # a broken EXIF block: the pixels are fine
+        warnings.warn(ImageWarning(f"{display_path(p)}: EXIF orientation unreadable ({_short(e)}): "
+                                   "used without rotation"), stacklevel=2)
+    try:
         return _to_rgb(im)
     except ImageError:
         raise
@@ -282,24 +407,30 @@ def load_image(
 
 
 # Photos have thousands of distinct colours (even greyscale ones have ~256); icons, "image not
-# found" placeholders and blank images have a handful.
-PLACEHOLDER_MAX_COLOURS = 64
+# found" placeholders and blank images have a few dozen at most (anti-aliased text: ~70).
+PLACEHOLDER_MAX_COLOURS = 256
 PLACEHOLDER_MIN_BACKGROUND = 0.5
 PLACEHOLDER_MIN_PIXELS = 96 * 96
+# A placeholder's content (text, an icon) sits in a small box on its background; line art (black
+# outlines on white, also few colours on a dominant background) spreads over the picture.
+PLACEHOLDER_MAX_CONTENT_BOX = 0.35
+PLACEHOLDER_CONTENT_CONTRAST = 48
 
 
 def placeholder_reason(img: Image.Image) -> str | None:
     """A reason when ``img`` looks like a synthetic placeholder, else None.
 
-    Placeholders ("image not found" pictures, blank images) have very few colours and one of them
-    covers most of the picture.
+    Placeholders ("image not found" pictures, blank images) have few colours, one of them covers
+    most of the picture, and what is not background fits in a small box (a line of text, an
+    icon). Line art has few colours and a dominant background too, but its strokes fill the frame.
     """
     small = img
     w, h = img.size
     step = max(1, int(math.sqrt(w * h / 250_000)))
     if step > 1:  # nearest-neighbour subsampling keeps the colours a placeholder has
         small = img.resize((max(1, w // step), max(1, h // step)), Image.Resampling.NEAREST)
-    colours = small.convert("RGB").getcolors(maxcolors=PLACEHOLDER_MAX_COLOURS)
+    small = small.convert("RGB")
+    colours = small.getcolors(maxcolors=PLACEHOLDER_MAX_COLOURS)
     if colours is None:
         return None
     n = len(colours)
@@ -308,7 +439,17 @@ def placeholder_reason(img: Image.Image) -> str | None:
     if w * h < PLACEHOLDER_MIN_PIXELS:  # tiny crops and thumbnails naturally have few colours
         return None
     # A placeholder is mostly flat background; a photo reduced to a small palette is not.
-    dominant = max(count for count, _ in colours) / (small.width * small.height)
+    count, background = max(colours)
+    dominant = count / (small.width * small.height)
     if dominant < PLACEHOLDER_MIN_BACKGROUND:
+        return None
+    # Content: pixels far from the background (faint frames and guide lines do not count).
+    diff = np.abs(np.asarray(small, np.int16) - np.asarray(background, np.int16)).max(axis=2)
+    content = diff > PLACEHOLDER_CONTENT_CONTRAST
+    if not content.any():
+        return f"looks like a placeholder, not a photo ({n} colours, {dominant:.0%} one colour)"
+    rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+    box = ((rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)) / content.size
+    if box > PLACEHOLDER_MAX_CONTENT_BOX:
         return None
     return f"looks like a placeholder, not a photo ({n} colours, {dominant:.0%} one colour)"

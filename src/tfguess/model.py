@@ -151,6 +151,9 @@ def load_classifier(path: str | Path) -> Classifier:
     register_custom_layers()  # the layers a saved model may use (e.g. a TF Hub module)
     path = resolve_model_path(path)
     meta = read_meta(path)
+    from ._quiet import import_tensorflow
+
+    import_tensorflow()  # quietly, before Keras does it noisily
     import keras
 
     try:

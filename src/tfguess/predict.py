@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,10 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DatasetError
+from .fsutil import display_path
+from .journal import Entry
 from .pipeline import iter_batches, iter_loaded
 from .runtime import TFLiteClassifier
 
-MANIFEST_FILENAME = "manifest.csv"
+MANIFEST_FILENAME = "manifest.csv"  # see tfguess.journal: another name when one is not ours
 UNKNOWN_LABEL = "unknown"
 
 
@@ -40,8 +40,10 @@ class Predictor:
     """Pixels -> class probabilities for one model, built once and reused for every image."""
 
     def __init__(self, labels: list[str], input_size: int, resize: str,
-                 probabilities: Callable[[np.ndarray], np.ndarray], engine: str) -> None:
+                 probabilities: Callable[[np.ndarray], np.ndarray], engine: str,
+                 identity: str = "") -> None:
         self.labels = labels
+        self.identity = identity  # the model file's content digest (guess-dir's resume key)
         self.input_size = input_size
         self.resize = resize
         self.probabilities = probabilities
@@ -60,7 +62,8 @@ class Predictor:
         path = resolve_model_path(model)
         if path.suffix.lower() == ".tflite":
             tfl = TFLiteClassifier(path)
-            return cls(tfl.labels, tfl.input_size, tfl.resize, tfl, "tflite-file")
+            return cls(tfl.labels, tfl.input_size, tfl.resize, tfl, "tflite-file",
+                       _identity(path))
         meta = read_meta(path)
         ref = BackboneRef.from_meta(meta["backbone"])
         head = read_head(path)
@@ -70,7 +73,7 @@ class Predictor:
             return head(extractor(pixels))
 
         return cls(list(meta["labels"]), ref.input_size, ref.resize, probabilities,
-                   engine_name(extractor))
+                   engine_name(extractor), _identity(path))
 
     def predict(self, paths: list[Path], top_k: int = 0, batch_size: int = 32, workers: int = 0,
                 progress: bool = False) -> Iterator[Prediction]:
@@ -93,6 +96,12 @@ class Predictor:
                     yield Prediction(b.path, [(self.labels[i], float(p[i])) for i in order])
             bar.update(len(batch))
         bar.close()
+
+
+def _identity(path: Path) -> str:
+    from .journal import file_digest
+
+    return "sha256:" + file_digest(path)[:16]
 
 
 def format_prediction(pred: Prediction) -> list[str]:
@@ -124,34 +133,22 @@ def guess(model: str | Path, images: list[str | Path], top_k: int = 0, as_json: 
     return failed
 
 
-# O_BINARY: on Windows a file descriptor is in text mode (each \n written as \r\n) without it.
-_NEW_BINARY_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-
-
-def _claim(dst_dir: Path, stem: str, ext: str) -> tuple[Path, int]:
-    """Create a new, empty file named ``stem+ext`` (or ``stem-N+ext``) that did not exist before."""
-    n = 0
-    while True:
-        name = f"{stem}{ext}" if n == 0 else f"{stem}-{n}{ext}"
-        target = dst_dir / name
-        try:
-            fd = os.open(target, _NEW_BINARY_FILE, 0o644)
-            return target, fd
-        except FileExistsError:
-            n += 1
-
-
 @dataclass
 class GuessDirResult:
     copied: list[dict]
     skipped: list[dict]
     manifest: Path
     seconds: float
+    resumed: int = 0  # sources already copied by an earlier run (same content, same model)
 
     @property
     def images_per_second(self) -> float:
         n = len(self.copied) + len(self.skipped)
         return n / self.seconds if self.seconds else 0.0
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def guess_dir(
@@ -167,57 +164,100 @@ def guess_dir(
     batch_size: int = 32,
     workers: int = 0,
     progress: bool = True,
+    again: bool = False,
+    follow_links: bool = False,
     log: Callable[[str], None] = print,
     predictor: Predictor | None = None,
 ) -> GuessDirResult:
     """Copy every image of ``src`` into ``dst`` as ``<label>-<score>.<ext>``.
 
     Sources are only read. Nothing in ``dst`` is ever overwritten: a name already taken gets a
-    ``-N`` suffix. A CSV manifest (``dst/manifest.csv``, appended to across runs) records source,
-    destination, label, score and the top-k. ``predictor``: one already loaded (e.g. the Ray
+    ``-N`` suffix. ``dst`` is a journal (:mod:`tfguess.journal`): ``manifest.csv`` records source,
+    destination, label, score, the top-k, the source's sha256 and the model's identity, a row
+    with each copy, and whatever interrupts a run, every copy under a final name is whole and has
+    its row. A re-run resumes: sources recorded with the same content and model are not copied
+    again (``again`` copies them again, under new names). Below ``min_score`` the label is
+    ``unknown`` (``_unknown`` when the model has a label of that name). An extensionless source's
+    copy gets the extension of its format. ``predictor``: one already loaded (e.g. the Ray
     cluster's, :class:`distributed.RayPredictor`) instead of loading ``model``.
     """
-    from .dataset import non_image_reason, walk_files
+    from .dataset import walk
+    from .images import FORMAT_EXTENSIONS, ImageError, open_regular, sniff
+    from .journal import Journal, file_digest
 
     src, dst = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
     if not src.is_dir():
-        raise DatasetError(f"source folder not found: {src}: check the path")
+        raise DatasetError(f"source folder not found: {display_path(src)}: check the path")
     if dst == src:
-        raise ConfigError(f"the destination must differ from the source folder: {src}")
+        raise ConfigError(f"the destination must differ from the source folder: {display_path(src)}")
+    if dst.exists() and not dst.is_dir():
+        raise ConfigError(f"the destination {display_path(dst)} is a file, not a folder: "
+                          "choose a folder")
     predictor = predictor or Predictor.load(model, engine, log)
     start = time.perf_counter()
-    paths, others = walk_files(src, recursive=recursive, exclude=dst)
     dst.mkdir(parents=True, exist_ok=True)
-    manifest = dst / MANIFEST_FILENAME
-    new_manifest = not manifest.exists()
-    copied = []
-    skipped = [{"path": str(p), "reason": non_image_reason(p)} for p in others]
-    with open(manifest, "a", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        if new_manifest:
-            writer.writerow(["source", "destination", "label", "score", "top_k"])
-        for pred in predictor.predict(paths, top_k=top_k, batch_size=batch_size, workers=workers,
+    journal = Journal(dst, log)
+    try:
+        # DST inside SRC: DST is not scanned. SRC inside DST: the copies DST holds are not.
+        outputs = {p.resolve() for p in journal.destinations} | {journal.manifest}
+        found = walk(src, recursive=recursive, exclude=dst if _inside(dst, src) else None,
+                     exclude_files=outputs if _inside(src, dst) else frozenset(),
+                     follow_links=follow_links)
+        skipped = [{"path": display_path(s.path), "reason": s.reason} for s in found.skipped]
+        todo, resumed = [], 0
+        for path in found.images:
+            if not again and str(path) in journal.sources:  # only these are hashed up front
+                try:
+                    digest = file_digest(path)
+                except OSError as e:
+                    skipped.append({"path": display_path(path),
+                                    "reason": f"cannot read: {e.strerror}"})
+                    continue
+                if journal.done(str(path), digest, predictor.identity):
+                    resumed += 1
+                    continue
+            todo.append(path)
+        if resumed:
+            log(f"{resumed} image(s) already copied into {display_path(dst)} by an earlier run "
+                "(same content, same model): skipped (--again copies them again)")
+        bucket = UNKNOWN_LABEL if UNKNOWN_LABEL not in predictor.labels else "_" + UNKNOWN_LABEL
+        copied = []
+        for pred in predictor.predict(todo, top_k=top_k, batch_size=batch_size, workers=workers,
                                       progress=progress):
             if pred.error:
-                skipped.append({"path": str(pred.path), "reason": pred.error})
+                skipped.append({"path": display_path(pred.path), "reason": pred.error})
                 continue
             label, score = pred.label, pred.score
             if score < min_score:
-                label = UNKNOWN_LABEL
+                label = bucket
             folder = dst / label if by_label else dst
-            folder.mkdir(exist_ok=True)
-            target, fd = _claim(folder, f"{label}-{score:.5f}", pred.path.suffix)
-            with os.fdopen(fd, "wb") as out_f, open(pred.path, "rb") as in_f:
-                shutil.copyfileobj(in_f, out_f)
-            shutil.copystat(pred.path, target)
+            ext = pred.path.suffix or FORMAT_EXTENSIONS.get(sniff(pred.path) or "", "")
             top = ";".join(f"{lb}:{s:.5f}" for lb, s in pred.top)
-            writer.writerow([str(pred.path), str(target), label, f"{score:.5f}", top])
-            copied.append({"source": str(pred.path), "destination": str(target), "label": label,
-                           "score": score})
+            try:
+                fd, _ = open_regular(pred.path)
+            except ImageError as e:
+                skipped.append({"path": display_path(pred.path), "reason": e.reason})
+                continue
+            try:
+                entry = journal.copy(
+                    pred.path, fd, folder, f"{label}-{score:.5f}", ext,
+                    lambda target, sha, p=pred.path, lb=label, sc=score, tp=top: Entry(
+                        str(p), str(target), lb, f"{sc:.5f}", tp, sha, predictor.identity))
+            finally:
+                os.close(fd)
+            copied.append({"source": display_path(pred.path), "destination":
+                           display_path(entry.destination), "label": label, "score": score})
+    except BaseException:
+        try:
+            journal.close()
+        except OSError:
+            pass  # the first error is the one to report
+        raise
+    journal.close()
     seconds = time.perf_counter() - start
-    result = GuessDirResult(copied, skipped, manifest, seconds)
-    log(f"Copied {len(copied)} image(s) into {dst} ({result.images_per_second:.1f} images/s); "
-        f"manifest: {manifest}")
+    result = GuessDirResult(copied, skipped, journal.manifest, seconds, resumed)
+    log(f"Copied {len(copied)} image(s) into {display_path(dst)} "
+        f"({result.images_per_second:.1f} images/s); manifest: {display_path(journal.manifest)}")
     if skipped:
         log(f"Skipped {len(skipped)} file(s):")
         for s in skipped:

@@ -106,7 +106,8 @@ class TFLiteEngine:
         interpreter = new_interpreter(model_path=str(self.path), num_threads=1)
         size = interpreter.get_input_details()[0]["shape"][1:]
         interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], [1, *size])
-        interpreter.allocate_tensors()
+        with quiet_stderr():  # the XNNPACK delegate announces itself here
+            interpreter.allocate_tensors()
         self._interpreters.append(interpreter)
 
     def _run(self, k: int, pixels: np.ndarray, out: np.ndarray, rows: range) -> None:
@@ -166,7 +167,8 @@ class TFLiteClassifier:
         self._mean = np.float32(md.norm_mean[0]) if md.norm_mean else np.float32(0)
         self._std = np.float32(md.norm_std[0]) if md.norm_std else np.float32(1)
         self._batch = int(inp["shape"][0])
-        self._interpreter.allocate_tensors()
+        with quiet_stderr():  # the XNNPACK delegate announces itself here
+            self._interpreter.allocate_tensors()
         if len(self.labels) != int(out["shape"][-1]):
             raise ModelError(f"{self.path}: {len(self.labels)} labels inside but the model has "
                              f"{int(out['shape'][-1])} outputs")

@@ -9,6 +9,7 @@ cache or the backbone (``bottlenecks`` with an extractor from ``features``), fit
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import platform
 import sys
@@ -21,11 +22,11 @@ import numpy as np
 
 from .bottlenecks import BottleneckCache, FeatureResult, compute_features
 from .config import TrainConfig
-from .dataset import SPLITS, DatasetScan, Item, scan_dataset
+from .dataset import SPLITS, DatasetScan, Item, label_folders, scan_dataset
 from .errors import DatasetError
 from .evaluation import classification_metrics, evaluate_folder
 from .features import BackboneRef, engine_name, make_extractor
-from .fsutil import atomic_write
+from .fsutil import atomic_write, display_path
 from .head import fit_head
 from .runfolder import RunFolder
 from .runtime import Head, runtime_name
@@ -78,17 +79,19 @@ def _write_history(path: Path, history: list[dict]) -> None:
 def _usable_items(scan: DatasetScan, feats: FeatureResult, config: TrainConfig, image_dir: Path,
                   log: Callable[[str], None]) -> tuple[list[Item], list[dict]]:
     """The images that have features, and every skipped file with its reason."""
-    skipped = [{"path": str(s.path), "reason": s.reason} for s in scan.skipped]
+    skipped = [{"path": display_path(s.path), "reason": s.reason} for s in scan.skipped]
     usable = []
     for item in scan.items:
         if item.digest in feats.skipped:
-            skipped.append({"path": str(item.path), "reason": feats.skipped[item.digest]})
+            skipped.append({"path": display_path(item.path), "reason": feats.skipped[item.digest]})
         else:
             usable.append(item)
     if skipped:
         log(f"Skipped {len(skipped)} file(s):")
         for s in skipped:
             log(f"  {s['path']}: {s['reason']}")
+    if len(usable) < len(scan.items):
+        log(f"Usable: {len(usable)} of the {len(scan.items)} images found")
     per_label = {label: sum(1 for it in usable if it.label == label) for label in scan.labels}
     too_few = [f"{label} ({n})" for label, n in per_label.items() if n < config.min_per_label]
     if too_few:
@@ -140,6 +143,7 @@ def train(
             f"image folder not found: {image_dir}. Put your photos in {image_dir}/<label>/ "
             "(one sub-folder per label) or pass --image-dir"
         )
+    label_folders(image_dir)  # a label name that cannot be used is refused before any work
     run.root.mkdir(parents=True, exist_ok=True)
 
     # The backbone first: a missing weights file is reported before any other work.
@@ -149,16 +153,19 @@ def train(
 
     t = time.perf_counter()
     scan = scan_dataset(image_dir, validation_pct=config.validation_pct, test_pct=config.test_pct,
-                        min_per_label=config.min_per_label, decode_check=False, progress=progress)
+                        min_per_label=config.min_per_label, decode_check=False, progress=progress,
+                        follow_links=config.follow_links)
     timings["scan"] = time.perf_counter() - t
     labels = scan.labels
-    log(f"Found {len(scan.items)} images in {len(labels)} labels ({', '.join(labels)}) in {image_dir}")
+    passed = f" ({len(scan.skipped)} other file(s) skipped, listed below)" if scan.skipped else ""
+    log(f"Found {len(scan.items)} images in {len(labels)} labels ({', '.join(labels)}) in "
+        f"{display_path(image_dir)}{passed}")
     for note in scan.notes:
         log(f"  note: {note}")
 
     cache = BottleneckCache(run.bottlenecks, ref.cache_key)
     extractor = _LazyExtractor(ref, backbone, config.engine, log)
-    compute = compute_features
+    compute = functools.partial(compute_features, keep_placeholders=config.keep_placeholders)
     if config.ray:
         from .distributed import RayFeatureComputer
 

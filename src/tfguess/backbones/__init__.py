@@ -117,6 +117,9 @@ def _lite_source(name: str, weights: str | None) -> Path:
 
 def _lite_builder(name: str) -> Callable[[str | None, bool], keras.Model]:
     def build(weights: str | None, include_top: bool) -> keras.Model:
+        from .._quiet import import_tensorflow
+
+        import_tensorflow()  # quietly, before Keras does it noisily
         import keras
 
         weights_file = None
@@ -217,6 +220,9 @@ def tfhub_backbone(handle_or_path: str, input_size: int | None = None) -> Backbo
 
 def register_custom_layers() -> None:
     """Register the Keras layers saved models may contain (call before keras.saving.load_model)."""
+    from .._quiet import import_tensorflow
+
+    import_tensorflow()  # quietly, before Keras does it noisily
     from . import tfhub  # noqa: F401
 
 

@@ -72,7 +72,7 @@ def curves_png(path: Path, history: list[dict], best_epoch: int | None) -> None:
 
 
 def _thumb_name(path: Path, digest: str | None) -> str:
-    key = digest or hashlib.sha256(str(path).encode()).hexdigest()
+    key = digest or hashlib.sha256(os.fsencode(path)).hexdigest()
     return f"thumbs/{key[:20]}.jpg"
 
 

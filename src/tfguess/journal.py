@@ -1,0 +1,322 @@
+"""guess-dir's destination folder as a journal: whatever stops a run, what is there is whole.
+
+Each copy is written under a hidden temporary name in its destination folder, then given its
+final name with a hard link (which fails rather than replace a file already there), then its
+manifest row is written and flushed, and only then is the temporary name removed. The manifest
+is fsynced every :data:`FSYNC_EVERY_ROWS` rows or :data:`FSYNC_EVERY_SECONDS` seconds and at
+the end. So after a crash, ``kill -9``, Ctrl-C or a full disk:
+
+* every file under a final name is a whole copy;
+* a copy that got its final name but not its row still has its temporary name beside it (same
+  inode): the next run removes both, and copies that source again;
+* a temporary file of a process that is gone is removed by the next run;
+* a last manifest line cut short (power loss, full disk) is dropped by the next run.
+
+A re-run into the same folder resumes: a source recorded with the same content digest and the
+same model, whose copy is still there, is not copied again.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import io
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .fsutil import atomic_write, display_path, process_alive
+
+MANIFEST_NAME = "manifest.csv"
+HEADER = ["source", "destination", "label", "score", "top_k", "sha256", "model"]
+TEMP_PREFIX = ".tfguess-copy."
+TEMP_SUFFIX = ".tmp"
+FSYNC_EVERY_ROWS = 32
+FSYNC_EVERY_SECONDS = 1.0
+_CHUNK = 1 << 20
+_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # file names that are not UTF-8
+
+# O_BINARY: on Windows a file descriptor is in text mode (each \n written as \r\n) without it.
+_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def file_digest(path: str | os.PathLike[str], fd: int | None = None) -> str:
+    """sha256 hex of a file's content, read in chunks (never whole)."""
+    h = hashlib.sha256()
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        while chunk := os.read(fd, _CHUNK):
+            h.update(chunk)
+    finally:
+        if own:
+            os.close(fd)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    source: str
+    destination: str
+    label: str
+    score: str
+    top_k: str
+    sha256: str
+    model: str
+
+    def row(self) -> list[str]:
+        return [self.source, self.destination, self.label, self.score, self.top_k, self.sha256,
+                self.model]
+
+
+def _header_line() -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(HEADER)
+    return buf.getvalue()
+
+
+def _is_ours(path: Path) -> bool:
+    """True when ``path`` is absent, empty, or a manifest with this version's header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_header_line()))
+    except FileNotFoundError:
+        return True
+    except IsADirectoryError:
+        return False
+    text = head.decode("utf-8", "replace")
+    return text == _header_line() or (_header_line().startswith(text) and path.stat().st_size
+                                      == len(head))
+
+
+def choose_manifest(dst: Path) -> Path:
+    """``dst/manifest.csv``, or ``manifest-1.csv``, ``manifest-2.csv``... when a file already
+    there is not a tfguess manifest of this version (it is never appended to)."""
+    n = 0
+    while True:
+        path = dst / (MANIFEST_NAME if n == 0 else f"manifest-{n}.csv")
+        if _is_ours(path):
+            return path
+        n += 1
+
+
+def read_manifest(path: Path) -> tuple[list[Entry], str | None]:
+    """The rows of a manifest, and a note when a damaged tail had to be dropped."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return [], None
+    text = raw.decode(**_ENCODING)
+    note = None
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        note = "dropped an incomplete last line (an interrupted run)"
+    if not text.startswith(_header_line()):
+        return [], note
+    entries, bad = [], 0
+    reader = csv.reader(io.StringIO(text[len(_header_line()):], newline=""), strict=True)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error:
+            bad += 1
+            break
+        if len(row) == len(HEADER):
+            entries.append(Entry(*row))
+        else:
+            bad += 1
+    if bad:
+        note = (note + "; " if note else "") + f"dropped {bad} damaged line(s)"
+    return entries, note
+
+
+def _temp_pid(name: str) -> int | None:
+    if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+        return None
+    pid = name[len(TEMP_PREFIX):-len(TEMP_SUFFIX)].split(".", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+class Journal:
+    """The manifest of one destination folder, open for appending (see the module docstring)."""
+
+    def __init__(self, dst: Path, log: Callable[[str], None] = print) -> None:
+        self.dst = dst
+        self.log = log
+        self.manifest = choose_manifest(dst)
+        if self.manifest.name != MANIFEST_NAME:
+            log(f"note: {display_path(dst / MANIFEST_NAME)} is not a manifest of this tfguess "
+                f"version (its header differs): left as it is; this run records into "
+                f"{display_path(self.manifest)}")
+        self.entries, note = read_manifest(self.manifest)
+        if note:
+            atomic_write(self.manifest, lambda p: self._write_all(p), fsync=True)
+            log(f"note: repaired {display_path(self.manifest)}: {note}")
+        self.destinations = {Path(e.destination) for e in self.entries}
+        self._index: dict[tuple[str, str, str], list[Entry]] = {}
+        for e in self.entries:
+            self._index.setdefault((e.source, e.sha256, e.model), []).append(e)
+        self.sources = {e.source for e in self.entries}
+        self.cleaned = self._clean_temp_files()
+        if self.cleaned:
+            log(f"note: removed {self.cleaned} unfinished copy(ies) of an interrupted run")
+        fresh = not self.manifest.exists() or self.manifest.stat().st_size == 0
+        self._file = open(self.manifest, "w" if fresh else "a", newline="", **_ENCODING)
+        self._writer = csv.writer(self._file, lineterminator="\n")
+        if fresh:
+            self._writer.writerow(HEADER)
+            self._sync()
+        self._unsynced = 0
+        self._synced_at = time.monotonic()
+        self._n = 0
+        self._folders: set[Path] = {dst}
+
+    def _write_all(self, path: Path) -> None:
+        with open(path, "w", newline="", **_ENCODING) as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(HEADER)
+            w.writerows(e.row() for e in self.entries)
+
+    def _clean_temp_files(self) -> int:
+        """Remove the temporary copies of runs that are gone (and a final name that never got its
+        manifest row: it shares the temporary file's inode)."""
+        removed = 0
+        folders = [self.dst] + [p for p in self.dst.iterdir() if p.is_dir() and not p.is_symlink()]
+        for folder in folders:
+            temps = [p for p in folder.iterdir() if _temp_pid(p.name) is not None]
+            for tmp in temps:
+                if process_alive(_temp_pid(tmp.name)):
+                    continue
+                st = tmp.stat()
+                if st.st_nlink > 1:
+                    for other in folder.iterdir():
+                        if other != tmp and other not in self.destinations and \
+                                _same_inode(other, st):
+                            other.unlink()
+                tmp.unlink()
+                removed += 1
+        return removed
+
+    def done(self, source: str, sha256: str, model: str) -> bool:
+        """Whether this source, with this content, was copied for this model (copy still there)."""
+        return any(os.path.lexists(e.destination)
+                   for e in self._index.get((source, sha256, model), []))
+
+    def copy(self, source: Path, fd: int, folder: Path, stem: str, ext: str,
+             fields: Callable[[Path, str], Entry]) -> Entry:
+        """Copy the open file ``fd`` (of ``source``) into ``folder`` as ``stem+ext`` (or
+        ``stem-N+ext``), never replacing anything; record ``fields(final_path, sha256)``."""
+        folder.mkdir(exist_ok=True)
+        self._folders.add(folder)
+        self._n += 1
+        tmp = folder / f"{TEMP_PREFIX}{os.getpid()}.{self._n}{TEMP_SUFFIX}"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o644)
+        try:
+            h = hashlib.sha256()
+            try:
+                while chunk := os.read(fd, _CHUNK):
+                    h.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view):]
+            except OSError as e:
+                if e.filename is None:  # name the folder being written (or the source read)
+                    raise OSError(e.errno, e.strerror, str(folder)) from None
+                raise
+            finally:
+                os.close(out)
+            try:
+                shutil.copystat(source, tmp)
+            except OSError:
+                pass
+            target = _claim(tmp, folder, stem, ext)
+            entry = fields(target, h.hexdigest())
+            try:
+                self._writer.writerow(entry.row())
+                self._file.flush()
+            except OSError as e:  # no row: the copy goes too (a torn row is dropped next run)
+                target.unlink(missing_ok=True)
+                if e.filename is None:
+                    raise OSError(e.errno, e.strerror, str(self.manifest)) from None
+                raise
+            self._unsynced += 1
+            if (self._unsynced >= FSYNC_EVERY_ROWS
+                    or time.monotonic() - self._synced_at >= FSYNC_EVERY_SECONDS):
+                self._sync()
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.entries.append(entry)
+        self.destinations.add(Path(entry.destination))
+        self.sources.add(entry.source)
+        return entry
+
+    def _sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._unsynced = 0
+        self._synced_at = time.monotonic()
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        try:
+            self._sync()
+            for folder in self._folders:
+                _fsync_dir(folder)
+        finally:
+            self._file.close()
+
+
+def _same_inode(path: Path, st: os.stat_result) -> bool:
+    try:
+        other = path.lstat()
+    except OSError:
+        return False
+    return (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _claim(tmp: Path, folder: Path, stem: str, ext: str) -> Path:
+    """Give ``tmp`` the first free name of ``stem+ext``, ``stem-1+ext``...: a hard link fails
+    when the name is taken, so nothing is replaced, even by a run beside this one."""
+    n = 0
+    while True:
+        target = folder / (f"{stem}{ext}" if n == 0 else f"{stem}-{n}{ext}")
+        try:
+            os.link(tmp, target)
+            return target
+        except FileExistsError:
+            n += 1
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK,
+                               errno.ENOSYS):
+                raise
+            break
+    while True:  # no hard links on this file system: claim the name, then move the copy onto it
+        target = folder / (f"{stem}{ext}" if n == 0 else f"{stem}-{n}{ext}")
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            n += 1
+            continue
+        os.replace(tmp, target)
+        return target

@@ -1,0 +1,920 @@
+"""The fault corpus: bad inputs, faults and interruptions, each through the real command line.
+
+Every case asserts: no traceback, the expected exit code, the offending path named in the output,
+the sources unchanged (hashes of the SRC tree before and after, links and special files included)
+and nothing in DST overwritten (hashes of what DST held before). Most cases call
+``tfguess.cli.main`` in-process (the same code path as the console script, much faster); those
+about exit codes, tracebacks, hangs, signals, pipes and permissions run ``python -m tfguess`` in
+a subprocess. Permission cases run the command as ``nobody`` (root ignores file modes): the
+process imports what it needs as root, then drops to uid 65534 before parsing arguments.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tfguess.cli import main
+from tfguess.journal import HEADER, TEMP_PREFIX
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "test_data"
+DEMO_DATA = REPO / "tf_files" / "data"
+FACE, NOT_FACE = TEST_DATA / "face_090.jpg", TEST_DATA / "not_face_091.jpg"
+NOBODY = 65534
+HEADER_LINE = ",".join(HEADER)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the command
+
+
+@dataclass
+class Done:
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+def check(r: Done, rc: int, *named: str) -> Done:
+    """No traceback, exit code ``rc``, every string of ``named`` in the output."""
+    assert "Traceback" not in r.text, r.text
+    assert r.rc == rc, (r.rc, r.text)
+    for name in named:
+        assert name in r.text, (name, r.text)
+    return r
+
+
+def run_main(capsys, *args: str) -> Done:
+    """``tfguess -q ARGS`` in this process."""
+    capsys.readouterr()
+    rc = main(["-q", *map(str, args)])
+    out, err = capsys.readouterr()
+    return Done(rc, out, err)
+
+
+_DROP = r"""
+import os, sys
+from tfguess.predict import Predictor
+Predictor.load(os.environ["TFGUESS_WARM_MODEL"], log=lambda *a: None)  # imports done as root
+import tfguess.cli, tfguess.dataset, tfguess.journal, tfguess.report, tfguess.train
+import concurrent.futures, csv, json, shutil, sysconfig, tempfile, unicodedata, zipfile
+import tqdm, tqdm.auto
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+sys.exit(tfguess.cli.main(sys.argv[1:]))
+"""
+
+
+def run_cli(*args: str, nobody: bool = False, timeout: float = 120, env: dict | None = None,
+            **popen) -> Done:
+    """``python -m tfguess -q ARGS`` in a subprocess (as ``nobody`` with ``nobody=True``)."""
+    full_env = dict(os.environ, PYTHONPATH=str(REPO / "src"), **(env or {}))
+    head = [sys.executable, "-c", _DROP] if nobody else [sys.executable, "-m", "tfguess"]
+    proc = subprocess.run([*head, "-q", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, **popen)
+    return Done(proc.returncode, proc.stdout, proc.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path under ``root`` -> its content hash, link target or file type (links not followed)."""
+    out = {}
+    if not root.exists():
+        return out
+    for dirpath, dirnames, filenames in os.walk(os.fsencode(root)):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            key = os.fsdecode(os.path.relpath(p, os.fsencode(root)))
+            if stat.S_ISLNK(st.st_mode):
+                out[key] = "link:" + os.fsdecode(os.readlink(p))
+            elif stat.S_ISREG(st.st_mode):
+                if name.endswith(b".csv"):
+                    with open(p, "rb") as f:
+                        out[key] = "csv:" + f.read().decode("utf-8", "surrogateescape")
+                elif st.st_size > 64 << 20:  # a big sparse file: its size and mtime stand for it
+                    out[key] = f"big:{st.st_size}:{st.st_mtime_ns}"
+                else:
+                    with open(p, "rb") as f:
+                        out[key] = hashlib.sha256(f.read()).hexdigest()
+            elif stat.S_ISDIR(st.st_mode):
+                out[key] = "dir"
+            else:
+                out[key] = f"special:{stat.S_IFMT(st.st_mode)}"
+    return out
+
+
+class World:
+    """SRC (two good photos to start with) and DST of one case; :meth:`seal` snapshots both, and
+    the test's end checks that SRC is unchanged and that nothing DST held was overwritten."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.src = base / "src"
+        self.dst = base / "dst"
+        self.src.mkdir(parents=True)
+        shutil.copy(FACE, self.src / "a.jpg")
+        shutil.copy(NOT_FACE, self.src / "b.jpg")
+        self.sealed: tuple[dict, dict] | None = None
+
+    def seal(self) -> None:
+        self.sealed = (tree(self.src), tree(self.dst))
+
+    def verify(self) -> None:
+        src_before, dst_before = self.sealed
+        assert tree(self.src) == src_before, "a source was changed"
+        dst_after = tree(self.dst)
+        for name, digest in dst_before.items():
+            if digest.startswith(("dir", "link:", "special:")) or name.startswith(TEMP_PREFIX):
+                continue
+            if Path(name).name.startswith(TEMP_PREFIX):
+                continue  # an unfinished copy of a run that is gone: removed, as documented
+            if name in dst_after and digest.startswith("csv:"):  # a manifest: appended to only
+                assert dst_after[name].startswith(digest), f"{name} in DST was rewritten"
+            elif name in dst_after:
+                assert dst_after[name] == digest, f"{name} in DST was overwritten"
+
+    def manifest_rows(self, name: str = "manifest.csv") -> list[dict]:
+        with open(self.dst / name, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            return list(csv.DictReader(f))
+
+    def copies(self) -> list[Path]:
+        return sorted(p for p in self.dst.rglob("*") if p.is_file() and not p.name.endswith(".csv"))
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = World(tmp_path / "w")
+    yield w
+    if w.sealed is not None:
+        w.verify()
+
+
+@pytest.fixture(scope="module")
+def model(demo_trained) -> Path:
+    return demo_trained
+
+
+@pytest.fixture(scope="module")
+def shared_base(model, tmp_path_factory):
+    """A folder every user can reach (pytest's own is root-only), with a readable copy of the
+    model and of the cached backbone engines, for the cases run as ``nobody``."""
+    from tfguess.cachedir import cache_dir
+
+    base = Path(tempfile.mkdtemp(prefix="tfguess-faults-"))
+    os.chmod(base, 0o755)
+    (base / "model").mkdir()
+    shutil.copy(model / "model.keras", base / "model" / "model.keras")
+    if (cache_dir() / "engines").is_dir():
+        shutil.copytree(cache_dir() / "engines", base / "cache" / "engines")
+    for p in [base, *base.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def nobody_world(shared_base, request):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the command as another user")
+    base = shared_base / request.node.name.replace("[", "_").replace("]", "_")
+    base.mkdir()
+    os.chmod(base, 0o755)
+    w = World(base)
+    for p in [w.src, *w.src.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    env = {"TFGUESS_CACHE": str(shared_base / "cache"),
+           "TFGUESS_WARM_MODEL": str(shared_base / "model")}
+    w.env = env
+    w.model = shared_base / "model"
+    w.out = base / "out"  # a destination nobody may write to
+    w.out.mkdir()
+    os.chown(w.out, NOBODY, NOBODY)
+    yield w
+    if w.sealed is not None:
+        w.verify()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def photo(path: Path, seed: int = 0, size=(320, 240), fmt: str | None = None) -> Path:
+    """A photo-like picture (many colours): a real photo crop, shifted by ``seed``."""
+    from skimage import data as skdata
+
+    a = skdata.chelsea()[seed % 50: seed % 50 + size[1], seed % 80: seed % 80 + size[0]]
+    Image.fromarray(np.ascontiguousarray(a)).save(path, fmt)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# guess-dir: inputs that are not regular image files
+
+
+def test_fifo_named_jpg_is_skipped_not_waited_for(model, world):
+    os.mkfifo(world.src / "x.jpg")
+    world.seal()
+    r = check(run_cli("guess-dir", model, world.src, world.dst, timeout=90), 1,
+              "x.jpg", "named pipe")
+    assert "Copied 2 image(s)" in r.text
+
+
+def test_link_to_dev_zero_named_jpg(model, world, capsys):
+    (world.src / "zero.jpg").symlink_to("/dev/zero")
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "zero.jpg", "a device")
+
+
+def test_unix_socket_in_src(model, world, capsys):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(world.src / "sock.png"))
+    try:
+        world.seal()
+        check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "sock.png", "socket")
+    finally:
+        s.close()
+
+
+def test_big_sparse_non_image_is_not_read_whole(model, world, capsys):
+    with open(world.src / "video.mp4", "wb") as f:
+        f.write(b"\x00\x00\x00\x18ftypmp42")
+        f.truncate(600 << 20)
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "video.mp4",
+          "looks like a video")
+
+
+def test_big_sparse_file_named_jpg(model, world, capsys):
+    with open(world.src / "huge.jpg", "wb") as f:
+        f.truncate(300 << 20)
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "huge.jpg",
+          "not an image")
+
+
+def test_broken_link(model, world, capsys):
+    (world.src / "gone.jpg").symlink_to(world.base / "nowhere.jpg")
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "gone.jpg", "broken link")
+
+
+def test_folder_named_jpg_is_ignored_without_recursive(model, world, capsys):
+    (world.src / "folder.jpg").mkdir()
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
+    assert "Copied 2 image(s)" in r.text
+
+
+# guess-dir: damaged or odd images
+
+
+def test_zero_byte_jpg(model, world, capsys):
+    (world.src / "empty.jpg").write_bytes(b"")
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "empty.jpg", "zero-byte")
+
+
+def test_truncated_jpeg(model, world, capsys):
+    data = photo(world.base / "t.jpg").read_bytes()
+    (world.src / "cut.jpg").write_bytes(data[: len(data) // 3])
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "cut.jpg",
+          "truncated or corrupt JPEG")
+
+
+def test_png_with_bad_checksum_gets_a_clear_reason(model, world, capsys):
+    data = bytearray(photo(world.base / "p.png", fmt="PNG").read_bytes())
+    data[29] ^= 0xFF  # the IHDR chunk's CRC
+    (world.src / "crc.png").write_bytes(bytes(data))
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "crc.png",
+              "checksum (CRC) error in its IHDR chunk")
+    assert "BytesIO" not in r.text
+
+
+def test_jpeg_with_broken_exif_is_used_unrotated(model, world, capsys):
+    good = photo(world.base / "e.jpg").read_bytes()
+    # An APP1 Exif segment whose IFD offset points far outside the block.
+    exif = b"Exif\x00\x00" + b"II*\x00" + (0xFFFFFF00).to_bytes(4, "little") + b"\x00" * 8
+    segment = b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif
+    (world.src / "exif.jpg").write_bytes(good[:2] + segment + good[2:])
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0,
+              "warning: Corrupt EXIF data")
+    assert "Copied 3 image(s)" in r.text
+    assert sum(1 for row in world.manifest_rows() if row["source"].endswith("exif.jpg")) == 1
+
+
+def test_exif_rotation_failure_falls_back_to_unrotated_pixels(model, world, capsys, monkeypatch):
+    """Pillow 13 reads every broken EXIF block tried here; older ones raised from
+    exif_transpose: that failure is simulated to check the fallback."""
+    from PIL import ImageOps
+
+    def broken(*a, **k):
+        raise SyntaxError("not a TIFF file (header b'\\x00\\x00' not valid)")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0, "a.jpg",
+              "EXIF orientation unreadable", "used without rotation")
+    assert "Copied 2 image(s)" in r.text
+
+
+def test_web_page_saved_as_jpg(model, world, capsys):
+    (world.src / "page.jpg").write_text("<!DOCTYPE html><html><body>404</body></html>")
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "page.jpg", "web page")
+
+
+def test_text_file(model, world, capsys):
+    (world.src / "notes.txt").write_text("holiday photos\n")
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "notes.txt",
+          "looks like text")
+
+
+def test_decompression_bomb(model, world, capsys):
+    Image.new("1", (12000, 8000)).save(world.src / "bomb.png")
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "bomb.png",
+          "decompression bomb")
+
+
+def test_extensionless_jpeg_copy_gets_jpg(model, world, capsys):
+    shutil.copy(FACE, world.src / "IMG_0001")
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
+    row = next(r for r in world.manifest_rows() if r["source"].endswith("IMG_0001"))
+    assert row["destination"].endswith(".jpg")
+
+
+def test_extensionless_png_copy_gets_png(model, world, capsys):
+    photo(world.src / "scan", fmt="PNG")
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
+    row = next(r for r in world.manifest_rows() if r["source"].endswith("scan"))
+    assert row["destination"].endswith(".png")
+
+
+def test_file_name_that_is_not_utf8(model, world):
+    name = os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(FACE, world.src / name)
+    (world.src / os.fsdecode(b"r\xe9sum\xe9.txt")).write_text("not an image")
+    world.seal()
+    r = check(run_cli("guess-dir", model, world.src, world.dst), 1, "r\\xe9sum\\xe9.txt")
+    assert "Copied 3 image(s)" in r.text  # the rest was processed
+    sources = [row["source"] for row in world.manifest_rows()]
+    assert str(world.src / name) in sources  # recorded as the exact bytes of the name
+    again = check(run_cli("guess-dir", model, world.src, world.dst), 1)
+    assert "3 image(s) already copied" in again.text
+
+
+# guess-dir: links and folders
+
+
+def test_link_to_parent_with_recursive_does_not_escape(model, world, capsys):
+    photo(world.base / "outside.jpg")
+    (world.src / "up").symlink_to("..")
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst, "--recursive"), 1,
+              "up", "not followed")
+    assert not any("outside" in row["source"] for row in world.manifest_rows())
+    assert "Copied 2 image(s)" in r.text
+
+
+def test_link_loop_inside_src(model, world, capsys):
+    (world.src / "sub").mkdir()
+    shutil.copy(FACE, world.src / "sub" / "c.jpg")
+    (world.src / "sub" / "loop").symlink_to("..")
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst, "--recursive"), 1,
+              "loop", "already scanned")
+    assert "Copied 3 image(s)" in r.text
+
+
+def test_follow_links_flag_follows_outside_folder(model, world, capsys):
+    (world.base / "more").mkdir()
+    shutil.copy(FACE, world.base / "more" / "m.jpg")
+    (world.src / "more").symlink_to(world.base / "more")
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst, "--recursive",
+                       "--follow-links"), 0)
+    assert "Copied 3 image(s)" in r.text
+
+
+def test_src_missing(model, world, capsys):
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.base / "nope", world.dst), 2, "nope",
+          "check the path")
+
+
+def test_src_equals_dst(model, world, capsys):
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.src), 2, str(world.src))
+
+
+def test_dst_is_a_file(model, world, capsys):
+    world.dst.write_text("a file")
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 2, str(world.dst),
+          "not a folder")
+
+
+def test_src_inside_dst_works_and_excludes_dst_outputs(model, world, capsys):
+    src = world.dst / "face"  # the very folder a --by-label run writes the faces into
+    src.mkdir(parents=True)
+    shutil.copy(FACE, src / "x.jpg")
+    shutil.copy(NOT_FACE, src / "y.jpg")
+    world.src = src
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, src, world.dst, "--by-label"), 0)
+    assert "Copied 2 image(s)" in r.text
+    world.seal()  # SRC now holds a copy: DST's output, which must not be taken as a source
+    r2 = check(run_main(capsys, "guess-dir", model, src, world.dst, "--by-label"), 0)
+    assert "Copied 0 image(s)" in r2.text and "2 image(s) already copied" in r2.text
+    r3 = check(run_main(capsys, "guess-dir", model, src, world.dst, "--by-label", "--again"), 0)
+    assert "Copied 2 image(s)" in r3.text
+    world.sealed = (tree(src), world.sealed[1])
+
+
+def test_dst_inside_src_is_not_scanned(model, world, capsys):
+    dst = world.src / "sorted"
+    world.dst = dst
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, dst, "--recursive"), 0)
+    r = check(run_main(capsys, "guess-dir", model, world.src, dst, "--recursive", "--again"), 0)
+    assert "Copied 2 image(s)" in r.text
+    world.sealed = (tree(world.src), world.sealed[1])  # SRC now holds DST's copies
+
+
+# guess-dir: the journal
+
+
+def test_foreign_manifest_is_never_appended_to(model, world, capsys):
+    world.dst.mkdir()
+    (world.dst / "manifest.csv").write_text("name,price\nbike,100\n")
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0, "manifest-1.csv",
+              "header differs")
+    assert (world.dst / "manifest.csv").read_text() == "name,price\nbike,100\n"
+    assert len(world.manifest_rows("manifest-1.csv")) == 2
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
+    assert "2 image(s) already copied" in r.text
+
+
+def test_manifest_of_an_older_version_is_kept(model, world, capsys):
+    world.dst.mkdir()
+    old = "source,destination,label,score,top_k\n/x.jpg,/y.jpg,face,0.9,face:0.9\n"
+    (world.dst / "manifest.csv").write_text(old)
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0, "manifest-1.csv")
+    assert (world.dst / "manifest.csv").read_text() == old
+
+
+def test_empty_manifest_left_by_a_kill_gets_a_header(model, world, capsys):
+    world.dst.mkdir()
+    (world.dst / "manifest.csv").write_bytes(b"")
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
+    assert (world.dst / "manifest.csv").read_text().startswith(HEADER_LINE + "\n")
+    assert len(world.manifest_rows()) == 2
+
+
+def test_torn_last_manifest_line_is_repaired(model, world, capsys):
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
+    m = world.dst / "manifest.csv"
+    text = m.read_text()
+    m.write_text(text[:-40])  # the second row cut short, as by a power cut
+    world.seal()
+    torn = world.sealed[1].pop("manifest.csv")  # repaired: the torn line goes, the rest stays
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0, "repaired",
+              "incomplete last line")
+    rows = world.manifest_rows()
+    assert len(rows) == 2 and len({r["source"] for r in rows}) == 2
+    assert "1 image(s) already copied" in r.text
+    assert m.read_text().count(HEADER_LINE) == 1
+    whole = torn[len("csv:"):torn.rfind("\n") + 1]
+    assert m.read_text().startswith(whole)
+
+
+def test_stale_temporary_copy_is_removed(model, world, capsys):
+    world.dst.mkdir()
+    dead = _dead_pid()
+    (world.dst / f"{TEMP_PREFIX}{dead}.1.tmp").write_bytes(b"\xff\xd8\xff half a copy")
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0, "unfinished")
+    assert not list(world.dst.glob(TEMP_PREFIX + "*"))
+
+
+def test_final_name_without_row_is_rolled_back(model, world, capsys):
+    world.dst.mkdir()
+    tmp = world.dst / f"{TEMP_PREFIX}{_dead_pid()}.1.tmp"
+    shutil.copy(FACE, tmp)
+    os.link(tmp, world.dst / "face-0.99955.jpg")  # killed between the link and the row
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0, "unfinished")
+    rows = world.manifest_rows()
+    assert sorted(Path(r["destination"]).name for r in rows) == sorted(
+        p.name for p in world.copies())
+    assert len(rows) == 2
+
+
+def test_rerun_resumes_and_says_how_many(model, world, capsys):
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0,
+              "2 image(s) already copied")
+    assert "Copied 0 image(s)" in r.text and len(world.copies()) == 2
+
+
+def test_changed_source_is_copied_again(model, world, capsys):
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
+    shutil.copy(TEST_DATA / "face_093.jpg", world.src / "a.jpg")
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0,
+              "1 image(s) already copied")
+    assert "Copied 1 image(s)" in r.text and len(world.copies()) == 3
+
+
+def test_again_copies_everything_under_new_names(model, world, capsys):
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst, "--again"), 0)
+    assert "Copied 2 image(s)" in r.text and len(world.copies()) == 4
+    assert len(world.manifest_rows()) == 4
+
+
+def test_deleted_copy_is_made_again(model, world, capsys):
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
+    world.copies()[0].unlink()
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
+    assert "Copied 1 image(s)" in r.text
+
+
+def test_label_unknown_vs_min_score_bucket(model, world, capsys, monkeypatch):
+    from tfguess import predict
+
+    real_load = predict.Predictor.load
+
+    def load(*a, **k):
+        p = real_load(*a, **k)
+        p.labels = ["unknown" if lb == "face" else lb for lb in p.labels]
+        return p
+
+    monkeypatch.setattr(predict.Predictor, "load", staticmethod(load))
+    world.seal()
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst, "--by-label",
+                   "--min-score", "1.1"), 0)
+    assert {p.parent.name for p in world.copies()} == {"_unknown"}
+
+
+def test_sigint_leaves_only_whole_copies(model, world):
+    for i in range(40):
+        photo(world.src / f"p{i:02d}.jpg", seed=i, size=(1600, 1200))
+    world.seal()
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "tfguess", "-q", "guess-dir", str(model),
+                             str(world.src), str(world.dst), "--batch-size", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(world.copies()) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    r = check(Done(proc.returncode, out, err), 130, "interrupted")
+    assert r
+    rows = {r["destination"]: r for r in world.manifest_rows()}
+    assert sorted(rows) == sorted(str(p) for p in world.copies())
+    for p in world.copies():
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == rows[str(p)]["sha256"]
+
+
+def test_disk_full_during_copy(model, world):
+    """A 600 kB tmpfs as DST: the run stops with one line naming DST, no half copy, rows whole."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    world.dst.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(world.dst)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        for i in range(12):
+            photo(world.src / f"p{i:02d}.png", seed=i, size=(400, 300), fmt="PNG")  # ~300 kB each
+        world.seal()
+        r = check(run_cli("guess-dir", model, world.src, world.dst), 2, str(world.dst),
+                  "disk is full")
+        assert r.err.count("\n") == 1
+        rows = {row["destination"]: row for row in world.manifest_rows()}
+        assert sorted(rows) == sorted(str(p) for p in world.copies())
+        assert not list(world.dst.glob(TEMP_PREFIX + "*"))
+    finally:
+        world.verify()
+        world.sealed = None
+        subprocess.run(["umount", str(world.dst)])
+
+
+# guess-dir / guess as an unprivileged user
+
+
+def test_unreadable_source_file(nobody_world):
+    w = nobody_world
+    shutil.copy(FACE, w.src / "secret.jpg")
+    os.chmod(w.src / "secret.jpg", 0)
+    w.seal()
+    check(run_cli("guess-dir", w.model, w.src, w.out, nobody=True, env=w.env), 1,
+          "secret.jpg", "Permission denied")
+
+
+def test_unreadable_sub_folder_is_reported(nobody_world):
+    w = nobody_world
+    (w.src / "private").mkdir()
+    shutil.copy(FACE, w.src / "private" / "p.jpg")
+    os.chmod(w.src / "private", 0)
+    w.seal()
+    check(run_cli("guess-dir", w.model, w.src, w.out, "--recursive", nobody=True,
+                  env=w.env), 1, "private", "cannot read the folder")
+
+
+def test_dst_read_only(nobody_world):
+    w = nobody_world
+    w.dst.mkdir()
+    os.chmod(w.dst, 0o755)  # owned by root: not writable for nobody
+    w.seal()
+    check(run_cli("guess-dir", w.model, w.src, w.dst, nobody=True, env=w.env), 2, str(w.dst),
+          "Permission denied")
+
+
+def test_dst_parent_read_only(nobody_world):
+    w = nobody_world
+    w.seal()
+    check(run_cli("guess-dir", w.model, w.src, w.base / "new" / "dst", nobody=True, env=w.env), 2,
+          "new", "Permission denied")
+
+
+def test_model_unreadable(nobody_world):
+    w = nobody_world
+    locked = w.base / "locked.keras"
+    shutil.copy(w.model / "model.keras", locked)
+    os.chmod(locked, 0)
+    w.seal()
+    check(run_cli("guess", locked, w.src / "a.jpg", nobody=True, env=w.env), 2, "locked.keras")
+
+
+# guess
+
+
+def test_guess_into_a_closed_pipe_exits_quietly(model):
+    images = [str(p) for p in sorted(TEST_DATA.iterdir())]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    cmd = (f"{sys.executable} -m tfguess -q guess {model} {' '.join(images)} | true; "
+           "echo rc=${PIPESTATUS[0]}")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=120)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert "rc=141" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_guess_fifo_does_not_hang(model, tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    check(run_cli("guess", model, tmp_path / "pipe.jpg", FACE, timeout=90), 1, "pipe.jpg",
+          "named pipe")
+
+
+def test_guess_a_folder(model, tmp_path, capsys):
+    check(run_main(capsys, "guess", model, tmp_path), 1, str(tmp_path), "folder")
+
+
+def test_guess_missing_image(model, tmp_path, capsys):
+    check(run_main(capsys, "guess", model, tmp_path / "nope.jpg"), 1, "nope.jpg", "not found")
+
+
+def test_model_missing(tmp_path, capsys):
+    check(run_main(capsys, "guess", tmp_path / "none.keras", FACE), 2, "none.keras",
+          "model not found")
+
+
+def test_model_with_corrupted_member(model, tmp_path):
+    """Every member's data damaged (the zip directory intact): BadZipFile (bad CRC) inside."""
+    bad = tmp_path / "bad.keras"
+    data = bytearray((model / "model.keras").read_bytes())
+    with zipfile.ZipFile(model / "model.keras") as z:
+        for info in z.infolist():
+            start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+            n = min(info.compress_size, 64)
+            data[start: start + n] = bytes(b ^ 0x5A for b in data[start: start + n])
+    bad.write_bytes(bytes(data))
+    check(run_cli("guess", bad, FACE), 2, "bad.keras")
+
+
+def test_model_is_a_text_file(tmp_path, capsys):
+    (tmp_path / "m.keras").write_text("not a model")
+    check(run_main(capsys, "guess", tmp_path / "m.keras", FACE), 2, "m.keras")
+
+
+def test_bad_flag_value(model, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["guess-dir", str(model), "a", "b", "--min-score", "high"])
+    assert exc.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+# train: label folders (refused before any work, so these are quick)
+
+
+def _demo_copy(base: Path, per_label: int = 12) -> Path:
+    data = base / "tf_files" / "data"
+    for label in ("face", "not_face"):
+        (data / label).mkdir(parents=True)
+        for p in sorted((DEMO_DATA / label).iterdir())[:per_label]:
+            shutil.copy(p, data / label / p.name)
+    return base / "tf_files"
+
+
+def test_label_with_newline_is_refused_before_work(tmp_path, capsys):
+    tf = _demo_copy(tmp_path)
+    (tf / "data" / "two\nlines").mkdir()
+    shutil.copy(FACE, tf / "data" / "two\nlines" / "x.jpg")
+    before = tree(tf)
+    r = check(run_main(capsys, "train", tf), 2, "two\\nlines", "line break")
+    assert tree(tf) == before and "Found" not in r.text
+
+
+def test_label_with_control_character(tmp_path, capsys):
+    tf = _demo_copy(tmp_path)
+    (tf / "data" / "bell\x07").mkdir()
+    before = tree(tf)
+    check(run_main(capsys, "train", tf), 2, "bell", "control character")
+    assert tree(tf) == before
+
+
+def test_label_name_not_utf8(tmp_path, capsys):
+    tf = _demo_copy(tmp_path)
+    (tf / "data" / os.fsdecode(b"f\xe9e")).mkdir()
+    check(run_main(capsys, "train", tf), 2, "f\\xe9e", "not valid UTF-8")
+
+
+def test_one_label_only(tmp_path, capsys):
+    tf = _demo_copy(tmp_path)
+    shutil.rmtree(tf / "data" / "face")
+    check(run_main(capsys, "train", tf), 2, str(tf / "data"), "need at least 2")
+
+
+def test_image_dir_missing(tmp_path, capsys):
+    check(run_main(capsys, "train", tmp_path / "tf"), 2, "data", "not found")
+
+
+@pytest.mark.slow
+def test_train_tf_files_read_only(tmp_path):
+    """TF_FILES on a read-only file system (a tmpfs remounted read-only: root cannot write either)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        tf = _demo_copy(mnt)
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        before = tree(tf)
+        r = check(run_cli("train", tf, "--epochs", "2", "--no-report", timeout=300), 2, str(tf),
+                  "read-only")
+        assert r.err.count("\n") == 1
+        assert tree(tf) == before
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+@pytest.mark.slow
+def test_export_coreml_float16_is_refused(model, tmp_path):
+    shutil.copytree(model, tmp_path / "tf", ignore=shutil.ignore_patterns("bottlenecks"))
+    r = run_cli("export", tmp_path / "tf", "--format", "coreml", "--quantize", "float16",
+                timeout=300)
+    check(r, 2, "float16", "tflite")
+
+
+def test_evaluate_refuses_features_of_another_backbone(model, tmp_path, capsys):
+    import json
+
+    tf = tmp_path / "tf"
+    shutil.copytree(model, tf)
+    summary = json.loads((tf / "run_summary.json").read_text())
+    summary["bottleneck_key"] = "efficientnet_lite2-260-000000000000"
+    (tf / "run_summary.json").write_text(json.dumps(summary))
+    check(run_main(capsys, "evaluate", tf), 2, "run_summary.json", "another backbone")
+
+
+# ---------------------------------------------------------------------------------------------
+# train: one run over a data folder holding many kinds of bad input at once
+
+
+@pytest.fixture(scope="module")
+def messy_train(tmp_path_factory):
+    base = tmp_path_factory.mktemp("messy")
+    tf = _demo_copy(base, per_label=20)
+    data = tf / "data"
+    os.mkfifo(data / "face" / "fifo.jpg")
+    (data / "face" / "zero.jpg").symlink_to("/dev/zero")
+    (data / "face" / "loop").symlink_to("..")
+    (data / "face" / "gone.jpg").symlink_to(base / "gone.jpg")
+    shutil.copy(DEMO_DATA / "face" / "face_050.png", data / "face" / os.fsdecode(b"caf\xe9.png"))
+    (data / ".thumbnails").mkdir()
+    (data / "face" / "notes.txt").write_text("taken at the fair")
+    # An "Image not available" placeholder: flat grey, anti-aliased text, dozens of colours.
+    from PIL import ImageDraw, ImageFont
+
+    ph = Image.new("RGB", (400, 300), (214, 214, 214))
+    draw = ImageDraw.Draw(ph)
+    font = ImageFont.load_default(size=28)
+    draw.text((200, 150), "Image not available", fill=(90, 90, 90), font=font, anchor="mm")
+    ph.save(data / "not_face" / "placeholder.png")
+    n_colours = len(ph.getcolors(10_000))
+    before = tree(tf / "data")
+    r = run_cli("train", tf, "--epochs", "5", "--no-report", timeout=600)
+    return r, before, tf, n_colours
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,reason", [
+    ("fifo.jpg", "named pipe"),
+    ("zero.jpg", "a device"),
+    ("loop", "not followed"),
+    ("gone.jpg", "broken link"),
+    ("notes.txt", "looks like text"),
+    ("placeholder.png", "placeholder"),
+])
+def test_train_lists_each_bad_input(messy_train, name, reason):
+    r, before, tf, _ = messy_train
+    check(r, 0)
+    line = next((ln for ln in r.text.splitlines() if name in ln), "")
+    assert reason in line, (name, r.text)
+    assert tree(tf / "data") == before
+
+
+@pytest.mark.slow
+def test_train_with_non_utf8_name_and_hidden_folder(messy_train):
+    r, before, tf, n_colours = messy_train
+    check(r, 0, "hidden folder", ".thumbnails")
+    assert 40 <= n_colours <= 256  # anti-aliased text, as the issue's placeholder
+    assert (tf / "model.keras").exists()
+    labels = (tf / "retrained_labels.txt").read_text().splitlines()
+    assert labels == ["face", "not_face"]
+
+
+def test_keep_placeholders_and_line_art(tmp_path):
+    from PIL import ImageDraw
+
+    from tfguess.dataset import scan_dataset
+
+    data = tmp_path / "data"
+    for label in ("drawing", "other"):
+        (data / label).mkdir(parents=True)
+    for i in range(4):  # line art: black outlines on white, spread over the picture
+        im = Image.new("RGB", (300, 300), "white")
+        d = ImageDraw.Draw(im)
+        d.ellipse((20 + i, 20, 280, 200 + i), outline="black", width=3)
+        d.line((10, 290, 290 - i * 5, 10), fill="black", width=3)
+        d.rectangle((40, 220, 260, 280), outline="black", width=2)
+        im.save(data / "drawing" / f"d{i}.png")
+        photo(data / "other" / f"o{i}.jpg", seed=i)
+    ph = Image.new("RGB", (300, 300), (200, 200, 200))
+    ImageDraw.Draw(ph).text((150, 150), "Image not available", fill=(60, 60, 60), anchor="mm")
+    ph.save(data / "other" / "na.png")
+    scan = scan_dataset(data, progress=False)
+    assert {s.path.name for s in scan.skipped} == {"na.png"}
+    kept = scan_dataset(data, progress=False, placeholders=False)
+    assert not kept.skipped
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.slow
+def test_no_gpu_probe_chatter_without_a_gpu(model):
+    """The Keras engine imports TensorFlow: its device probe says nothing on stderr."""
+    r = check(run_cli("guess", "--engine", "keras", model, FACE, timeout=300), 0, "face")
+    assert "cuInit" not in r.err and "cuda" not in r.err.lower(), r.err
