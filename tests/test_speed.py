@@ -63,7 +63,7 @@ def test_int8_features_are_close_to_float32(tmp_path):
     spec = get_backbone("efficientnet_lite0")
     if not spec.available:
         pytest.skip("efficientnet-lite0 weights package not installed")
-    paths = sorted((REPO / "tf_files" / "data").rglob("*.jpg"))[::4][:40]
+    paths = sorted((REPO / "tf_files" / "data").rglob("*.png"))[::4][:40]
     pixels = np.stack([load_image(p, 224, "crop") for p in paths])
     calib, held_out = pixels[::2], pixels[1::2]
     model = spec.build()
