@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, require_shared
 
 from tfguess.features import BackboneRef, calibration_digest, choose_calibration, make_extractor
 from tfguess.runtime import TFLiteEngine
@@ -54,33 +54,36 @@ def test_int8_engine_needs_calibration_when_not_cached(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.shared
 def test_int8_features_are_close_to_float32(tmp_path):
-    """Calibrated on half the demo photos, the int8 engine's features on the other half point the
-    same way as float32's (cosine), and it runs through XNNPACK (faster than float32)."""
+    """Calibrated as training does (100 training photos of hymenoptera), the int8 engine's
+    features on photos it was not calibrated on point the same way as float32's (cosine)."""
+    import hashlib
+
     from tfguess.backbones import get_backbone
     from tfguess.images import load_image
 
     spec = get_backbone("efficientnet_lite0")
     if not spec.available:
         pytest.skip("efficientnet-lite0 weights package not installed")
-    paths = sorted((REPO / "tf_files" / "data").rglob("*.png"))[::4][:40]
-    pixels = np.stack([load_image(p, 224, "crop") for p in paths])
-    calib, held_out = pixels[::2], pixels[1::2]
+    root = require_shared()
+    train = {hashlib.sha256(p.read_bytes()).hexdigest(): p
+             for p in sorted((root / "train").rglob("*.jpg"))}
+    chosen = choose_calibration(list(train))
+    held_out = np.stack([load_image(p, 224, "crop")
+                         for p in sorted((root / "val").rglob("*.jpg"))[::8]])
     model = spec.build()
     ref = BackboneRef(spec.name, spec.weights_id(), 224, "crop")
     f32 = make_extractor(ref, lambda: model, "tflite", log=lambda *_: None)
-    ref8 = BackboneRef(spec.name, spec.weights_id(), 224, "crop", "int8", "test-" + str(tmp_path))
-    try:
-        i8 = make_extractor(ref8, lambda: model, "tflite", log=lambda *_: None,
-                            calibration=lambda: iter(calib))
-        assert isinstance(i8, TFLiteEngine)
-        a, b = f32(held_out), i8(held_out)
-        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-        assert cos.min() > 0.97 and cos.mean() > 0.985, cos
-        assert not np.array_equal(a, b)   # it really is another engine
-        assert ref8.engine_file.stat().st_size < 0.5 * f32.path.stat().st_size  # int8 weights
-    finally:
-        ref8.engine_file.unlink(missing_ok=True)
+    ref8 = BackboneRef(spec.name, spec.weights_id(), 224, "crop", "int8", calibration_digest(chosen))
+    i8 = make_extractor(ref8, lambda: model, "tflite", log=lambda *_: None,
+                        calibration=lambda: (load_image(train[d], 224, "crop") for d in chosen))
+    assert isinstance(i8, TFLiteEngine) and i8.path == ref8.engine_file
+    a, b = f32(held_out), i8(held_out)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.95 and cos.mean() > 0.985, cos
+    assert not np.array_equal(a, b)   # it really is another engine
+    assert ref8.engine_file.stat().st_size < 0.5 * f32.path.stat().st_size  # int8 weights
 
 
 PROBE = """
