@@ -137,3 +137,20 @@ def test_warm_retrain_imports_no_tensorflow_and_saves_a_model_keras_loads(demo_t
     np.testing.assert_array_equal(np.asarray(loaded.keras_model(x)), np.asarray(reloaded_twin(x)))
     with zipfile.ZipFile(run / "model.keras") as archive:
         assert {"config.json", "model.weights.h5", "tfguess.json"} <= set(archive.namelist())
+
+
+def test_an_int8_model_brings_its_engine_to_a_machine_without_it(tmp_path, monkeypatch):
+    from tfguess.model import ENGINE_MEMBER, install_engine
+
+    monkeypatch.setenv("TFGUESS_CACHE", str(tmp_path / "cache"))
+    ref = BackboneRef(LITE0.name, LITE0.weights_id, 224, "crop", "int8", "cal")
+    model = tmp_path / "model.keras"
+    with zipfile.ZipFile(model, "w") as archive:
+        archive.writestr(ENGINE_MEMBER, b"engine bytes")
+    assert not ref.engine_file.exists()
+    assert install_engine(model, ref)
+    assert ref.engine_file.read_bytes() == b"engine bytes"
+    with zipfile.ZipFile(tmp_path / "float.keras", "w") as archive:
+        archive.writestr("config.json", b"{}")
+    other = BackboneRef(LITE0.name, LITE0.weights_id, 224, "crop", "int8", "other")
+    assert not install_engine(tmp_path / "float.keras", other)
