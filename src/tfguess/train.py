@@ -23,7 +23,7 @@ import numpy as np
 from .bottlenecks import BottleneckCache, FeatureResult, compute_features
 from .config import TrainConfig
 from .dataset import SPLITS, DatasetScan, Item, scan_dataset
-from .errors import DatasetError
+from .errors import DatasetError, WeightsUnavailableError
 from .evaluation import classification_metrics, evaluate_folder
 from .features import (
     BackboneRef,
@@ -213,8 +213,12 @@ def train(
 
     # The weights first: a missing weights file is reported before any other work. The Keras
     # model is only built when features must be computed or the model cannot be saved without it.
-    weights_id = spec.weights_id(config.weights)
     backbone = _LazyBackbone(spec, config.weights)
+    try:
+        weights_id = spec.weights_id(config.weights)
+    except WeightsUnavailableError:
+        backbone()  # a backbone that downloads its weights fetches them now, or says why not
+        weights_id = spec.weights_id(config.weights)
 
     t = time.perf_counter()
     scan = scan_dataset(image_dir, validation_pct=config.validation_pct, test_pct=config.test_pct,
@@ -335,7 +339,7 @@ def _save_model(run: RunFolder, ref: BackboneRef, backbone: _LazyBackbone, head:
         "config": config.to_dict(),
         "metrics": {s: {"accuracy": m.get("accuracy"), "n": m.get("n")} for s, m in metrics.items()},
     }
-    engine = ref.engine_file if ref.precision == "int8" else None
+    engine = ref.engine_file if ref.precision == "int8" and ref.engine_file.exists() else None
     if not backbone.built and same_layout(run.model, ref, len(labels), config):
         previous = save_classifier_with_head(run.model, run.model, head, labels, meta)
     else:
