@@ -2,7 +2,8 @@
 
 Usage: .venv/bin/python bench/jpeg_check.py   (needs ``pip install simplejpeg``)
 
-Both decode with libjpeg-turbo at 1/2, 1/4 or 1/8 scale; the check prints the largest pixel
+tfguess uses simplejpeg for big JPEGs when it is installed (the fast-jpeg extra); here
+``load_image`` is made to use Pillow alone. Both decode with libjpeg-turbo at 1/2, 1/4 or 1/8 scale; the check prints the largest pixel
 difference of the 224x224 crops and the CPU time per image (one thread, runs interleaved) on
 web-sized photos (hymenoptera) and phone-sized ones (the benchmark's 4000x3000 set).
 """
@@ -22,7 +23,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark as B  # noqa: E402
 
+from tfguess import images  # noqa: E402
 from tfguess.images import CROP_FRACTION, DRAFT_MARGIN, load_image  # noqa: E402
+
+images._simplejpeg = None  # load_image below: Pillow's draft mode only
 
 SIZE = 224
 

@@ -9,5 +9,5 @@ if [[ ! -x $venv/bin/python ]]; then
     python3 -m venv "$venv"
 fi
 echo "tests: installing tfguess with its test extras into $venv" >&2
-"$venv/bin/python" -m pip install -q -e ".[dev,export]"
+"$venv/bin/python" -m pip install -q -e ".[dev,export,fast-jpeg]"
 exec "$venv/bin/python" -m pytest -ra "$@"

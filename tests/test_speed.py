@@ -154,3 +154,34 @@ def test_an_int8_model_brings_its_engine_to_a_machine_without_it(tmp_path, monke
         archive.writestr("config.json", b"{}")
     other = BackboneRef(LITE0.name, LITE0.weights_id, 224, "crop", "int8", "other")
     assert not install_engine(tmp_path / "float.keras", other)
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 3])
+def test_fast_jpeg_decoding_gives_pillows_pixels(tmp_path, monkeypatch, orientation):
+    """simplejpeg's scaled decoding (when installed) equals Pillow's draft mode, EXIF included;
+    a truncated file is refused the same way."""
+    from PIL import Image
+
+    from tfguess import images
+
+    if images._simplejpeg is None:
+        pytest.skip("simplejpeg not installed (pip install simplejpeg)")
+    from skimage import data
+
+    big = Image.fromarray(data.astronaut()).resize((2400, 1800), Image.Resampling.BICUBIC)
+    path = tmp_path / "big.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    big.save(path, quality=90, exif=exif)
+    fast = images.load_image(path, 224, "crop")
+    monkeypatch.setattr(images, "_simplejpeg", None)
+    slow = images.load_image(path, 224, "crop")
+    np.testing.assert_array_equal(fast, slow)
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(images.ImageError) as slow_error:
+        images.load_image(truncated, 224, "crop")
+    monkeypatch.undo()
+    with pytest.raises(images.ImageError) as fast_error:
+        images.load_image(truncated, 224, "crop")
+    assert fast_error.value.reason == slow_error.value.reason
