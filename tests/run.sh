@@ -11,5 +11,5 @@ fi
 echo "tests: installing tfguess with its test extras into $venv" >&2
 # pip 25+: the platform check (tests/test_platforms.py) then reads wheel metadata only.
 "$venv/bin/python" -m pip install -q --upgrade "pip>=25"
-"$venv/bin/python" -m pip install -q -e ".[dev,export,serve,browser-tests,ray,onnx]"
+"$venv/bin/python" -m pip install -q -e ".[dev,export,serve,browser-tests,ray,onnx,fast-jpeg]"
 exec "$venv/bin/python" -m pytest -ra "$@"

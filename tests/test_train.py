@@ -171,6 +171,8 @@ def test_a_failed_run_keeps_the_good_model(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(keras.Model, "save", broken_save)
+    # a re-train with every feature cached saves without Keras: break that path too
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", broken_save)
     with pytest.raises(OSError):
         train(tf_files, TrainConfig(report=False, epochs=3, seed=1), **QUIET)
     assert (tf_files / "model.keras").read_bytes() == before

@@ -31,6 +31,7 @@ class TrainConfig:
     class_weights: bool = True
     seed: int = 0
     engine: str = "auto"                # auto | tflite | keras: how the frozen backbone is run
+    precision: str = "float32"          # float32 | int8: the TFLite engine's arithmetic
     summaries_dir: str | None = None    # TensorBoard logs of training
     report: bool = True                 # write the evaluation report at the end of training
     workers: int = 0                    # image decoding threads; 0 = one per core
@@ -49,6 +50,11 @@ class TrainConfig:
             (self.learning_rate > 0, "learning_rate must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.engine in ("auto", "tflite", "keras"), "engine must be auto, tflite or keras"),
+            (self.precision in ("float32", "int8"), "precision must be float32 or int8"),
+            (not (self.precision == "int8" and self.engine == "keras"),
+             "precision int8 needs the TFLite engine (--engine auto or tflite)"),
+            (not (self.precision == "int8" and self.ray),
+             "--ray runs the float32 engine only: leave out --precision int8"),
         ]
         for ok, message in checks:
             if not ok:

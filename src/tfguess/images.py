@@ -21,6 +21,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .fsutil import display_path
 
+try:  # optional (the fast-jpeg extra): libjpeg-turbo's DCT scaling with less overhead
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - Pillow's draft mode gives the same pixels
+    _simplejpeg = None
+
 try:  # HEIC/HEIF through the optional pillow-heif package.
     from pillow_heif import register_heif_opener
 
@@ -331,6 +336,33 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
+
+
+def _decode_scaled_jpeg(data: bytes, im: Image.Image, size: tuple[int, int]) -> Image.Image | None:
+    """A big JPEG decoded by simplejpeg at the DCT scale Pillow's draft mode would pick (same
+    libjpeg-turbo, same pixels: bench/jpeg_check.py), EXIF orientation applied; about 10% less
+    CPU on phone photos. None when simplejpeg is not installed or declines (CMYK, a truncated or
+    odd file): Pillow then decodes it and reports any problem as usual."""
+    if _simplejpeg is None or im.mode not in ("RGB", "L"):
+        return None
+    try:
+        pixels = _simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=size[0],
+                                         min_height=size[1])
+    except (ValueError, RuntimeError):
+        return None
+    out = Image.fromarray(pixels, "RGB")
+    try:
+        method = _EXIF_TRANSPOSE.get(im.getexif().get(0x0112))
+    except Exception:  # noqa: BLE001 - unreadable EXIF: Pillow's own path decides
+        return None
+    return out.transpose(method) if method is not None else out
+
+
 def decode_image(
     path: str | os.PathLike[str],
     *,
@@ -349,7 +381,8 @@ def decode_image(
     Raises :class:`ImageError` with a short reason.
     """
     p = Path(path)
-    im = _open(p, _read(p, data), max_pixels)
+    data = _read(p, data)
+    im = _open(p, data, max_pixels)
     fmt = im.format or "image"
     try:
         if draft_size and fmt == "JPEG":
@@ -357,7 +390,11 @@ def decode_image(
             need = draft_size * DRAFT_MARGIN
             if min(w, h) >= 2 * need:
                 scale = need / min(w, h)
-                im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+                target = (math.ceil(w * scale), math.ceil(h * scale))
+                fast = _decode_scaled_jpeg(data, im, target)
+                if fast is not None:
+                    return fast
+                im.draft("RGB", target)
         im.load()
     except Exception as e:
         raise ImageError(p, f"truncated or corrupt {fmt}: {_short(e)}") from None

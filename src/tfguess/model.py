@@ -2,9 +2,15 @@
 
 The file is a standard Keras 3 model (pixels in 0..255 -> class probabilities: the backbone, then
 the trained head) with two more members in its zip archive: ``tfguess.json`` (the labels in output
-order, the backbone's facts — name, input size, resize recipe, normalisation, weights id — and the
-resolved training config) and ``tfguess_head.npz`` (the head's weights, readable without
-TensorFlow). ``guess`` needs nothing but this file.
+order, the backbone's facts — name, input size, resize recipe, normalisation, weights id, precision
+— and the resolved training config), ``tfguess_head.npz`` (the head's weights, readable without
+TensorFlow) and, for an int8 model, ``tfguess_engine.tflite`` (the calibrated int8 engine the head
+was trained on, which cannot be rebuilt without the training photos). ``guess`` needs nothing but
+this file.
+
+A re-train whose features are all cached saves without Keras (:func:`save_classifier_with_head`):
+the previous file of the same backbone is copied with the head's two arrays replaced in its
+``model.weights.h5``; Keras loads it like a file it saved itself (tests/test_warm_retrain.py).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from .runtime import Head
 
 META_MEMBER = "tfguess.json"
 HEAD_MEMBER = "tfguess_head.npz"   # the head's kernel and bias, readable without TensorFlow
+ENGINE_MEMBER = "tfguess_engine.tflite"   # int8 models: the calibrated engine
+WEIGHTS_MEMBER = "model.weights.h5"       # Keras 3's weights inside the .keras archive
 FORMAT_VERSION = 1
 
 
@@ -76,7 +84,8 @@ class Classifier:
 
 
 def save_classifier(
-    path: Path, keras_model, labels: list[str], meta: dict, keep_previous: bool = True
+    path: Path, keras_model, labels: list[str], meta: dict, keep_previous: bool = True,
+    engine_file: Path | None = None,
 ) -> Path | None:
     """Write the model atomically: the old model or the new one is always whole at ``path``.
 
@@ -96,8 +105,90 @@ def save_classifier(
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(META_MEMBER, json.dumps(meta, indent=2, sort_keys=True))
             archive.writestr(HEAD_MEMBER, head.getvalue())
+            if engine_file is not None:
+                archive.write(engine_file, ENGINE_MEMBER)
 
     return atomic_write(path, write, keep_previous=keep_previous)
+
+
+def same_layout(path: Path, ref: BackboneRef, num_classes: int, config) -> bool:
+    """Whether the model at ``path`` has the backbone ``ref`` and a head of the same shape and
+    settings, so that a new head can replace its weights (:func:`save_classifier_with_head`)."""
+    try:
+        meta = read_meta(path)
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (ModelError, OSError):
+        return False
+    old = meta.get("config", {})
+    return (
+        BackboneRef.from_meta(meta["backbone"]) == ref
+        and len(meta.get("labels", [])) == num_classes
+        and (old.get("dropout"), old.get("l2")) == (config.dropout, config.l2)
+        and {WEIGHTS_MEMBER, "config.json"} <= names
+        and (ref.precision == "float32" or ENGINE_MEMBER in names)
+    )
+
+
+def _replace_head(weights_h5: bytes, head: Head) -> bytes:
+    """``model.weights.h5`` with the head's kernel and bias replaced: the one top-level layer
+    whose variables have the head's shapes (the backbone's are nested one level deeper)."""
+    import h5py
+
+    buf = io.BytesIO(weights_h5)
+    with h5py.File(buf, "r+") as f:
+        found = []
+        for group in f.get("layers", {}).values():
+            variables = group.get("vars") if isinstance(group, h5py.Group) else None
+            if (variables is not None and set(variables) == {"0", "1"}
+                    and variables["0"].shape == head.kernel.shape
+                    and variables["1"].shape == head.bias.shape):
+                found.append(variables)
+        if len(found) != 1:
+            raise ModelError(f"the head's weights were not found in {WEIGHTS_MEMBER}")
+        found[0]["0"][...] = head.kernel
+        found[0]["1"][...] = head.bias
+    return buf.getvalue()
+
+
+def save_classifier_with_head(source: Path, path: Path, head: Head, labels: list[str], meta: dict,
+                              keep_previous: bool = True) -> Path | None:
+    """Write the model ``source`` with ``head`` (and ``labels``, ``meta``) in place of its own,
+    without Keras: same archive, head arrays replaced. ``source`` may be ``path``."""
+    path = Path(path)
+    clean_stale_temp_files(path.parent, [path.name, f"{path.stem}.previous{path.suffix}"])
+    meta = {"format_version": FORMAT_VERSION, "labels": list(labels), **meta}
+    with zipfile.ZipFile(source) as archive:
+        members = [(info, archive.read(info)) for info in archive.infolist()
+                   if info.filename not in (META_MEMBER, HEAD_MEMBER)]
+    members = [(info, _replace_head(data, head) if info.filename == WEIGHTS_MEMBER else data)
+               for info, data in members]
+    npz = io.BytesIO()
+    np.savez(npz, kernel=head.kernel, bias=head.bias)
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for info, data in members:
+                archive.writestr(info, data)
+            archive.writestr(META_MEMBER, json.dumps(meta, indent=2, sort_keys=True))
+            archive.writestr(HEAD_MEMBER, npz.getvalue())
+
+    return atomic_write(path, write, keep_previous=keep_previous)
+
+
+def install_engine(path: Path, ref: BackboneRef) -> bool:
+    """Copy the int8 engine a model carries into the engine cache, if it is missing there."""
+    target = ref.engine_file
+    if target.exists():
+        return True
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = archive.read(ENGINE_MEMBER)
+    except (KeyError, zipfile.BadZipFile, OSError):
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, data)
+    return True
 
 
 def resolve_model_path(path: str | Path) -> Path:

@@ -57,7 +57,7 @@ class Predictor:
         head is read from the file and the engine from the cache.
         """
         from .features import BackboneRef, engine_name, make_extractor
-        from .model import load_classifier, read_head, read_meta, resolve_model_path
+        from .model import install_engine, load_classifier, read_head, read_meta, resolve_model_path
 
         path = resolve_model_path(model)
         if path.suffix.lower() == ".tflite":
@@ -67,6 +67,8 @@ class Predictor:
         meta = read_meta(path)
         ref = BackboneRef.from_meta(meta["backbone"])
         head = read_head(path)
+        if ref.precision != "float32" and engine != "keras":
+            install_engine(path, ref)
         extractor = make_extractor(ref, lambda: load_classifier(path).backbone, engine, log)
 
         def probabilities(pixels: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ cache or the backbone (``bottlenecks`` with an extractor from ``features``), fit
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import platform
@@ -23,11 +24,18 @@ import numpy as np
 from .bottlenecks import BottleneckCache, FeatureResult, compute_features
 from .config import TrainConfig
 from .dataset import SPLITS, DatasetScan, Item, label_folders, scan_dataset
-from .errors import DatasetError
+from .errors import DatasetError, WeightsUnavailableError
 from .evaluation import classification_metrics, evaluate_folder
-from .features import BackboneRef, engine_name, make_extractor
+from .features import (
+    BackboneRef,
+    calibration_digest,
+    choose_calibration,
+    engine_name,
+    make_extractor,
+)
 from .fsutil import atomic_write, display_path
 from .head import fit_head
+from .pipeline import iter_loaded
 from .runfolder import RunFolder
 from .runtime import Head, runtime_name
 
@@ -49,22 +57,83 @@ def resolve_backbone(config: TrainConfig):
     return get_backbone(config.backbone)
 
 
+class _LazyBackbone:
+    """The backbone's Keras model, built (and TensorFlow imported) the first time it is needed:
+    never in a warm re-train whose features are all cached."""
+
+    def __init__(self, spec, weights: str | None) -> None:
+        self.spec, self.weights, self.model = spec, weights, None
+        self.seconds = 0.0
+
+    def __call__(self):
+        if self.model is None:
+            from ._quiet import import_tensorflow
+
+            t = time.perf_counter()
+            import_tensorflow()
+            self.model = self.spec.build(weights=self.weights)
+            self.seconds = time.perf_counter() - t
+        return self.model
+
+    @property
+    def built(self) -> bool:
+        return self.model is not None
+
+
 class _LazyExtractor:
     """Builds the feature extractor the first time features must be computed (never when every
     feature is cached)."""
 
-    def __init__(self, ref: BackboneRef, backbone, engine: str, log: Callable[[str], None]) -> None:
+    def __init__(self, ref: BackboneRef, backbone: _LazyBackbone, engine: str,
+                 log: Callable[[str], None], calibration=None) -> None:
         self.ref, self.backbone, self.engine, self.log = ref, backbone, engine, log
+        self.calibration = calibration
         self.extractor = None
 
     def __call__(self):
         if self.extractor is None:
-            self.extractor = make_extractor(self.ref, lambda: self.backbone, self.engine, self.log)
+            self.extractor = make_extractor(self.ref, self.backbone, self.engine, self.log,
+                                            self.calibration)
         return self.extractor
 
     @property
     def name(self) -> str:
         return engine_name(self.extractor) if self.extractor else "none (all cached)"
+
+
+def _calibration_images(run: RunFolder, scan: DatasetScan, ref: BackboneRef) -> list[str]:
+    """The digests of the int8 calibration images: the previous run's when all of them are still
+    in the folder (so adding photos keeps the cache warm), else a new choice among the training
+    photos."""
+    present = {item.digest for item in scan.items}
+    try:
+        previous = run.read_summary() if run.summary.exists() else {}
+    except Exception:  # noqa: BLE001 - a damaged summary only means a new calibration
+        previous = {}
+    old = previous.get("calibration_images") or []
+    old_ref = previous.get("backbone") or {}
+    same_backbone = (old_ref.get("name"), old_ref.get("weights_id"), old_ref.get("precision")) == (
+        ref.name, ref.weights_id, "int8")
+    if old and same_backbone and set(old) <= present:
+        return sorted(old)
+    return choose_calibration([it.digest for it in scan.items if it.split == "train"])
+
+
+def _calibration_pixels(scan: DatasetScan, digests: list[str], ref: BackboneRef):
+    """A function giving the calibration images' pixels (decoded when the converter asks)."""
+    wanted = set(digests)
+    paths = {}
+    for item in scan.items:
+        if item.digest in wanted:
+            paths.setdefault(item.digest, item.path)
+
+    def pixels():
+        for loaded in iter_loaded([paths[d] for d in sorted(paths)], ref.input_size, ref.resize,
+                                  reject_placeholders=True):
+            if loaded.pixels is not None:
+                yield loaded.pixels
+
+    return pixels
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -146,10 +215,14 @@ def train(
     label_folders(image_dir)  # a label name that cannot be used is refused before any work
     run.root.mkdir(parents=True, exist_ok=True)
 
-    # The backbone first: a missing weights file is reported before any other work.
-    backbone = spec.build(weights=config.weights)
-    ref = BackboneRef(spec.name, spec.weights_id(config.weights), spec.input_size, spec.resize)
-    timings["backbone"] = time.perf_counter() - t0
+    # The weights first: a missing weights file is reported before any other work. The Keras
+    # model is only built when features must be computed or the model cannot be saved without it.
+    backbone = _LazyBackbone(spec, config.weights)
+    try:
+        weights_id = spec.weights_id(config.weights)
+    except WeightsUnavailableError:
+        backbone()  # a backbone that downloads its weights fetches them now, or says why not
+        weights_id = spec.weights_id(config.weights)
 
     t = time.perf_counter()
     scan = scan_dataset(image_dir, validation_pct=config.validation_pct, test_pct=config.test_pct,
@@ -163,13 +236,19 @@ def train(
     for note in scan.notes:
         log(f"  note: {note}")
 
+    ref = BackboneRef(spec.name, weights_id, spec.input_size, spec.resize, config.precision)
+    calibration, calibration_images = None, []
+    if config.precision == "int8":
+        calibration_images = _calibration_images(run, scan, ref)
+        ref = dataclasses.replace(ref, calibration=calibration_digest(calibration_images))
+        calibration = _calibration_pixels(scan, calibration_images, ref)
     cache = BottleneckCache(run.bottlenecks, ref.cache_key)
-    extractor = _LazyExtractor(ref, backbone, config.engine, log)
+    extractor = _LazyExtractor(ref, backbone, config.engine, log, calibration)
     compute = functools.partial(compute_features, keep_placeholders=config.keep_placeholders)
     if config.ray:
         from .distributed import RayFeatureComputer
 
-        compute = RayFeatureComputer(ref, lambda: backbone, config.ray, config.ray_workers, log)
+        compute = RayFeatureComputer(ref, backbone, config.ray, config.ray_workers, log)
     feats = compute([(item.path, item.digest) for item in scan.items], cache, extractor,
                     ref.input_size, ref.resize, workers=config.workers, progress=progress)
     timings["features"] = feats.seconds
@@ -214,8 +293,10 @@ def train(
         "name": spec.name, "input_size": ref.input_size, "resize": ref.resize,
         "preprocessing": spec.preprocessing, "feature_dim": int(head.kernel.shape[0]),
         "weights_id": ref.weights_id, "weights_source": spec.weights_source,
+        "precision": ref.precision, "calibration": ref.calibration,
     }
-    model_path = _save_model(run, backbone, head, labels, config, backbone_meta, metrics, log)
+    model_path = _save_model(run, ref, backbone, head, labels, config, backbone_meta, metrics, log)
+    timings["backbone"] = backbone.seconds
     atomic_write(run.labels, "".join(f"{label}\n" for label in labels))
     _write_history(run.history, fit.history)
     timings["save"] = time.perf_counter() - t
@@ -228,6 +309,7 @@ def train(
         "engine": "tflite (ray)" if config.ray and feats.computed else extractor.name,
         "runtime": runtime_name(),
         "bottleneck_key": cache.key,
+        "calibration_images": calibration_images,
         "labels": labels,
         "counts": {label: {split: sum(1 for it in splits[split] if it.label == label) for split in SPLITS}
                    for label in labels},
@@ -256,18 +338,26 @@ def train(
     return TrainResult(model_path, labels, metrics, summary, summary_path)
 
 
-def _save_model(run: RunFolder, backbone, head: Head, labels: list[str], config: TrainConfig,
-                backbone_meta: dict, metrics: dict, log: Callable[[str], None]) -> Path:
-    from .model import build_classifier, save_classifier
+def _save_model(run: RunFolder, ref: BackboneRef, backbone: _LazyBackbone, head: Head,
+                labels: list[str], config: TrainConfig, backbone_meta: dict, metrics: dict,
+                log: Callable[[str], None]) -> Path:
+    """Save the model; when the run folder's previous model has the same backbone and head shape
+    and the backbone was not needed, the new file is the previous one with the new head (no
+    TensorFlow)."""
+    from .model import build_classifier, same_layout, save_classifier, save_classifier_with_head
 
-    classifier = build_classifier(backbone, len(labels), config.dropout, config.l2)
-    classifier.get_layer("head").set_weights([head.kernel, head.bias])
     meta = {
         "backbone": backbone_meta,
         "config": config.to_dict(),
         "metrics": {s: {"accuracy": m.get("accuracy"), "n": m.get("n")} for s, m in metrics.items()},
     }
-    previous = save_classifier(run.model, classifier, labels, meta)
+    engine = ref.engine_file if ref.precision == "int8" and ref.engine_file.exists() else None
+    if not backbone.built and same_layout(run.model, ref, len(labels), config):
+        previous = save_classifier_with_head(run.model, run.model, head, labels, meta)
+    else:
+        classifier = build_classifier(backbone(), len(labels), config.dropout, config.l2)
+        classifier.get_layer("head").set_weights([head.kernel, head.bias])
+        previous = save_classifier(run.model, classifier, labels, meta, engine_file=engine)
     if previous:
         log(f"Kept the previous {run.model.name} as {previous.name} (one generation is kept)")
     return run.model

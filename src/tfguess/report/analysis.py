@@ -6,6 +6,8 @@ features) and returns what ``report.json`` holds. Needs no TensorFlow.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,10 +19,13 @@ from .. import hygiene
 from ..bottlenecks import BottleneckCache
 from ..errors import ReportError
 from ..features import BackboneRef
+from ..fsutil import atomic_write
 from ..model import read_head, read_meta
 from ..runfolder import RunFolder
 
 ATYPICAL_MAX = 12  # items per gallery in the page (the CSV and JSON hold all)
+HYGIENE_FILENAME = "hygiene.json"   # in the run's bottlenecks folder: the data checks, remembered
+HYGIENE_VERSION = 1
 
 
 @dataclass
@@ -60,48 +65,12 @@ def _eval_split(summary: dict) -> str:
     return "test"
 
 
-def analyse(tf_files: str | Path, threshold: float | None = None,
-            folds: int = hygiene.CV_FOLDS) -> dict:
-    """Everything the report shows, as plain data (what ``report.json`` holds).
-
-    ``threshold``: cosine similarity for near-duplicates (default: calibrated on the data,
-    :func:`hygiene.calibrate_threshold`).
-    """
-    run = RunFolder.at(tf_files)
-    t0 = time.perf_counter()
-    summary = run.read_summary()
-    labels: list[str] = summary["labels"]
-    index = {label: i for i, label in enumerate(labels)}
-    rows = [Row(path, label, digest, split) for split, path, label, digest in run.split_rows(summary)]
-    x = _load_features(rows, _cache_of(run, summary), run)
-    y = np.array([index[r.label] for r in rows], dtype=np.int64)
-    finite = np.isfinite(x).all(axis=1) if len(rows) else np.zeros(0, bool)
-    warnings_ = []
-    if len(rows) and not finite.all():
-        warnings_.append(f"{int((~finite).sum())} of {len(rows)} cached feature vectors are not finite "
-                         "(NaN/inf): the backbone produced invalid features; suspects and near-duplicates "
-                         "leave them out. Delete TF_FILES/bottlenecks and train again.")
-    timings = {"load": time.perf_counter() - t0}
-
-    # The model's own predictions on the evaluation split.
-    split = _eval_split(summary)
-    metrics = summary.get("metrics", {}).get(split, {"n": 0, "accuracy": None})
-    head = read_head(run.model)
-    misclassified = []
-    sel = [i for i, r in enumerate(rows) if r.split == split]
-    if sel:
-        probs = head(x[sel])
-        for i, p in zip(sel, probs, strict=True):
-            pred = int(np.nanargmax(p)) if np.isfinite(p).any() else -1
-            if pred != y[i]:
-                misclassified.append({
-                    "path": str(rows[i].path), "digest": rows[i].digest, "label": rows[i].label,
-                    "predicted": labels[pred] if pred >= 0 else None,
-                    "score": float(p[pred]) if pred >= 0 else None,
-                    "label_score": float(p[y[i]]) if np.isfinite(p[y[i]]) else None,
-                })
-        misclassified.sort(key=lambda m: -(m["score"] or 0))
-
+def _data_hygiene(rows: list[Row], x: np.ndarray, y: np.ndarray, labels: list[str],
+                  finite: np.ndarray, folds: int, threshold: float | None) -> dict:
+    """Suspected label errors, atypical images and near-duplicates: these depend on the features
+    and labels only (not on the head), so a re-train on the same data reuses them
+    (:func:`_cached_hygiene`) instead of paying for scikit-learn and cleanlab again."""
+    timings = {}
     # Suspected label errors: out-of-sample predictions on all usable images.
     t = time.perf_counter()
     good = np.flatnonzero(finite)
@@ -151,6 +120,84 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
         })
     timings["near_duplicates"] = time.perf_counter() - t
 
+    return {"suspects": suspects, "oos_accuracy": oos_accuracy, "folds_used": folds_used,
+            "good": int(len(good)), "outliers": outliers, "near": near, "threshold": threshold,
+            "timings": timings}
+
+
+def _cached_hygiene(run: RunFolder, rows: list[Row], x: np.ndarray, y: np.ndarray,
+                    labels: list[str], finite: np.ndarray, folds: int,
+                    threshold: float | None) -> dict:
+    """:func:`_data_hygiene`, remembered in ``bottlenecks/hygiene.json`` under a digest of
+    everything it depends on (features, labels, paths, splits, settings)."""
+    h = hashlib.sha256(f"v{HYGIENE_VERSION}|{folds}|{threshold}|{labels}".encode())
+    for r in rows:
+        h.update(f"{r.path}|{r.label}|{r.digest}|{r.split}\n".encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    key = h.hexdigest()
+    path = run.bottlenecks / HYGIENE_FILENAME
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return {**cached["result"], "timings": {"cached": 0.0}}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    result = _data_hygiene(rows, x, y, labels, finite, folds, threshold)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps({"key": key, "result": result}))
+    except OSError:
+        pass  # only a cache
+    return result
+
+
+def analyse(tf_files: str | Path, threshold: float | None = None,
+            folds: int = hygiene.CV_FOLDS) -> dict:
+    """Everything the report shows, as plain data (what ``report.json`` holds).
+
+    ``threshold``: cosine similarity for near-duplicates (default: calibrated on the data,
+    :func:`hygiene.calibrate_threshold`).
+    """
+    run = RunFolder.at(tf_files)
+    t0 = time.perf_counter()
+    summary = run.read_summary()
+    labels: list[str] = summary["labels"]
+    index = {label: i for i, label in enumerate(labels)}
+    rows = [Row(path, label, digest, split) for split, path, label, digest in run.split_rows(summary)]
+    x = _load_features(rows, _cache_of(run, summary), run)
+    y = np.array([index[r.label] for r in rows], dtype=np.int64)
+    finite = np.isfinite(x).all(axis=1) if len(rows) else np.zeros(0, bool)
+    warnings_ = []
+    if len(rows) and not finite.all():
+        warnings_.append(f"{int((~finite).sum())} of {len(rows)} cached feature vectors are not finite "
+                         "(NaN/inf): the backbone produced invalid features; suspects and near-duplicates "
+                         "leave them out. Delete TF_FILES/bottlenecks and train again.")
+    timings = {"load": time.perf_counter() - t0}
+
+    # The model's own predictions on the evaluation split.
+    split = _eval_split(summary)
+    metrics = summary.get("metrics", {}).get(split, {"n": 0, "accuracy": None})
+    head = read_head(run.model)
+    misclassified = []
+    sel = [i for i, r in enumerate(rows) if r.split == split]
+    if sel:
+        probs = head(x[sel])
+        for i, p in zip(sel, probs, strict=True):
+            pred = int(np.nanargmax(p)) if np.isfinite(p).any() else -1
+            if pred != y[i]:
+                misclassified.append({
+                    "path": str(rows[i].path), "digest": rows[i].digest, "label": rows[i].label,
+                    "predicted": labels[pred] if pred >= 0 else None,
+                    "score": float(p[pred]) if pred >= 0 else None,
+                    "label_score": float(p[y[i]]) if np.isfinite(p[y[i]]) else None,
+                })
+        misclassified.sort(key=lambda m: -(m["score"] or 0))
+
+    hyg = _cached_hygiene(run, rows, x, y, labels, finite, folds, threshold)
+    timings.update(hyg["timings"])
+    suspects, oos_accuracy, folds_used = hyg["suspects"], hyg["oos_accuracy"], hyg["folds_used"]
+    outliers, near, threshold = hyg["outliers"], hyg["near"], hyg["threshold"]
+
     counts = summary.get("counts", {})
     totals = {label: int(sum(counts.get(label, {}).values())) for label in labels}
     nonzero = [n for n in totals.values() if n]
@@ -178,7 +225,7 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
         "suspect_method": {
             "model": "logistic regression on L2-normalised cached features",
             "folds": folds_used,
-            "images": int(len(good)),
+            "images": hyg["good"],
             "out_of_sample_accuracy": None if oos_accuracy is None else round(oos_accuracy, 4),
             "ranking": "cleanlab.filter.find_label_issues, ranked by self-confidence",
         },
