@@ -38,6 +38,20 @@ def _train_parser(sub) -> None:
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the HTML evaluation report")
     p.add_argument("--workers", type=int, default=0, help="decoding threads (default: one per core)")
+    g = p.add_argument_group("accuracy beyond a frozen backbone")
+    g.add_argument("--augment", choices=["none", "light", "strong"], default=TrainConfig.augment,
+                   help="augmentation of the views and of fine-tuning")
+    g.add_argument("--no-flip", action="store_true",
+                   help="never mirror images (text, logos, left/right data)")
+    g.add_argument("--views", type=int, default=TrainConfig.views,
+                   help="fixed augmented views per training image, cached like the others")
+    g.add_argument("--hidden-units", type=int, default=TrainConfig.hidden_units,
+                   help="a hidden ReLU layer of this size in the head (0: none)")
+    g.add_argument("--fine-tune", action="store_true",
+                   help="then train the top of the backbone too (slower, most accurate)")
+    g.add_argument("--fine-tune-blocks", type=int, default=TrainConfig.fine_tune_blocks)
+    g.add_argument("--fine-tune-epochs", type=int, default=TrainConfig.fine_tune_epochs)
+    g.add_argument("--fine-tune-lr", type=float, default=TrainConfig.fine_tune_lr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="labels to print (default: all)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--engine", choices=["auto", "tflite", "keras"], default="auto")
+    p.add_argument("--tta", action="store_true", help="average in the mirror image's prediction")
 
     p = sub.add_parser("guess-dir", help="copy every image of SRC into DST as <label>-<score>.<ext>")
     p.add_argument("model")
@@ -70,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["auto", "tflite", "keras"], default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--tta", action="store_true", help="average in the mirror image's prediction")
 
     p = sub.add_parser("evaluate", help="write the HTML evaluation report of a trained TF_FILES")
     p.add_argument("tf_files")
@@ -106,14 +122,15 @@ def _run(args) -> int:
     if args.command == "guess":
         from .predict import guess
 
-        return 1 if guess(args.model, args.images, args.top_k, args.json, args.engine) else 0
+        return 1 if guess(args.model, args.images, args.top_k, args.json, args.engine,
+                          tta=args.tta) else 0
     if args.command == "guess-dir":
         from .predict import guess_dir
 
         result = guess_dir(args.model, args.src, args.dst, recursive=args.recursive,
                            by_label=args.by_label, min_score=args.min_score, top_k=args.top_k,
                            engine=args.engine, batch_size=args.batch_size, workers=args.workers,
-                           progress=progress)
+                           progress=progress, tta=args.tta)
         return 1 if result.skipped else 0
     if args.command == "evaluate":
         from .report import write_report

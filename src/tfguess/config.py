@@ -32,6 +32,16 @@ class TrainConfig:
     summaries_dir: str | None = None    # TensorBoard logs of training
     report: bool = True                 # write the evaluation report at the end of training
     workers: int = 0                    # image decoding threads; 0 = one per core
+    # Accuracy beyond a frozen backbone (see augment.py, hidden_head.py, finetune.py)
+    augment: str = "light"              # none | light | strong: augmented views / fine-tuning
+    no_flip: bool = False               # never mirror (text, logos, left/right data)
+    views: int = 0                      # fixed augmented views per training image (frozen path)
+    hidden_units: int = 0               # a hidden ReLU layer in the head (0: softmax only)
+    fine_tune: bool = False             # then train the top of the backbone too
+    fine_tune_blocks: int = 6           # top blocks unfrozen (plus the head convolution)
+    fine_tune_epochs: int = 8
+    fine_tune_lr: float = 1e-4
+    fine_tune_patience: int = 3
 
     def __post_init__(self) -> None:
         checks = [
@@ -43,10 +53,28 @@ class TrainConfig:
             (self.learning_rate > 0, "learning_rate must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.engine in ("auto", "tflite", "keras"), "engine must be auto, tflite or keras"),
+            (self.augment in ("none", "light", "strong"), "augment must be none, light or strong"),
+            (self.views >= 0, "views must be 0 or more"),
+            (not (self.views > 1 and self.augment == "none"),
+             "more than one augmented view needs --augment light or strong"),
+            (self.hidden_units >= 0, "hidden_units must be 0 or more"),
+            (self.fine_tune_blocks >= 0, "fine_tune_blocks must be 0 or more"),
+            (self.fine_tune_epochs >= 1, "fine_tune_epochs must be at least 1"),
+            (self.fine_tune_lr > 0, "fine_tune_lr must be positive"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid setting: {message}")
+
+    @property
+    def mode(self) -> str:
+        """How the model is trained, e.g. ``frozen``, ``frozen+views+hidden``, ``fine-tuned``."""
+        parts = ["fine-tuned" if self.fine_tune else "frozen"]
+        if self.views:
+            parts.append("views")
+        if self.hidden_units:
+            parts.append("hidden")
+        return "+".join(parts)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -28,14 +28,21 @@ class ModelError(ValueError):
     pass
 
 
-def build_classifier(backbone, num_classes: int, dropout: float = 0.2, l2: float = 1e-4):
-    """Stack the trainable head on the frozen ``backbone`` (a Keras model named "backbone")."""
+def build_classifier(backbone, num_classes: int, dropout: float = 0.2, l2: float = 1e-4,
+                     hidden_units: int = 0):
+    """Stack the trainable head on the frozen ``backbone`` (a Keras model named "backbone").
+
+    ``hidden_units``: a hidden ReLU layer ("hidden", then dropout) between features and softmax.
+    """
     import keras
 
     backbone.trainable = False
     inputs = keras.Input(backbone.input_shape[1:], name="pixels")
     features = backbone(inputs, training=False)
     x = keras.layers.Dropout(dropout, name="dropout")(features)
+    if hidden_units:
+        x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
+        x = keras.layers.Dropout(dropout, name="hidden_dropout")(x)
     outputs = keras.layers.Dense(
         num_classes,
         activation="softmax",
@@ -75,16 +82,35 @@ class Classifier:
         kernel, bias = self.keras_model.get_layer("head").get_weights()
         return kernel, bias
 
+    def head_arrays(self) -> dict[str, np.ndarray]:
+        return head_arrays(self.keras_model)
+
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """Apply the head to backbone features (what the Keras model does after the backbone)."""
-        kernel, bias = self.head_weights()
-        return softmax(features @ kernel + bias)
+        return head_probabilities(features, self.head_arrays())
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def head_arrays(keras_model) -> dict[str, np.ndarray]:
+    """The head's weights by name: ``kernel``/``bias``, plus ``hidden_kernel``/``hidden_bias``."""
+    kernel, bias = keras_model.get_layer("head").get_weights()
+    arrays = {"kernel": kernel, "bias": bias}
+    if any(layer.name == "hidden" for layer in keras_model.layers):
+        arrays["hidden_kernel"], arrays["hidden_bias"] = keras_model.get_layer("hidden").get_weights()
+    return arrays
+
+
+def head_probabilities(features: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """What the classifier does after the backbone (inference: dropout is the identity)."""
+    x = features
+    if "hidden_kernel" in arrays:
+        x = np.maximum(x @ arrays["hidden_kernel"] + arrays["hidden_bias"], 0.0)
+    return softmax(x @ arrays["kernel"] + arrays["bias"])
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -108,9 +134,8 @@ def save_classifier(
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
     try:
         keras_model.save(tmp)
-        kernel, bias = keras_model.get_layer("head").get_weights()
         head = io.BytesIO()
-        np.savez(head, kernel=kernel, bias=bias)
+        np.savez(head, **head_arrays(keras_model))
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(META_MEMBER, json.dumps(meta, indent=2, sort_keys=True))
             archive.writestr(HEAD_MEMBER, head.getvalue())
@@ -151,9 +176,15 @@ def read_meta(path: str | Path) -> dict:
 
 def read_head(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The head's (kernel, bias) straight from the file, without loading Keras."""
+    arrays = read_head_arrays(path)
+    return arrays["kernel"], arrays["bias"]
+
+
+def read_head_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """All the head's weights (see :func:`head_arrays`) straight from the file, without Keras."""
     with zipfile.ZipFile(resolve_model_path(path)) as archive:
         with np.load(io.BytesIO(archive.read(HEAD_MEMBER))) as head:
-            return head["kernel"], head["bias"]
+            return {name: head[name] for name in head.files}
 
 
 def load_classifier(path: str | Path) -> Classifier:

@@ -46,17 +46,25 @@ class Predictor:
         self.engine = engine
 
     @classmethod
-    def load(cls, model: str | Path, engine: str = "auto", log: Callable = print) -> Predictor:
-        """Load a tfguess model (the ``.keras`` file or its folder) or an exported ``.tflite``."""
-        from .model import read_head, read_meta, resolve_model_path, softmax
+    def load(cls, model: str | Path, engine: str = "auto", log: Callable = print,
+             tta: bool = False) -> Predictor:
+        """Load a tfguess model (the ``.keras`` file or its folder) or an exported ``.tflite``.
+
+        ``tta``: average in the prediction of the mirrored image (test-time augmentation);
+        refused for a model trained with ``no_flip`` (mirroring changes the meaning there).
+        """
+        from .model import head_probabilities, read_head_arrays, read_meta, resolve_model_path
 
         path = resolve_model_path(model)
         if path.suffix.lower() == ".tflite":
             from .export import TFLiteClassifier
 
             tfl = TFLiteClassifier(path)
-            return cls(tfl.labels, tfl.input_size, tfl.resize, tfl, "tflite-file")
+            return cls(tfl.labels, tfl.input_size, tfl.resize, _with_tta(tfl, tta), "tflite-file")
         meta = read_meta(path)
+        if tta and meta.get("config", {}).get("no_flip"):
+            raise ValueError(f"{path} was trained with --no-flip (mirroring changes the meaning): "
+                             "guess without --tta")
         b = meta["backbone"]
         size, resize = int(b["input_size"]), b["resize"]
         key = f"{b['name']}|{b['weights_id']}|{size}"
@@ -66,18 +74,18 @@ class Predictor:
         if engine != "keras" and cached.exists():
             # Fast path: the backbone's TFLite twin is cached; the head is read from the file.
             extractor = TFLiteEngine(cached)
-            kernel, bias = read_head(path)
+            head = read_head_arrays(path)
         else:
             from .model import load_classifier
 
             classifier = load_classifier(path)
             extractor = make_engine(classifier.backbone, size, key, engine, log)
-            kernel, bias = classifier.head_weights()
+            head = classifier.head_arrays()
 
         def probabilities(pixels: np.ndarray) -> np.ndarray:
-            return softmax(extractor(pixels) @ kernel + bias)
+            return head_probabilities(extractor(pixels), head)
 
-        return cls(list(meta["labels"]), size, resize, probabilities, extractor.name)
+        return cls(list(meta["labels"]), size, resize, _with_tta(probabilities, tta), extractor.name)
 
     def predict(self, paths: list[Path], top_k: int = 0, batch_size: int = 32, workers: int = 0,
                 progress: bool = False) -> Iterator[Prediction]:
@@ -102,6 +110,18 @@ class Predictor:
         bar.close()
 
 
+def _with_tta(probabilities: Callable[[np.ndarray], np.ndarray], tta: bool):
+    """``probabilities``, or the mean of it on the images and on their mirror images."""
+    if not tta:
+        return probabilities
+
+    def averaged(pixels: np.ndarray) -> np.ndarray:
+        both = probabilities(np.concatenate([pixels, pixels[:, :, ::-1]]))
+        return (both[: len(pixels)] + both[len(pixels):]) / 2
+
+    return averaged
+
+
 def format_prediction(pred: Prediction) -> list[str]:
     """The classic ``label (score = 0.98765)`` lines."""
     if pred.error:
@@ -110,9 +130,9 @@ def format_prediction(pred: Prediction) -> list[str]:
 
 
 def guess(model: str | Path, images: list[str | Path], top_k: int = 0, as_json: bool = False,
-          engine: str = "auto", out: Callable[[str], None] = print) -> int:
+          engine: str = "auto", out: Callable[[str], None] = print, tta: bool = False) -> int:
     """Print the labels with scores for each image. Returns the number of images that failed."""
-    predictor = Predictor.load(model, engine)
+    predictor = Predictor.load(model, engine, tta=tta)
     paths = [Path(p) for p in images]
     failed = 0
     results = []
@@ -171,6 +191,7 @@ def guess_dir(
     workers: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    tta: bool = False,
 ) -> GuessDirResult:
     """Copy every image of ``src`` into ``dst`` as ``<label>-<score>.<ext>``.
 
@@ -185,7 +206,7 @@ def guess_dir(
         raise FileNotFoundError(f"source folder not found: {src}")
     if dst == src:
         raise ValueError(f"the destination must differ from the source folder: {src}")
-    predictor = Predictor.load(model, engine, log)
+    predictor = Predictor.load(model, engine, log, tta=tta)
     start = time.perf_counter()
     paths, others = walk_files(src, recursive=recursive, exclude=dst)
     dst.mkdir(parents=True, exist_ok=True)

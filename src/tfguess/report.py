@@ -196,7 +196,7 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
     ``threshold``: cosine similarity for near-duplicates (default: calibrated on the data,
     :func:`hygiene.calibrate_threshold`).
     """
-    from .model import read_head, softmax
+    from .model import head_probabilities, read_head_arrays
 
     tf_files = Path(tf_files).expanduser().resolve()
     t0 = time.perf_counter()
@@ -218,11 +218,11 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
     # The model's own predictions on the evaluation split.
     split = _eval_split(summary)
     metrics = summary.get("metrics", {}).get(split, {"n": 0, "accuracy": None})
-    kernel, bias = read_head(tf_files / "model.keras")
+    head = read_head_arrays(tf_files / "model.keras")
     misclassified = []
     sel = [i for i, r in enumerate(rows) if r.split == split]
     if sel:
-        probs = softmax(x[sel] @ kernel + bias)
+        probs = head_probabilities(x[sel], head)
         for i, p in zip(sel, probs, strict=True):
             pred = int(np.nanargmax(p)) if np.isfinite(p).any() else -1
             if pred != y[i]:

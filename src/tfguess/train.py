@@ -187,10 +187,10 @@ def _write_history(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _evaluate_folder(folder, labels, kernel, bias, cache, make_extractor, size, resize, config,
+def _evaluate_folder(folder, labels, head, cache, make_extractor, size, resize, config,
                      progress) -> dict:
     """Metrics of the trained head on every image of a labelled folder (e.g. a held-out set)."""
-    from .model import softmax
+    from .model import head_probabilities
 
     scan = scan_dataset(folder, validation_pct=0, test_pct=0, min_per_label=1,
                         decode_check=False, progress=progress)
@@ -205,8 +205,9 @@ def _evaluate_folder(folder, labels, kernel, bias, cache, make_extractor, size, 
     items = [it for it in scan.items if it.digest in feats.features]
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([index[it.label] for it in items], np.int64)
-    x = np.stack([feats.features[it.digest] for it in items]) if items else np.zeros((0, len(kernel)))
-    result = classification_metrics(y, softmax(x @ kernel + bias), labels)
+    dim = len(head.get("hidden_kernel", head["kernel"]))
+    x = np.stack([feats.features[it.digest] for it in items]) if items else np.zeros((0, dim))
+    result = classification_metrics(y, head_probabilities(x, head), labels)
     result["folder"] = str(folder)
     result["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in scan.skipped] + [
         {"path": str(it.path), "reason": feats.skipped[it.digest]}
@@ -309,39 +310,65 @@ def train(
 
     data = {split: split_data(split) for split in SPLITS}
 
+    # --- accuracy beyond a frozen backbone: augmented views, hidden layer, fine-tuning ---
+    from . import accuracy
+
     t = time.perf_counter()
-    kernel, bias, history, best_epoch = fit_head(
-        data["train"], data["validation"], len(labels), config, progress, config.summaries_dir
+    fit_train = accuracy.with_views(data["train"], config, spec.name, weights_id, size, resize,
+                                    tf_files / "bottlenecks", make_extractor, progress, log)
+    if fit_train is not data["train"]:
+        timings["views"] = time.perf_counter() - t
+    t = time.perf_counter()
+    head, history, best_epoch = accuracy.fit_any_head(
+        fit_train, data["validation"], len(labels), config, progress, config.summaries_dir
     )
     timings["train_head"] = time.perf_counter() - t
     log(f"Trained the head: best epoch {best_epoch} of {len(history)}")
+    fine_tuned = None
+    if config.fine_tune:
+        t = time.perf_counter()
+        fine_tuned = accuracy.fine_tune_backbone(backbone, head, data, index, len(labels), config,
+                                                 size, resize, progress, log)
+        head, weights_id = fine_tuned.head, fine_tuned.weights_id
+        timings["fine_tune"] = time.perf_counter() - t
+        # Features of the fine-tuned backbone (a cache of their own) for the metrics and the report.
+        cache = BottleneckCache(tf_files / "bottlenecks", cache_key(spec.name, weights_id, size, resize))
+        engine_used.pop("extractor", None)
+        feats = compute_features([(it.path, it.digest) for it in usable], cache, make_extractor,
+                                 size, resize, workers=config.workers, progress=progress)
+        usable = [it for it in usable if it.digest in feats.features]
+        data = {split: split_data(split) for split in SPLITS}
+        timings["fine_tune_features"] = feats.seconds
 
-    from .model import build_classifier, save_classifier, softmax
+    from .model import build_classifier, head_probabilities, save_classifier
 
     metrics = {}
     for split in SPLITS:
         d = data[split]
-        probs = softmax(d.x @ kernel + bias) if len(d.y) else np.zeros((0, len(labels)))
+        probs = head_probabilities(d.x, head) if len(d.y) else np.zeros((0, len(labels)))
         metrics[split] = classification_metrics(d.y, probs, labels)
 
     if config.eval_dir:
         metrics["eval_dir"] = _evaluate_folder(
-            Path(config.eval_dir).expanduser().resolve(), labels, kernel, bias, cache,
+            Path(config.eval_dir).expanduser().resolve(), labels, head, cache,
             make_extractor, size, resize, config, progress,
         )
         log(f"Accuracy on {config.eval_dir}: {metrics['eval_dir']['accuracy']} "
             f"(n={metrics['eval_dir']['n']})")
 
     t = time.perf_counter()
-    classifier = build_classifier(backbone, len(labels), config.dropout, config.l2)
-    classifier.get_layer("head").set_weights([kernel, bias])
+    classifier = build_classifier(backbone, len(labels), config.dropout, config.l2,
+                                  config.hidden_units)
+    accuracy.set_head(classifier, head)
     meta = {
         "backbone": {
             "name": spec.name, "input_size": size, "resize": resize,
-            "preprocessing": spec.preprocessing, "feature_dim": int(kernel.shape[0]),
-            "weights_id": weights_id, "weights_source": spec.weights_source,
+            "preprocessing": spec.preprocessing, "feature_dim": int(data["train"].x.shape[1]),
+            "weights_id": weights_id,
+            "weights_source": spec.weights_source + (", fine-tuned" if fine_tuned else ""),
         },
         "config": config.to_dict(),
+        "mode": config.mode,
         "metrics": {s: {"accuracy": m.get("accuracy"), "n": m.get("n")} for s, m in metrics.items()},
     }
     model_path = tf_files / MODEL_FILENAME
@@ -357,6 +384,8 @@ def train(
         "tf_files": str(tf_files),
         "image_dir": str(image_dir),
         "config": config.to_dict(),
+        "mode": config.mode,
+        "fine_tune": accuracy.fine_tune_summary(fine_tuned),
         "backbone": meta["backbone"],
         "engine": engine_used["name"],
         "bottleneck_dir": str(cache.dir),
@@ -379,6 +408,7 @@ def train(
     summary_path = tf_files / SUMMARY_FILENAME
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     acc = {s: metrics[s].get("accuracy") for s in SPLITS}
+    log(f"Mode: {config.mode}")
     log(f"Accuracy: train {acc['train']}, validation {acc['validation']}, test {acc['test']} "
         f"(test n={metrics['test']['n']})")
     log(f"Wrote {model_path}, {tf_files / LABELS_FILENAME}, {summary_path.name}, {HISTORY_FILENAME} "
