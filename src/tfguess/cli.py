@@ -18,7 +18,9 @@ def _train_parser(sub) -> None:
     p.add_argument("tf_files", help="folder that holds data/<label>/ and receives the model")
     p.add_argument("--image-dir", help="labelled photos folder (default: TF_FILES/data)")
     p.add_argument("--eval-dir", help="an extra labelled folder (<label>/ sub-folders) to evaluate on")
-    p.add_argument("--backbone", default=TrainConfig.backbone, help="see `tfguess backbones`")
+    p.add_argument("--backbone", default=TrainConfig.backbone,
+                   help="see `tfguess backbones`; auto: the EfficientNet-Lite that cross-validates best "
+                   "(one feature extraction per backbone, once)")
     p.add_argument("--weights", help="local weights file for a backbone that downloads its own")
     p.add_argument("--tfhub-module", help="TF Hub image feature-vector handle or local SavedModel dir")
     p.add_argument("--image-size", type=int, help="input size of a TF Hub module without static dims")

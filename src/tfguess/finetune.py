@@ -36,7 +36,7 @@ MEMORY_BUDGET = 1 << 30
 @dataclass
 class FineTuneResult:
     head: dict[str, np.ndarray]
-    weights_id: str
+    weights_id: str | None   # None: the head-only start won, the backbone is unchanged
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     seconds: float = 0.0
@@ -275,7 +275,7 @@ def fine_tune(
         + (f" (validation accuracy {best['key'][0]:.4f})" if best["key"] else ""))
     return FineTuneResult(
         head=head_arrays(model),
-        weights_id=f"ft-{weights_digest(backbone)}",
+        weights_id=f"ft-{weights_digest(backbone)}" if best["epoch"] else None,
         history=history,
         best_epoch=best["epoch"],
         seconds=time.perf_counter() - start_time,

@@ -232,6 +232,12 @@ def train(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     tf_files = Path(tf_files).expanduser().resolve()
+    auto_backbone = None
+    if config.backbone == "auto":  # tries the offline backbones on cached features
+        from .accuracy import choose_backbone
+
+        config, auto_backbone = choose_backbone(tf_files, config, progress, log)
+        timings["choose_backbone"] = time.perf_counter() - t0
     spec = resolve_backbone(config)  # an unknown backbone name is reported first
     image_dir = Path(config.image_dir).expanduser().resolve() if config.image_dir else tf_files / "data"
     if not image_dir.is_dir():
@@ -329,7 +335,7 @@ def train(
         t = time.perf_counter()
         fine_tuned = accuracy.fine_tune_backbone(backbone, head, data, index, len(labels), config,
                                                  size, resize, progress, log)
-        head, weights_id = fine_tuned.head, fine_tuned.weights_id
+        head, weights_id = fine_tuned.head, fine_tuned.weights_id or weights_id
         timings["fine_tune"] = time.perf_counter() - t
         # Features of the fine-tuned backbone (a cache of their own) for the metrics and the report.
         cache = BottleneckCache(tf_files / "bottlenecks", cache_key(spec.name, weights_id, size, resize))
@@ -386,6 +392,7 @@ def train(
         "config": config.to_dict(),
         "mode": config.mode,
         "fine_tune": accuracy.fine_tune_summary(fine_tuned),
+        "auto_backbone": auto_backbone,
         "backbone": meta["backbone"],
         "engine": engine_used["name"],
         "bottleneck_dir": str(cache.dir),

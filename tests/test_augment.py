@@ -1,0 +1,117 @@
+"""Augmentation: the views, their determinism and cache, and --no-flip on left/right data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from tfguess import augment
+from tfguess.augment import POLICIES, ViewParams, apply_params, fixed_view, prepare, sample_params
+from tfguess.images import load_image
+
+
+def arrow(path, direction: str, rng: np.random.Generator, size: int = 240) -> None:
+    """A photo-like picture of an arrow pointing ``left`` or ``right`` (noise, random colours)."""
+    bg = rng.integers(0, 256, 3)
+    noise = rng.normal(0, 18, (size, size, 3))
+    im = Image.fromarray(np.clip(bg + noise, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(im)
+    cx, cy = rng.integers(90, size - 90, 2)
+    length, half = int(rng.integers(50, 80)), int(rng.integers(10, 18))
+    sign = 1 if direction == "right" else -1
+    colour = tuple(int(c) for c in (255 - bg + rng.integers(-40, 40, 3)) % 256)
+    tail, tip = cx - sign * length, cx + sign * length
+    d.rectangle([min(tail, cx), cy - half // 2, max(tail, cx), cy + half // 2], fill=colour)
+    d.polygon([(cx, cy - 2 * half), (cx, cy + 2 * half), (tip, cy)], fill=colour)
+    im.save(path, quality=92)
+
+
+def arrows(root, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    for direction in ("left", "right"):
+        (root / direction).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arrow(root / direction / f"{direction}_{i:03d}.jpg", direction, rng)
+    return root
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_no_flip_never_mirrors_and_flip_sometimes_does(policy):
+    rng = np.random.default_rng(0)
+    assert not any(sample_params(rng, 300, 256, policy, no_flip=True).flip for _ in range(500))
+    flips = sum(sample_params(rng, 300, 256, policy, no_flip=False).flip for _ in range(500))
+    assert 180 < flips < 320
+
+
+def test_views_stay_inside_the_image_and_policies_differ():
+    rng = np.random.default_rng(1)
+    for policy in ("light", "strong"):
+        for _ in range(200):
+            left, top, w, h = sample_params(rng, 341, 256, policy, False).box
+            assert left >= 0 and top >= 0 and left + w <= 341 + 1e-6 and top + h <= 256 + 1e-6
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        sample_params(rng, 10, 10, "wild", False)
+
+
+def test_identity_view_is_the_evaluation_crop_and_flip_is_its_mirror(tmp_path):
+    arrow(tmp_path / "a.jpg", "left", np.random.default_rng(2), size=300)
+    im = prepare(Image.open(tmp_path / "a.jpg").convert("RGB"), 224)
+    w, h = im.size
+    side = min(w, h) * 0.875
+    box = ((w - side) / 2, (h - side) / 2, side, side)
+    plain = apply_params(im, ViewParams(box), 224)
+    mirrored = apply_params(im, ViewParams(box, flip=True), 224)
+    np.testing.assert_array_equal(mirrored, plain[:, ::-1])
+    assert np.abs(plain.astype(int) - load_image(tmp_path / "a.jpg", 224)).mean() < 2
+
+
+def test_fixed_views_are_deterministic_per_content_and_view(tmp_path):
+    arrow(tmp_path / "a.jpg", "right", np.random.default_rng(3))
+    p = tmp_path / "a.jpg"
+    one = fixed_view(p, "d1", 1, 224, "crop", "strong", False)
+    np.testing.assert_array_equal(one, fixed_view(p, "d1", 1, 224, "crop", "strong", False))
+    assert not np.array_equal(one, fixed_view(p, "d1", 2, 224, "crop", "strong", False))
+    assert not np.array_equal(one, fixed_view(p, "d2", 1, 224, "crop", "strong", False))
+    # View 0 is the mirror image of the evaluation crop, except with no_flip.
+    plain = load_image(p, 224)
+    np.testing.assert_array_equal(fixed_view(p, "d1", 0, 224, "crop", "light", False), plain[:, ::-1])
+    assert not np.array_equal(fixed_view(p, "d1", 0, 224, "crop", "light", True), plain[:, ::-1])
+    assert augment.view_recipe(1, "light", True) != augment.view_recipe(1, "light", False)
+
+
+@pytest.mark.slow
+def test_no_flip_end_to_end_on_left_right_arrows(tmp_path, monkeypatch):
+    """--no-flip: no view is ever mirrored (views and fine-tuning), and left/right stays learnable."""
+    from tfguess.config import TrainConfig
+    from tfguess.predict import Predictor
+    from tfguess.train import train
+
+    made = []
+    real_apply, real_load = augment.apply_params, augment.load_image
+
+    def spy_apply(im, params, size):
+        made.append(params.flip)
+        return real_apply(im, params, size)
+
+    def spy_load(*args, **kwargs):  # view 0 mirrors a plain load: it must not be asked for
+        made.append("plain-load")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(augment, "apply_params", spy_apply)
+    monkeypatch.setattr(augment, "load_image", spy_load)
+    data = arrows(tmp_path / "train", 24, seed=10)
+    held_out = arrows(tmp_path / "held_out", 10, seed=11)
+    tf_files = tmp_path / "tf"
+    config = TrainConfig(image_dir=str(data), eval_dir=str(held_out), views=3, augment="strong",
+                         no_flip=True, report=False, epochs=80)
+    result = train(tf_files, config, progress=False, log=lambda *_: None)
+    assert result.summary["mode"] == "frozen+views"
+    assert len(made) >= 3 * 30 and "plain-load" not in made and not any(made)
+    assert result.metrics["eval_dir"]["accuracy"] >= 0.9
+    with pytest.raises(ValueError, match="no-flip"):
+        Predictor.load(tf_files, tta=True)
+    # The same views cost nothing the second time: every one is cached.
+    made.clear()
+    train(tf_files, config, progress=False, log=lambda *_: None)
+    assert made == []
