@@ -35,10 +35,10 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 1)
 
 
-def config_for(mode: str, data: Path, backbone: str, views: int, hidden: int):
+def config_for(mode: str, data: Path, backbone: str, views: int, hidden: int, overrides: dict):
     from tfguess.config import TrainConfig
 
-    extra = {}
+    extra = dict(overrides)
     if "views" in mode:
         extra["views"] = views
     if "hidden" in mode:
@@ -60,14 +60,20 @@ def score(predictor, images) -> tuple[float, list[str]]:
 
 
 def run(args) -> None:
+    from tfguess.config import TrainConfig
     from tfguess.train import train
 
     data = DATASETS / args.dataset
     work = Path(args.work).resolve()
     results = work / "results.jsonl"
     for mode in args.modes.split(","):
-        tf_files = work / f"{args.dataset}-{args.backbone}-{mode.replace('+', '_')}"
-        row = {"dataset": args.dataset, "backbone": args.backbone, "mode": mode,
+        overrides = {}
+        for item in args.set:
+            key, value = item.split("=", 1)
+            overrides[key] = type(getattr(TrainConfig, key))(value)
+        tag = "".join(f"-{k}{v}" for k, v in overrides.items())
+        tf_files = work / f"{args.dataset}-{args.backbone}-{mode.replace('+', '_')}{tag}"
+        row = {"dataset": args.dataset, "backbone": args.backbone, "mode": mode, "settings": overrides,
                "load_before": load_average()}
         t = time.perf_counter()
         if mode in ("tta", "export"):
@@ -95,7 +101,7 @@ def run(args) -> None:
             if mode != "frozen" and frozen.is_dir() and not tf_files.exists():
                 tf_files.mkdir(parents=True)
                 os.symlink(frozen / "bottlenecks", tf_files / "bottlenecks")
-            config = config_for(mode, data, args.backbone, args.views, args.hidden)
+            config = config_for(mode, data, args.backbone, args.views, args.hidden, overrides)
             result = train(tf_files, config, progress=args.progress,
                            log=print if args.verbose else lambda *_: None)
             s = result.summary
@@ -117,7 +123,7 @@ def run(args) -> None:
 
 def table(work: Path) -> None:
     rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines() if line]
-    print("| data set | backbone | mode | val accuracy | train time (s) | load |")
+    print("| data set | backbone | mode | val accuracy | time (s) | load |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         if r["mode"] == "tta":
@@ -126,7 +132,8 @@ def table(work: Path) -> None:
             acc = f"TFLite agrees with guess on {r['tflite_agrees']:.1%} of {r['n']}"
         else:
             acc = f"{r['val_accuracy']} (n={r['n']})"
-        print(f"| {r['dataset']} | {r['backbone'].replace('efficientnet_', '')} | {r['mode']} | {acc} "
+        mode = r["mode"] + "".join(f" {k}={v}" for k, v in r.get("settings", {}).items())
+        print(f"| {r['dataset']} | {r['backbone'].replace('efficientnet_', '')} | {mode} | {acc} "
               f"| {r['seconds']} | {r['load_before']}-{r['load_after']} |")
 
 
@@ -138,6 +145,8 @@ def main() -> None:
     p.add_argument("--modes", default="frozen,views,views+hidden,fine-tune,tta,export")
     p.add_argument("--views", type=int, default=VIEWS)
     p.add_argument("--hidden", type=int, default=HIDDEN)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a TrainConfig field for every mode, e.g. --set fine_tune_blocks=3")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--table", action="store_true")
