@@ -115,3 +115,24 @@ def test_no_flip_end_to_end_on_left_right_arrows(tmp_path, monkeypatch):
     made.clear()
     train(tf_files, config, progress=False, log=lambda *_: None)
     assert made == []
+
+
+def test_cli_flags_reach_the_config():
+    import dataclasses
+
+    from tfguess.cli import build_parser
+    from tfguess.config import TrainConfig
+
+    args = build_parser().parse_args(["train", "tf", "--fine-tune", "--augment", "strong", "--no-flip",
+                                      "--hidden-units", "8", "--views", "2", "--fine-tune-blocks", "3"])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    assert (config.fine_tune, config.augment, config.no_flip, config.hidden_units, config.views,
+            config.fine_tune_blocks) == (True, "strong", True, 8, 2, 3)
+    assert config.mode == "fine-tuned+views+hidden"
+    assert build_parser().parse_args(["guess", "tf", "a.jpg", "--tta"]).tta
+    assert build_parser().parse_args(["guess-dir", "tf", "a", "b", "--tta"]).tta
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(augment="wild")
+    with pytest.raises(ValueError, match="augmented view"):
+        TrainConfig(views=3, augment="none")

@@ -152,3 +152,22 @@ def test_hidden_head_gradients_and_saved_model(tmp_path):
     features = np.asarray(backbone(pixels, training=False))
     np.testing.assert_allclose(head_probabilities(features, stored),
                                np.asarray(classifier(pixels, training=False)), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_backbone_auto_picks_by_cross_validation_and_reuses_the_cache(tmp_path):
+    from tfguess.accuracy import AUTO_CANDIDATES
+    from tfguess.train import train
+
+    tf_files = tmp_path / "tf"
+    shutil.copytree(DEMO_DATA, tf_files / "data")
+    config = TrainConfig(backbone="auto", report=False, epochs=20)
+    summary = train(tf_files, config, progress=False, log=lambda *_: None).summary
+    auto = summary["auto_backbone"]
+    assert auto["chosen"] in AUTO_CANDIDATES and set(auto["candidates"]) <= set(AUTO_CANDIDATES)
+    assert summary["backbone"]["name"] == auto["chosen"] == summary["config"]["backbone"]
+    assert summary["features"]["computed"] == 0  # the choice already cached the winner's features
+    best = max(c["cv_accuracy"] for c in auto["candidates"].values())
+    assert auto["candidates"][auto["chosen"]]["cv_accuracy"] == best
+    again = train(tf_files, config, progress=False, log=lambda *_: None).summary["auto_backbone"]
+    assert all(c["features_computed"] == 0 for c in again["candidates"].values())
