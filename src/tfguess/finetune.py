@@ -255,6 +255,9 @@ def fine_tune(
             if result:
                 row.update(val_loss=round(result[0], 6), val_accuracy=round(result[1], 6))
             history.append(row)
+            if not progress:
+                log(f"  epoch {epoch}: loss {row['loss']}, validation accuracy "
+                    f"{row.get('val_accuracy')}, {row['images_per_second']} images/s")
             bar.set_postfix(epoch=epoch, loss=row["loss"], val_acc=row.get("val_accuracy"),
                             refresh=True)
             if result is None:
@@ -268,9 +271,6 @@ def fine_tune(
     bar.close()
     model.set_weights(best["weights"])
     backbone.trainable = False
-    for row in history[1:]:
-        log(f"  epoch {row['epoch']}: loss {row['loss']}, validation accuracy "
-            f"{row.get('val_accuracy')}, {row['images_per_second']} images/s")
     log(f"Fine-tuned in {time.perf_counter() - start_time:.1f} s; best epoch {best['epoch']}"
         + (f" (validation accuracy {best['key'][0]:.4f})" if best["key"] else ""))
     return FineTuneResult(
