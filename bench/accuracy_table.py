@@ -79,7 +79,9 @@ def run(args) -> None:
         if mode in ("tta", "export"):
             from tfguess.predict import Predictor
 
-            source = work / f"{args.dataset}-{args.backbone}-{'frozen' if mode == 'tta' else 'fine-tune'}"
+            of = args.tta_of if mode == "tta" else "fine-tune"
+            source = work / f"{args.dataset}-{args.backbone}-{of.replace('+', '_')}"
+            row["of"] = of
             images = val_images(data)
             plain, labels = score(Predictor.load(source, log=lambda *_: None), images)
             row["n"] = len(images)
@@ -127,7 +129,7 @@ def table(work: Path) -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         if r["mode"] == "tta":
-            acc = f"{r['guess_accuracy']} -> {r['tta_accuracy']} with --tta"
+            acc = f"{r['guess_accuracy']} -> {r['tta_accuracy']} with --tta ({r.get('of', 'frozen')})"
         elif r["mode"] == "export":
             acc = f"TFLite agrees with guess on {r['tflite_agrees']:.1%} of {r['n']}"
         else:
@@ -147,6 +149,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=HIDDEN)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a TrainConfig field for every mode, e.g. --set fine_tune_blocks=3")
+    p.add_argument("--tta-of", default="frozen", help="the mode whose model --tta is measured on")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--table", action="store_true")
