@@ -6,7 +6,7 @@ cache per data set and backbone, so the first mode pays the extraction and later
 each row says how many features it computed) and appends one JSON line to ``WORK/results.jsonl``.
 
 Modes: ``frozen`` (the softmax head), ``views`` (+ augmented cached views), ``views+hidden``
-(+ a hidden layer), ``fine-tune`` (+ the top blocks trained), ``tta`` (the frozen model's val
+(+ a hidden layer), ``fine-tune`` (+ the top blocks trained), ``views+fine-tune`` (both), ``tta`` (the frozen model's val
 score with the mirrored view averaged in, through ``guess``'s predictor), ``export`` (the
 fine-tuned model's TFLite export against ``guess`` on every val image).
 
@@ -38,9 +38,7 @@ def load_average() -> float:
 def config_for(mode: str, data: Path, backbone: str, views: int, hidden: int, overrides: dict):
     from tfguess.config import TrainConfig
 
-    extra = dict(overrides)
-    if "views" in mode:
-        extra["views"] = views
+    extra = {"views": views if "views" in mode else 0, **overrides}
     if "hidden" in mode:
         extra["hidden_units"] = hidden
     if "fine-tune" in mode:
@@ -79,8 +77,8 @@ def run(args) -> None:
         if mode in ("tta", "export"):
             from tfguess.predict import Predictor
 
-            of = args.tta_of if mode == "tta" else "fine-tune"
-            source = work / f"{args.dataset}-{args.backbone}-{of.replace('+', '_')}"
+            of = args.tta_of if mode == "tta" else args.export_of
+            source = work / f"{args.dataset}-{args.backbone}-{of.replace('+', '_')}{tag}"
             row["of"] = of
             images = val_images(data)
             plain, labels = score(Predictor.load(source, log=lambda *_: None), images)
@@ -150,6 +148,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a TrainConfig field for every mode, e.g. --set fine_tune_blocks=3")
     p.add_argument("--tta-of", default="frozen", help="the mode whose model --tta is measured on")
+    p.add_argument("--export-of", default="fine-tune", help="the mode whose model is exported")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--table", action="store_true")

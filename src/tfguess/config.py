@@ -35,13 +35,13 @@ class TrainConfig:
     # Accuracy beyond a frozen backbone (see augment.py, hidden_head.py, finetune.py)
     augment: str = "light"              # none | light | strong: augmented views / fine-tuning
     no_flip: bool = False               # never mirror (text, logos, left/right data)
-    views: int = 0                      # fixed augmented views per training image (frozen path)
+    views: int = 2                      # fixed augmented views per training image (frozen path)
     hidden_units: int = 0               # a hidden ReLU layer in the head (0: softmax only)
     fine_tune: bool = False             # then train the top of the backbone too
     fine_tune_blocks: int = 6           # top blocks unfrozen (plus the head convolution)
     fine_tune_epochs: int = 8
     fine_tune_lr: float = 1e-4
-    fine_tune_patience: int = 3
+    fine_tune_patience: int = 4
 
     def __post_init__(self) -> None:
         checks = [

@@ -29,6 +29,9 @@ from .augment import prepare, random_view
 from .images import ImageError, decode_image, load_image
 
 BATCH_SIZE = 32
+# The head arrives trained to convergence (over-confident on its training images): smoothed labels
+# and a learning rate that warms up over the first epoch keep the first steps from wrecking it.
+LABEL_SMOOTHING = 0.1
 # Decoded, resized training images are kept in memory up to this many bytes (else re-decoded).
 MEMORY_BUDGET = 1 << 30
 
@@ -183,8 +186,11 @@ def fine_tune(
     def train_step(x, y, w):
         with tf.GradientTape() as tape:
             probs = model(x, training=True)
-            picked = tf.gather(probs, y, axis=1, batch_dims=1)
-            loss = -tf.reduce_sum(w * tf.math.log(tf.maximum(picked, 1e-7))) / tf.reduce_sum(w)
+            log_probs = tf.math.log(tf.maximum(probs, 1e-7))
+            picked = tf.gather(log_probs, y, axis=1, batch_dims=1)
+            per_image = -((1 - LABEL_SMOOTHING) * picked
+                          + LABEL_SMOOTHING * tf.reduce_mean(log_probs, axis=1))
+            loss = tf.reduce_sum(w * per_image) / tf.reduce_sum(w)
             total = loss + tf.add_n(model.losses) if model.losses else loss
         grads = tape.gradient(total, variables)
         optimizer.apply_gradients(zip(grads, variables))
@@ -226,6 +232,7 @@ def fine_tune(
     bar = tqdm(total=epochs * len(train_items), desc="fine-tuning", unit="img",
                disable=not progress, dynamic_ncols=True)
     steps, trained, train_seconds = 0, 0, 0.0
+    warmup = max(1, -(-len(train_items) // BATCH_SIZE))  # one epoch of steps
     epoch_rates = []
     with ThreadPoolExecutor(config.workers or default_workers()) as pool:
         for epoch in range(1, epochs + 1):
@@ -234,6 +241,7 @@ def fine_tune(
             for idx, pixels in _batches(images, order, size, config.augment, config.no_flip,
                                         config.seed * 1000 + epoch, pool, BATCH_SIZE):
                 if pixels is not None:
+                    optimizer.learning_rate.assign(config.fine_tune_lr * min(1.0, (steps + 1) / warmup))
                     loss = train_step(tf.constant(pixels, tf.float32), tf.constant(y_train[idx]),
                                       tf.constant(class_w[y_train[idx]]))
                     losses.append(float(loss))
