@@ -369,7 +369,7 @@ def train(
     meta = {
         "backbone": {
             "name": spec.name, "input_size": size, "resize": resize,
-            "preprocessing": spec.preprocessing, "feature_dim": int(data["train"].x.shape[1]),
+            "preprocessing": spec.preprocessing, "feature_dim": len(head.get("hidden_kernel", head["kernel"])),
             "weights_id": weights_id,
             "weights_source": spec.weights_source + (", fine-tuned" if fine_tuned else ""),
         },
