@@ -83,7 +83,7 @@ def test_fine_tuned_model_guesses_through_the_fast_path_keyed_by_its_weights(fin
     stock = get_backbone("efficientnet_lite0").weights_id()
     assert meta["backbone"]["weights_id"].startswith("ft-") and meta["backbone"]["weights_id"] != stock
     summary = json.loads((fine_tuned / "run_summary.json").read_text())
-    assert summary["mode"] == "fine-tuned+hidden" and summary["fine_tune"]["epochs_run"] == 1
+    assert summary["mode"] == "fine-tuned+views+hidden" and summary["fine_tune"]["epochs_run"] == 1
     classifier = load_classifier(fine_tuned)
     cached = engine_cache_tflite(classifier.engine_key)
     assert cached.exists()  # converted from the fine-tuned backbone during training
