@@ -18,7 +18,9 @@ def _train_parser(sub) -> None:
     p.add_argument("tf_files", help="folder that holds data/<label>/ and receives the model")
     p.add_argument("--image-dir", help="labelled photos folder (default: TF_FILES/data)")
     p.add_argument("--eval-dir", help="an extra labelled folder (<label>/ sub-folders) to evaluate on")
-    p.add_argument("--backbone", default=TrainConfig.backbone, help="see `tfguess backbones`")
+    p.add_argument("--backbone", default=TrainConfig.backbone,
+                   help="see `tfguess backbones`; auto: the EfficientNet-Lite that cross-validates best "
+                   "(one feature extraction per backbone, once)")
     p.add_argument("--weights", help="local weights file for a backbone that downloads its own")
     p.add_argument("--tfhub-module", help="TF Hub image feature-vector handle or local SavedModel dir")
     p.add_argument("--image-size", type=int, help="input size of a TF Hub module without static dims")
@@ -41,6 +43,20 @@ def _train_parser(sub) -> None:
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the HTML evaluation report")
     p.add_argument("--workers", type=int, default=0, help="decoding threads (default: one per core)")
+    g = p.add_argument_group("accuracy beyond a frozen backbone")
+    g.add_argument("--augment", choices=["none", "light", "strong"], default=TrainConfig.augment,
+                   help="augmentation of the views and of fine-tuning")
+    g.add_argument("--no-flip", action="store_true",
+                   help="never mirror images (text, logos, left/right data)")
+    g.add_argument("--views", type=int, default=TrainConfig.views,
+                   help="fixed augmented views per training image, cached like the others")
+    g.add_argument("--hidden-units", type=int, default=TrainConfig.hidden_units,
+                   help="a hidden ReLU layer of this size in the head (0: none)")
+    g.add_argument("--fine-tune", action="store_true",
+                   help="then train the top of the backbone too (slower, most accurate)")
+    g.add_argument("--fine-tune-blocks", type=int, default=TrainConfig.fine_tune_blocks)
+    g.add_argument("--fine-tune-epochs", type=int, default=TrainConfig.fine_tune_epochs)
+    g.add_argument("--fine-tune-lr", type=float, default=TrainConfig.fine_tune_lr)
     _ray_arguments(p, "extract the bottlenecks")
     p.add_argument("--keep-placeholders", action="store_true",
                    help="use images that look like placeholders (flat background with a little "
@@ -77,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="labels to print (default: all)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--engine", choices=["auto", "tflite", "keras"], default="auto")
+    p.add_argument("--tta", action="store_true", help="average in the mirror image's prediction")
 
     p = sub.add_parser("guess-dir", help="copy every image of SRC into DST as <label>-<score>.<ext>")
     p.add_argument("model")
@@ -97,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(a re-run otherwise resumes; nothing is ever overwritten)")
     p.add_argument("--follow-links", action="store_true",
                    help="follow links to folders outside SRC (by default only those inside SRC)")
+    p.add_argument("--tta", action="store_true", help="average in the mirror image's prediction")
 
     p = sub.add_parser("evaluate", help="write the HTML evaluation report of a trained TF_FILES")
     p.add_argument("tf_files")
@@ -147,14 +165,15 @@ def _run(args) -> int:
     if args.command == "guess":
         from .predict import guess
 
-        return 1 if guess(args.model, args.images, args.top_k, args.json, args.engine) else 0
+        return 1 if guess(args.model, args.images, args.top_k, args.json, args.engine,
+                          tta=args.tta) else 0
     if args.command == "guess-dir":
         from .predict import guess_dir
 
         options = dict(recursive=args.recursive, by_label=args.by_label, min_score=args.min_score,
                        top_k=args.top_k, engine=args.engine, batch_size=args.batch_size,
                        workers=args.workers, progress=progress,
-                       again=args.again, follow_links=args.follow_links)
+                       again=args.again, follow_links=args.follow_links, tta=args.tta)
         if args.ray:
             from .distributed import guess_dir_ray
 

@@ -39,6 +39,16 @@ class TrainConfig:
     ray_workers: int = 0                # Ray actors; 0 = one per CPU of the cluster
     keep_placeholders: bool = False     # use images the placeholder check would skip
     follow_links: bool = False          # follow links to folders outside a label folder
+    # Accuracy beyond a frozen backbone (see augment.py, head.py, finetune.py)
+    augment: str = "light"              # none | light | strong: augmented views / fine-tuning
+    no_flip: bool = False               # never mirror (text, logos, left/right data)
+    views: int = 2                      # fixed augmented views per training image (frozen path)
+    hidden_units: int = 0               # a hidden ReLU layer in the head (0: softmax only)
+    fine_tune: bool = False             # then train the top of the backbone too
+    fine_tune_blocks: int = 6           # top blocks unfrozen (plus the head convolution)
+    fine_tune_epochs: int = 8
+    fine_tune_lr: float = 1e-4
+    fine_tune_patience: int = 4
 
     def __post_init__(self) -> None:
         checks = [
@@ -55,10 +65,31 @@ class TrainConfig:
              "precision int8 needs the TFLite engine (--engine auto or tflite)"),
             (not (self.precision == "int8" and self.ray),
              "--ray runs the float32 engine only: leave out --precision int8"),
+            (self.augment in ("none", "light", "strong"), "augment must be none, light or strong"),
+            (self.views >= 0, "views must be 0 or more"),
+            (not (self.views > 1 and self.augment == "none"),
+             "more than one augmented view needs --augment light or strong"),
+            (self.hidden_units >= 0, "hidden_units must be 0 or more"),
+            (self.fine_tune_blocks >= 0, "fine_tune_blocks must be 0 or more"),
+            (self.fine_tune_epochs >= 1, "fine_tune_epochs must be at least 1"),
+            (self.fine_tune_lr > 0, "fine_tune_lr must be positive"),
+            (self.fine_tune_patience >= 1, "fine_tune_patience must be at least 1"),
+            (not (self.fine_tune and self.ray),
+             "--ray extracts with the stock backbone only: leave out --fine-tune"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"invalid setting: {message}")
+
+    @property
+    def mode(self) -> str:
+        """How the model is trained, e.g. ``frozen``, ``frozen+views+hidden``, ``fine-tuned``."""
+        parts = ["fine-tuned" if self.fine_tune else "frozen"]
+        if self.views:
+            parts.append("views")
+        if self.hidden_units:
+            parts.append("hidden")
+        return "+".join(parts)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

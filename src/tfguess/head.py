@@ -64,8 +64,11 @@ def fit_head(
 
     Mini-batch Adam on the class-weighted cross-entropy with L2 on the kernel and dropout on the
     features. The weights of the best epoch (lowest validation loss, or training loss without a
-    validation split) are returned. ``on_epoch`` receives each history row.
+    validation split) are returned. ``on_epoch`` receives each history row. With
+    ``config.hidden_units``, the head has a hidden ReLU layer (:func:`fit_hidden_head`).
     """
+    if config.hidden_units:
+        return fit_hidden_head(x, y, num_classes, config, val, progress=progress, on_epoch=on_epoch)
     from tqdm.auto import tqdm
 
     x = np.asarray(x, np.float32)
@@ -116,3 +119,85 @@ def fit_head(
             break
     bar.close()
     return FitResult(Head(best[2], best[3]), history, best[1])
+
+
+def _glorot(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
+    limit = np.sqrt(6 / (fan_in + fan_out))  # Keras' Dense default
+    return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
+
+
+def fit_hidden_head(
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    config: TrainConfig,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """The head with one hidden layer: ``features -> dropout -> Dense(hidden_units, ReLU) ->
+    dropout -> Dense(softmax)`` (what ``model.build_classifier(hidden_units=...)`` computes),
+    trained with the same recipe as :func:`fit_head`."""
+    from tqdm.auto import tqdm
+
+    x = np.asarray(x, np.float32)
+    rng = np.random.default_rng(config.seed)
+    n, dim = x.shape
+    units = config.hidden_units
+    head = Head(_glorot(rng, units, num_classes), np.zeros(num_classes, np.float32),
+                _glorot(rng, dim, units), np.zeros(units, np.float32))
+    w1, b1, w2, b2 = head.hidden_kernel, head.hidden_bias, head.kernel, head.bias
+    adam = Adam([w1, b1, w2, b2], config.learning_rate)
+
+    counts = np.bincount(y, minlength=num_classes).astype(np.float32)
+    class_w = (len(y) / (num_classes * np.maximum(counts, 1)) if config.class_weights
+               else np.ones(num_classes, np.float32))
+    sample_w = class_w[y].astype(np.float32)
+    targets = np.eye(num_classes, dtype=np.float32)[y]
+    if config.label_smoothing:
+        targets = targets * (1 - config.label_smoothing) + config.label_smoothing / num_classes
+    keep = 1.0 - config.dropout
+    has_val = val is not None and len(val[1]) > 0
+
+    def mask(shape) -> np.ndarray | float:
+        if not config.dropout:
+            return 1.0
+        return (rng.random(shape, dtype=np.float32) < keep) / keep
+
+    def snapshot() -> Head:
+        return Head(w2.copy(), b2.copy(), w1.copy(), b1.copy())
+
+    best = (np.inf, 0, snapshot())
+    history = []
+    bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", disable=not progress,
+               dynamic_ncols=True)
+    for epoch in bar:
+        order = rng.permutation(n)
+        for start in range(0, n, config.batch_size):
+            idx = order[start:start + config.batch_size]
+            xb = x[idx] * mask((len(idx), dim))
+            pre = xb @ w1 + b1
+            m1 = mask(pre.shape)
+            hd = np.maximum(pre, 0.0) * m1
+            w = sample_w[idx] / sample_w[idx].sum()
+            g_logits = (softmax(hd @ w2 + b2) - targets[idx]) * w[:, None]
+            g_h = (g_logits @ w2.T) * m1 * (pre > 0)
+            adam.step([xb.T @ g_h + 2 * config.l2 * w1, g_h.sum(0),
+                       hd.T @ g_logits + 2 * config.l2 * w2, g_logits.sum(0)])
+        loss, acc = loss_accuracy(x, y, head)
+        row = {"epoch": epoch, "loss": round(loss, 6), "accuracy": round(acc, 6)}
+        if has_val:
+            vloss, vacc = loss_accuracy(val[0], val[1], head)
+            row.update(val_loss=round(vloss, 6), val_accuracy=round(vacc, 6))
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        bar.set_postfix({k: v for k, v in row.items() if k != "epoch"}, refresh=False)
+        monitored = row.get("val_loss", row["loss"])
+        if monitored < best[0] - 1e-5:
+            best = (monitored, epoch, snapshot())
+        elif epoch - best[1] >= config.patience:
+            break
+    bar.close()
+    return FitResult(best[2], history, best[1])

@@ -36,14 +36,21 @@ WEIGHTS_MEMBER = "model.weights.h5"       # Keras 3's weights inside the .keras 
 FORMAT_VERSION = 1
 
 
-def build_classifier(backbone, num_classes: int, dropout: float = 0.2, l2: float = 1e-4):
-    """Stack the trainable head on the frozen ``backbone`` (a Keras model named "backbone")."""
+def build_classifier(backbone, num_classes: int, dropout: float = 0.2, l2: float = 1e-4,
+                     hidden_units: int = 0):
+    """Stack the trainable head on the frozen ``backbone`` (a Keras model named "backbone").
+
+    ``hidden_units``: a hidden ReLU layer ("hidden", then dropout) between features and softmax.
+    """
     import keras
 
     backbone.trainable = False
     inputs = keras.Input(backbone.input_shape[1:], name="pixels")
     features = backbone(inputs, training=False)
     x = keras.layers.Dropout(dropout, name="dropout")(features)
+    if hidden_units:
+        x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
+        x = keras.layers.Dropout(dropout, name="hidden_dropout")(x)
     outputs = keras.layers.Dense(
         num_classes,
         activation="softmax",
@@ -51,6 +58,13 @@ def build_classifier(backbone, num_classes: int, dropout: float = 0.2, l2: float
         name="head",
     )(x)
     return keras.Model(inputs, outputs, name="tfguess_classifier")
+
+
+def set_head(keras_model, head: Head) -> None:
+    """Put ``head``'s weights into a model from :func:`build_classifier` (of the same layout)."""
+    if head.hidden_kernel is not None:
+        keras_model.get_layer("hidden").set_weights([head.hidden_kernel, head.hidden_bias])
+    keras_model.get_layer("head").set_weights([head.kernel, head.bias])
 
 
 @dataclass
@@ -80,7 +94,10 @@ class Classifier:
 
     def head(self) -> Head:
         kernel, bias = self.keras_model.get_layer("head").get_weights()
-        return Head(kernel, bias)
+        hidden = None
+        if any(layer.name == "hidden" for layer in self.keras_model.layers):
+            hidden = self.keras_model.get_layer("hidden").get_weights()
+        return Head(kernel, bias, *(hidden or (None, None)))
 
 
 def save_classifier(
@@ -96,12 +113,12 @@ def save_classifier(
     path = Path(path)
     clean_stale_temp_files(path.parent, [path.name, f"{path.stem}.previous{path.suffix}"])
     meta = {"format_version": FORMAT_VERSION, "labels": list(labels), **meta}
-    kernel, bias = keras_model.get_layer("head").get_weights()
+    arrays = Classifier(keras_model, list(labels), meta).head().arrays()
 
     def write(tmp: Path) -> None:
         keras_model.save(tmp)
         head = io.BytesIO()
-        np.savez(head, kernel=kernel, bias=bias)
+        np.savez(head, **arrays)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(META_MEMBER, json.dumps(meta, indent=2, sort_keys=True))
             archive.writestr(HEAD_MEMBER, head.getvalue())
@@ -124,30 +141,39 @@ def same_layout(path: Path, ref: BackboneRef, num_classes: int, config) -> bool:
     return (
         BackboneRef.from_meta(meta["backbone"]) == ref
         and len(meta.get("labels", [])) == num_classes
-        and (old.get("dropout"), old.get("l2")) == (config.dropout, config.l2)
+        and (old.get("dropout"), old.get("l2"), old.get("hidden_units", 0))
+        == (config.dropout, config.l2, config.hidden_units)
         and {WEIGHTS_MEMBER, "config.json"} <= names
         and (ref.precision == "float32" or ENGINE_MEMBER in names)
     )
 
 
 def _replace_head(weights_h5: bytes, head: Head) -> bytes:
-    """``model.weights.h5`` with the head's kernel and bias replaced: the one top-level layer
-    whose variables have the head's shapes (the backbone's are nested one level deeper)."""
+    """``model.weights.h5`` with the head's arrays replaced: for each dense layer of the head
+    (``head``, and ``hidden`` when there is one), the top-level layer of that name, else the one
+    top-level layer whose variables have its shapes (the backbone's are nested one level deeper)."""
     import h5py
 
     buf = io.BytesIO(weights_h5)
     with h5py.File(buf, "r+") as f:
-        found = []
-        for group in f.get("layers", {}).values():
-            variables = group.get("vars") if isinstance(group, h5py.Group) else None
-            if (variables is not None and set(variables) == {"0", "1"}
-                    and variables["0"].shape == head.kernel.shape
-                    and variables["1"].shape == head.bias.shape):
-                found.append(variables)
-        if len(found) != 1:
-            raise ModelError(f"the head's weights were not found in {WEIGHTS_MEMBER}")
-        found[0]["0"][...] = head.kernel
-        found[0]["1"][...] = head.bias
+        layers = f.get("layers", {})
+        pairs = [("head", head.kernel, head.bias)]
+        if head.hidden_kernel is not None:
+            pairs.append(("hidden", head.hidden_kernel, head.hidden_bias))
+        for name, kernel, bias in pairs:
+            found = []
+            for group_name, group in layers.items():
+                variables = group.get("vars") if isinstance(group, h5py.Group) else None
+                if (variables is not None and set(variables) == {"0", "1"}
+                        and variables["0"].shape == kernel.shape
+                        and variables["1"].shape == bias.shape):
+                    found.append((group_name, variables))
+            named = [v for n, v in found if n == name]
+            found = named or [v for _, v in found]
+            if len(found) != 1:
+                raise ModelError(f"the head's weights were not found in {WEIGHTS_MEMBER}")
+            found[0]["0"][...] = kernel
+            found[0]["1"][...] = bias
     return buf.getvalue()
 
 
@@ -164,7 +190,7 @@ def save_classifier_with_head(source: Path, path: Path, head: Head, labels: list
     members = [(info, _replace_head(data, head) if info.filename == WEIGHTS_MEMBER else data)
                for info, data in members]
     npz = io.BytesIO()
-    np.savez(npz, kernel=head.kernel, bias=head.bias)
+    np.savez(npz, **head.arrays())
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w") as archive:
@@ -227,11 +253,11 @@ def read_meta(path: str | Path) -> dict:
 
 
 def read_head(path: str | Path) -> Head:
-    """The head's weights straight from the file, without loading Keras."""
+    """The head's weights (with its hidden layer's, if any) straight from the file, without Keras."""
     path = resolve_model_path(path)
     try:
         with np.load(io.BytesIO(_read_member(path, HEAD_MEMBER))) as head:
-            return Head(head["kernel"], head["bias"])
+            return Head.from_arrays(head)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{path} is damaged (the head cannot be read: {exc}): train again") from None
 

@@ -50,11 +50,15 @@ class Predictor:
         self.engine = engine
 
     @classmethod
-    def load(cls, model: str | Path, engine: str = "auto", log: Callable = print) -> Predictor:
+    def load(cls, model: str | Path, engine: str = "auto", log: Callable = print,
+             tta: bool = False) -> Predictor:
         """Load a tfguess model (the ``.keras`` file or its folder) or an exported ``.tflite``.
 
         A model whose backbone's TFLite twin is cached runs without importing TensorFlow: the
         head is read from the file and the engine from the cache.
+
+        ``tta``: average in the prediction of the mirrored image (test-time augmentation);
+        refused for a model trained with ``no_flip`` (mirroring changes the meaning there).
         """
         from .features import BackboneRef, engine_name, make_extractor
         from .model import install_engine, load_classifier, read_head, read_meta, resolve_model_path
@@ -62,9 +66,12 @@ class Predictor:
         path = resolve_model_path(model)
         if path.suffix.lower() == ".tflite":
             tfl = TFLiteClassifier(path)
-            return cls(tfl.labels, tfl.input_size, tfl.resize, tfl, "tflite-file",
-                       _identity(path))
+            return cls(tfl.labels, tfl.input_size, tfl.resize, _with_tta(tfl, tta), "tflite-file",
+                       _identity(path, tta))
         meta = read_meta(path)
+        if tta and meta.get("config", {}).get("no_flip"):
+            raise ConfigError(f"{display_path(path)} was trained with --no-flip (mirroring changes "
+                              "the meaning): guess without --tta")
         ref = BackboneRef.from_meta(meta["backbone"])
         head = read_head(path)
         if ref.precision != "float32" and engine != "keras":
@@ -74,8 +81,8 @@ class Predictor:
         def probabilities(pixels: np.ndarray) -> np.ndarray:
             return head(extractor(pixels))
 
-        return cls(list(meta["labels"]), ref.input_size, ref.resize, probabilities,
-                   engine_name(extractor), _identity(path))
+        return cls(list(meta["labels"]), ref.input_size, ref.resize, _with_tta(probabilities, tta),
+                   engine_name(extractor), _identity(path, tta))
 
     def predict(self, paths: list[Path], top_k: int = 0, batch_size: int = 32, workers: int = 0,
                 progress: bool = False) -> Iterator[Prediction]:
@@ -100,10 +107,23 @@ class Predictor:
         bar.close()
 
 
-def _identity(path: Path) -> str:
+def _identity(path: Path, tta: bool = False) -> str:
+    """What identifies the predictions: the model file's content (and test-time flips)."""
     from .journal import file_digest
 
-    return "sha256:" + file_digest(path)[:16]
+    return "sha256:" + file_digest(path)[:16] + ("+tta" if tta else "")
+
+
+def _with_tta(probabilities: Callable[[np.ndarray], np.ndarray], tta: bool):
+    """``probabilities``, or the mean of it on the images and on their mirror images."""
+    if not tta:
+        return probabilities
+
+    def averaged(pixels: np.ndarray) -> np.ndarray:
+        both = probabilities(np.concatenate([pixels, pixels[:, :, ::-1]]))
+        return (both[: len(pixels)] + both[len(pixels):]) / 2
+
+    return averaged
 
 
 def format_prediction(pred: Prediction) -> list[str]:
@@ -114,9 +134,9 @@ def format_prediction(pred: Prediction) -> list[str]:
 
 
 def guess(model: str | Path, images: list[str | Path], top_k: int = 0, as_json: bool = False,
-          engine: str = "auto", out: Callable[[str], None] = print) -> int:
+          engine: str = "auto", out: Callable[[str], None] = print, tta: bool = False) -> int:
     """Print the labels with scores for each image. Returns the number of images that failed."""
-    predictor = Predictor.load(model, engine)
+    predictor = Predictor.load(model, engine, tta=tta)
     paths = [Path(p) for p in images]
     failed = 0
     results = []
@@ -170,6 +190,7 @@ def guess_dir(
     follow_links: bool = False,
     log: Callable[[str], None] = print,
     predictor: Predictor | None = None,
+    tta: bool = False,
 ) -> GuessDirResult:
     """Copy every image of ``src`` into ``dst`` as ``<label>-<score>.<ext>``.
 
@@ -195,7 +216,9 @@ def guess_dir(
     if dst.exists() and not dst.is_dir():
         raise ConfigError(f"the destination {display_path(dst)} is a file, not a folder: "
                           "choose a folder")
-    predictor = predictor or Predictor.load(model, engine, log)
+    if predictor is not None and tta:
+        raise ConfigError("--tta is not available with --ray: leave out one of them")
+    predictor = predictor or Predictor.load(model, engine, log, tta=tta)
     start = time.perf_counter()
     dst.mkdir(parents=True, exist_ok=True)
     journal = Journal(dst, log)

@@ -71,13 +71,45 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Head:
-    """The trained head: ``softmax(features @ kernel + bias)``."""
+    """The trained head: ``softmax(features @ kernel + bias)``, or with a hidden layer
+    ``softmax(relu(features @ hidden_kernel + hidden_bias) @ kernel + bias)`` (inference: dropout
+    is the identity)."""
 
     kernel: np.ndarray
     bias: np.ndarray
+    hidden_kernel: np.ndarray | None = None
+    hidden_bias: np.ndarray | None = None
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
-        return softmax(features @ self.kernel + self.bias)
+        x = features
+        if self.hidden_kernel is not None:
+            x = np.maximum(x @ self.hidden_kernel + self.hidden_bias, 0.0)
+        return softmax(x @ self.kernel + self.bias)
+
+    @property
+    def hidden_units(self) -> int:
+        return 0 if self.hidden_kernel is None else int(self.hidden_kernel.shape[1])
+
+    @property
+    def feature_dim(self) -> int:
+        """The length of the feature vectors the head takes."""
+        return int((self.kernel if self.hidden_kernel is None else self.hidden_kernel).shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The weights by name (as the model file's head member stores them)."""
+        arrays = {"kernel": self.kernel, "bias": self.bias}
+        if self.hidden_kernel is not None:
+            arrays.update(hidden_kernel=self.hidden_kernel, hidden_bias=self.hidden_bias)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays) -> Head:
+        """The head from :meth:`arrays` (a dict or an ``np.load`` archive)."""
+        names = set(getattr(arrays, "files", arrays))
+        hidden = "hidden_kernel" in names
+        return cls(np.asarray(arrays["kernel"]), np.asarray(arrays["bias"]),
+                   np.asarray(arrays["hidden_kernel"]) if hidden else None,
+                   np.asarray(arrays["hidden_bias"]) if hidden else None)
 
 
 class TFLiteEngine:

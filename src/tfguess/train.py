@@ -205,6 +205,18 @@ def train(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     run = RunFolder.at(tf_files)
+    auto_backbone = None
+    if config.backbone == "auto":  # tries the offline backbones on cached features
+        from .accuracy import choose_backbone
+
+        auto_dir = Path(config.image_dir).expanduser().resolve() if config.image_dir else run.data
+        if not auto_dir.is_dir():
+            raise DatasetError(
+                f"image folder not found: {auto_dir}. Put your photos in {auto_dir}/<label>/ "
+                "(one sub-folder per label) or pass --image-dir"
+            )
+        config, auto_backbone = choose_backbone(auto_dir, run.bottlenecks, config, progress, log)
+        timings["choose_backbone"] = time.perf_counter() - t0
     spec = resolve_backbone(config)  # an unknown backbone name is reported first
     image_dir = Path(config.image_dir).expanduser().resolve() if config.image_dir else run.data
     if not image_dir.is_dir():
@@ -266,16 +278,51 @@ def train(
 
     data = {split: xy(items) for split, items in splits.items()}
 
+    # Accuracy beyond a frozen backbone: augmented views, a hidden layer, fine-tuning.
+    from . import accuracy
+
+    t = time.perf_counter()
+    fit_x, fit_y = accuracy.with_views(*data["train"], splits["train"], config, ref, run.bottlenecks,
+                                       extractor, progress, log)
+    if len(fit_y) != len(data["train"][1]):
+        timings["views"] = time.perf_counter() - t
     t = time.perf_counter()
     on_epoch, close_writer = _tensorboard_writer(config.summaries_dir)
     try:
-        fit = fit_head(*data["train"], len(labels), config, data["validation"], progress=progress,
+        fit = fit_head(fit_x, fit_y, len(labels), config, data["validation"], progress=progress,
                        on_epoch=on_epoch)
     finally:
         close_writer()
     head = fit.head
     timings["train_head"] = time.perf_counter() - t
     log(f"Trained the head: best epoch {fit.best_epoch} of {len(fit.history)}")
+    fine_tuned = None
+    if config.fine_tune:
+        from .finetune import fine_tune
+
+        t = time.perf_counter()
+
+        def pairs(split: str) -> list[tuple[Path, int]]:
+            return [(it.path, index[it.label]) for it in splits[split]]
+
+        fine_tuned = fine_tune(backbone(), head, pairs("train"), pairs("validation"), len(labels),
+                               config, ref.input_size, ref.resize, progress, log)
+        head = fine_tuned.head
+        timings["fine_tune"] = time.perf_counter() - t
+        if fine_tuned.weights_id:
+            # The fine-tuned backbone is another backbone: its own engine and feature cache.
+            ref = dataclasses.replace(ref, weights_id=fine_tuned.weights_id)
+            cache = BottleneckCache(run.bottlenecks, ref.cache_key)
+            extractor = _LazyExtractor(ref, backbone, config.engine, log, calibration)
+            compute = functools.partial(compute_features, keep_placeholders=config.keep_placeholders)
+            feats = compute([(it.path, it.digest) for it in usable], cache, extractor,
+                            ref.input_size, ref.resize, workers=config.workers, progress=progress)
+            missing = [it for it in usable if it.digest not in feats.features]
+            if missing:
+                raise DatasetError(f"the fine-tuned backbone could not read {display_path(missing[0].path)} "
+                                   "(it was read before): check the file and train again")
+            data = {split: xy(items) for split, items in splits.items()}
+            timings["fine_tune_features"] = feats.seconds
 
     metrics = {}
     for split, (x, y) in data.items():
@@ -291,8 +338,9 @@ def train(
     t = time.perf_counter()
     backbone_meta = {
         "name": spec.name, "input_size": ref.input_size, "resize": ref.resize,
-        "preprocessing": spec.preprocessing, "feature_dim": int(head.kernel.shape[0]),
-        "weights_id": ref.weights_id, "weights_source": spec.weights_source,
+        "preprocessing": spec.preprocessing, "feature_dim": head.feature_dim,
+        "weights_id": ref.weights_id,
+        "weights_source": spec.weights_source + (", fine-tuned" if ref.weights_id != weights_id else ""),
         "precision": ref.precision, "calibration": ref.calibration,
     }
     model_path = _save_model(run, ref, backbone, head, labels, config, backbone_meta, metrics, log)
@@ -305,6 +353,9 @@ def train(
     summary = {
         "image_dir": run.store(image_dir),
         "config": config.to_dict(),
+        "mode": config.mode,
+        "fine_tune": accuracy.fine_tune_summary(fine_tuned),
+        "auto_backbone": auto_backbone,
         "backbone": backbone_meta,
         "engine": "tflite (ray)" if config.ray and feats.computed else extractor.name,
         "runtime": runtime_name(),
@@ -330,6 +381,7 @@ def train(
     }
     summary_path = run.write_summary(summary)
     acc = {s: metrics[s].get("accuracy") for s in SPLITS}
+    log(f"Mode: {config.mode}")
     log(f"Accuracy: train {acc['train']}, validation {acc['validation']}, test {acc['test']} "
         f"(test n={metrics['test']['n']})")
     log(f"Wrote {model_path}, {run.labels}, {run.summary.name}, {run.history.name} "
@@ -341,22 +393,31 @@ def train(
 def _save_model(run: RunFolder, ref: BackboneRef, backbone: _LazyBackbone, head: Head,
                 labels: list[str], config: TrainConfig, backbone_meta: dict, metrics: dict,
                 log: Callable[[str], None]) -> Path:
-    """Save the model; when the run folder's previous model has the same backbone and head shape
-    and the backbone was not needed, the new file is the previous one with the new head (no
+    """Save the model; when the run folder's previous model has the same backbone (a fine-tuned
+    one has its own weights id) and head layout (hidden layer included) and the backbone was not
+    needed, the new file is the previous one with the new head (no
     TensorFlow)."""
-    from .model import build_classifier, same_layout, save_classifier, save_classifier_with_head
+    from .model import (
+        build_classifier,
+        same_layout,
+        save_classifier,
+        save_classifier_with_head,
+        set_head,
+    )
 
     meta = {
         "backbone": backbone_meta,
         "config": config.to_dict(),
+        "mode": config.mode,
         "metrics": {s: {"accuracy": m.get("accuracy"), "n": m.get("n")} for s, m in metrics.items()},
     }
     engine = ref.engine_file if ref.precision == "int8" and ref.engine_file.exists() else None
     if not backbone.built and same_layout(run.model, ref, len(labels), config):
         previous = save_classifier_with_head(run.model, run.model, head, labels, meta)
     else:
-        classifier = build_classifier(backbone(), len(labels), config.dropout, config.l2)
-        classifier.get_layer("head").set_weights([head.kernel, head.bias])
+        classifier = build_classifier(backbone(), len(labels), config.dropout, config.l2,
+                                      head.hidden_units)
+        set_head(classifier, head)
         previous = save_classifier(run.model, classifier, labels, meta, engine_file=engine)
     if previous:
         log(f"Kept the previous {run.model.name} as {previous.name} (one generation is kept)")

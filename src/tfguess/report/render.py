@@ -198,7 +198,8 @@ def render_html(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> str:
       f"{_e(Path(data['tf_files']).name)}</title><meta name='viewport' content='width=device-width'>"
       f"<style>{CSS}</style></head><body><main>")
     w(f"<h1>Evaluation report</h1><p class='muted'>{_e(data['tf_files'])} · images from {_e(root)} · "
-      f"backbone {_e(data['backbone'])} · {_e(data['generated'])}</p>")
+      f"backbone {_e(data['backbone'])} · mode {_e(data.get('mode', 'frozen'))} · "
+      f"{_e(data['generated'])}</p>")
     w("<nav><a href='#metrics'>Metrics</a><a href='#confusion'>Confusion</a><a href='#curves'>Training</a>"
       "<a href='#misclassified'>Misclassified</a><a href='#suspects'>Suspected label errors</a>"
       "<a href='#atypical'>Atypical</a><a href='#duplicates'>Duplicates</a><a href='#skipped'>Skipped</a><a href='#balance'>Balance</a></nav>")

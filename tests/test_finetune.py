@@ -1,0 +1,168 @@
+"""Fine-tuning and the hidden-layer head: what changes, what must not, and the saved model's paths."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DEMO_DATA
+
+from tfguess.config import TrainConfig
+from tfguess.runtime import Head
+
+
+def demo_items(n: int = 16) -> list[tuple[Path, int]]:
+    faces = sorted((DEMO_DATA / "face").glob("*.png"))[: n // 2]
+    others = sorted((DEMO_DATA / "not_face").glob("*.png"))[: n // 2]
+    return [(p, 0) for p in faces] + [(p, 1) for p in others]
+
+
+def layer_weights(model) -> dict[str, list[np.ndarray]]:
+    return {layer.name: [np.array(w) for w in layer.get_weights()] for layer in model.layers}
+
+
+@pytest.mark.slow
+def test_fine_tune_changes_only_unfrozen_layers_and_never_batchnorm():
+    import keras
+
+    from tfguess.backbones import get_backbone
+    from tfguess.finetune import block_groups, fine_tune
+
+    backbone = get_backbone("efficientnet_lite0").build()
+    assert block_groups(backbone)[0] == "stem" and block_groups(backbone)[-1] == "head"
+    before = layer_weights(backbone)
+    rng = np.random.default_rng(0)
+    head = Head(rng.normal(0, 0.01, (1280, 2)).astype(np.float32), np.zeros(2, np.float32))
+    config = TrainConfig(fine_tune=True, fine_tune_blocks=2, fine_tune_epochs=1, fine_tune_lr=1e-3)
+    result = fine_tune(backbone, head, demo_items(), [], 2, config, 224, "crop", progress=False,
+                       log=lambda *_: None, max_steps=2)
+    after = layer_weights(backbone)
+    top = {"head", *block_groups(backbone)[-3:-1]}
+    changed, kinds = set(), {}
+    for layer in backbone.layers:
+        kinds[layer.name] = layer
+        for a, b in zip(before[layer.name], after[layer.name]):
+            if not np.array_equal(a, b):
+                changed.add(layer.name)
+    assert changed, "fine-tuning changed nothing"
+    for name in changed:
+        assert name.split("_")[0] in top, f"{name} is frozen but changed"
+        assert not isinstance(kinds[name], keras.layers.BatchNormalization), f"{name} (BatchNorm) changed"
+    convs = {n for n in result.unfrozen if n.endswith("conv")}
+    assert convs and convs <= changed  # every unfrozen convolution moved
+    assert result.weights_id and result.weights_id.startswith("ft-")
+    assert result.images_per_second > 0
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(tmp_path_factory) -> Path:
+    """The demo data, trained with a hidden layer and one short fine-tuning epoch."""
+    from tfguess.train import train
+
+    tf_files = tmp_path_factory.mktemp("ft") / "tf"
+    shutil.copytree(DEMO_DATA, tf_files / "data")
+    # No validation split: the last fine-tuned weights are kept, so the backbone surely changed.
+    config = TrainConfig(report=False, epochs=40, validation_pct=0, hidden_units=32, fine_tune=True,
+                         fine_tune_blocks=1, fine_tune_epochs=1, fine_tune_lr=1e-3)
+    train(tf_files, config, progress=False, log=lambda *_: None)
+    return tf_files
+
+
+@pytest.mark.slow
+def test_fine_tuned_model_guesses_through_the_fast_path_keyed_by_its_weights(fine_tuned):
+    import json
+
+    from tfguess.backbones import get_backbone
+    from tfguess.features import BackboneRef
+    from tfguess.images import load_image
+    from tfguess.model import load_classifier, read_meta
+    from tfguess.predict import Predictor
+    from tfguess.runtime import TFLiteEngine
+
+    meta = read_meta(fine_tuned)
+    stock = get_backbone("efficientnet_lite0").weights_id()
+    assert meta["backbone"]["weights_id"].startswith("ft-") and meta["backbone"]["weights_id"] != stock
+    summary = json.loads((fine_tuned / "run_summary.json").read_text())
+    assert summary["mode"] == "fine-tuned+views+hidden" and summary["fine_tune"]["epochs_run"] == 1
+    classifier = load_classifier(fine_tuned)
+    ref = BackboneRef.from_meta(meta["backbone"])
+    assert ref.engine_key != BackboneRef.from_meta({**meta["backbone"], "weights_id": stock}).engine_key
+    cached = ref.engine_file
+    assert cached.exists()  # converted from the fine-tuned backbone during training
+    paths = [p for p, _ in demo_items(8)]
+    pixels = np.stack([load_image(p, 224) for p in paths]).astype(np.float32)
+    keras_features = np.asarray(classifier.backbone(pixels, training=False))
+    np.testing.assert_allclose(TFLiteEngine(cached)(pixels), keras_features, atol=1e-4)
+    stock_features = np.asarray(get_backbone("efficientnet_lite0").build()(pixels, training=False))
+    assert np.abs(stock_features - keras_features).max() > 1e-3  # the backbone really changed
+    fast = Predictor.load(fine_tuned)
+    assert fast.engine.startswith("tflite")
+    keras_probs = np.asarray(classifier.keras_model(pixels, training=False))
+    np.testing.assert_allclose(fast.probabilities(pixels), keras_probs, atol=1e-4)
+    np.testing.assert_allclose(classifier.head()(keras_features), keras_probs, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_tflite_export_of_a_fine_tuned_model_agrees(fine_tuned, tmp_path):
+    from tfguess.export import TFLiteClassifier, export
+    from tfguess.images import load_image
+    from tfguess.model import load_classifier
+
+    (path,) = export(fine_tuned, ["tflite"], out_dir=tmp_path, log=lambda *_: None)
+    tfl = TFLiteClassifier(path)
+    paths = [p for p, _ in demo_items(8)]
+    pixels = np.stack([load_image(p, tfl.input_size, tfl.resize) for p in paths]).astype(np.float32)
+    keras_probs = np.asarray(load_classifier(fine_tuned).keras_model(pixels, training=False))
+    np.testing.assert_allclose(tfl(pixels), keras_probs, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_hidden_head_gradients_and_saved_model(tmp_path):
+    """The numpy hidden-layer head learns, and the Keras model built from it computes the same."""
+    from tfguess.backbones import get_backbone
+    from tfguess.head import fit_head
+    from tfguess.model import build_classifier, read_head, save_classifier, set_head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (300, 16)).astype(np.float32)
+    y = ((x[:, 0] * x[:, 1]) > 0).astype(np.int64)  # XOR-like: a softmax alone cannot learn it
+    config = TrainConfig(hidden_units=32, epochs=300, dropout=0.0, learning_rate=1e-2, patience=50)
+    fit = fit_head(x[:240], y[:240], 2, config, (x[240:], y[240:]), progress=False)
+    assert fit.head.hidden_units == 32
+    assert (fit.head(x[240:]).argmax(1) == y[240:]).mean() >= 0.85
+
+    backbone = get_backbone("efficientnet_lite0").build(weights="random")
+    classifier = build_classifier(backbone, 2, hidden_units=32)
+    real = Head(rng.normal(0, 0.2, (32, 2)).astype(np.float32), np.zeros(2, np.float32),
+                rng.normal(0, 0.05, (1280, 32)).astype(np.float32),
+                rng.normal(0, 0.1, 32).astype(np.float32))
+    set_head(classifier, real)
+    path = tmp_path / "model.keras"
+    save_classifier(path, classifier, ["a", "b"], {"backbone": {}})
+    stored = read_head(path)
+    assert set(stored.arrays()) == set(real.arrays())
+    pixels = rng.uniform(0, 255, (3, 224, 224, 3)).astype(np.float32)
+    features = np.asarray(backbone(pixels, training=False))
+    np.testing.assert_allclose(stored(features),
+                               np.asarray(classifier(pixels, training=False)), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_backbone_auto_picks_by_cross_validation_and_reuses_the_cache(tmp_path):
+    from tfguess.accuracy import AUTO_CANDIDATES
+    from tfguess.train import train
+
+    tf_files = tmp_path / "tf"
+    shutil.copytree(DEMO_DATA, tf_files / "data")
+    config = TrainConfig(backbone="auto", report=False, epochs=20)
+    summary = train(tf_files, config, progress=False, log=lambda *_: None).summary
+    auto = summary["auto_backbone"]
+    assert auto["chosen"] in AUTO_CANDIDATES and set(auto["candidates"]) <= set(AUTO_CANDIDATES)
+    assert summary["backbone"]["name"] == auto["chosen"] == summary["config"]["backbone"]
+    assert summary["features"]["computed"] == 0  # the choice already cached the winner's features
+    best = max(c["cv_accuracy"] for c in auto["candidates"].values())
+    assert auto["candidates"][auto["chosen"]]["cv_accuracy"] == best
+    again = train(tf_files, config, progress=False, log=lambda *_: None).summary["auto_backbone"]
+    assert all(c["features_computed"] == 0 for c in again["candidates"].values())
