@@ -106,9 +106,10 @@ def test_fine_tuned_model_guesses_through_the_fast_path_keyed_by_its_weights(fin
 
 @pytest.mark.slow
 def test_tflite_export_of_a_fine_tuned_model_agrees(fine_tuned, tmp_path):
-    from tfguess.export import TFLiteClassifier, export
+    from tfguess.export import export
     from tfguess.images import load_image
     from tfguess.model import load_classifier
+    from tfguess.runtime import TFLiteClassifier
 
     (path,) = export(fine_tuned, ["tflite"], out_dir=tmp_path, log=lambda *_: None)
     tfl = TFLiteClassifier(path)

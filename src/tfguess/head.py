@@ -145,8 +145,9 @@ def fit_hidden_head(
     rng = np.random.default_rng(config.seed)
     n, dim = x.shape
     units = config.hidden_units
+    hidden_kernel = _glorot(rng, dim, units)
     head = Head(_glorot(rng, units, num_classes), np.zeros(num_classes, np.float32),
-                _glorot(rng, dim, units), np.zeros(units, np.float32))
+                hidden_kernel, np.zeros(units, np.float32))
     w1, b1, w2, b2 = head.hidden_kernel, head.hidden_bias, head.kernel, head.bias
     adam = Adam([w1, b1, w2, b2], config.learning_rate)
 
