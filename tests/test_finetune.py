@@ -167,3 +167,54 @@ def test_backbone_auto_picks_by_cross_validation_and_reuses_the_cache(tmp_path):
     assert auto["candidates"][auto["chosen"]]["cv_accuracy"] == best
     again = train(tf_files, config, progress=False, log=lambda *_: None).summary["auto_backbone"]
     assert all(c["features_computed"] == 0 for c in again["candidates"].values())
+
+
+def test_same_layout_needs_the_same_hidden_layer_and_backbone_weights(tmp_path):
+    """The warm save (head arrays replaced in the previous file) only applies to the same layout."""
+    import json
+    import zipfile
+
+    from tfguess.features import BackboneRef
+    from tfguess.model import META_MEMBER, WEIGHTS_MEMBER, same_layout
+
+    ref = BackboneRef("efficientnet_lite0", "abc", 224, "crop")
+    backbone = {"name": ref.name, "weights_id": ref.weights_id, "input_size": 224, "resize": "crop"}
+    config = TrainConfig(hidden_units=16)
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(META_MEMBER, json.dumps({"labels": ["a", "b"], "backbone": backbone,
+                                                  "config": config.to_dict()}))
+        archive.writestr(WEIGHTS_MEMBER, b"")
+        archive.writestr("config.json", b"{}")
+    assert same_layout(path, ref, 2, config)
+    assert not same_layout(path, ref, 2, TrainConfig(hidden_units=8))
+    assert not same_layout(path, ref, 2, TrainConfig())
+    fine_tuned = BackboneRef(ref.name, "ft-0123", 224, "crop")
+    assert not same_layout(path, fine_tuned, 2, config)
+
+
+@pytest.mark.slow
+def test_warm_retrain_with_a_hidden_layer_replaces_both_layers_without_keras(tmp_path):
+    """A re-train with all features cached and the same hidden layer saves without building the
+    backbone; Keras loads the file with the new weights of both dense layers. Another hidden size
+    builds the model again."""
+    from tfguess.model import load_classifier, read_head
+    from tfguess.train import train
+
+    tf_files = tmp_path / "tf"
+    shutil.copytree(DEMO_DATA, tf_files / "data")
+    quiet = {"progress": False, "log": lambda *_: None}
+    train(tf_files, TrainConfig(report=False, epochs=20, hidden_units=16), **quiet)
+    before = read_head(tf_files)
+    summary = train(tf_files, TrainConfig(report=False, epochs=20, hidden_units=16, seed=5),
+                    **quiet).summary
+    assert summary["features"]["computed"] == 0 and summary["timings_s"]["backbone"] == 0
+    head = read_head(tf_files)
+    assert not np.allclose(head.hidden_kernel, before.hidden_kernel)
+    loaded = load_classifier(tf_files).head()
+    for name, array in head.arrays().items():
+        np.testing.assert_array_equal(loaded.arrays()[name], array)
+
+    summary = train(tf_files, TrainConfig(report=False, epochs=20, hidden_units=8), **quiet).summary
+    assert summary["timings_s"]["backbone"] > 0  # another layout: the model is built again
+    assert load_classifier(tf_files).head().hidden_units == 8 == read_head(tf_files).hidden_units

@@ -147,7 +147,7 @@ class ImageActor:
     """
 
     def __init__(self, engine: list, size: int, resize: str,
-                 head: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 head: tuple[np.ndarray, ...] | None = None) -> None:
         import ray
 
         from .runtime import Head, TFLiteEngine
@@ -189,7 +189,7 @@ class ImageActor:
 
 
 def map_images(rows: list[tuple[str, str]], engine: bytes, size: int, resize: str, *,
-               head: tuple[np.ndarray, np.ndarray] | None = None, workers: int = 0,
+               head: tuple[np.ndarray, ...] | None = None, workers: int = 0,
                batch_size: int = 32, preserve_order: bool = False,
                address: str = "auto") -> Iterator[dict[str, np.ndarray]]:
     """Run :class:`ImageActor` over ``(path, digest)`` rows on the cluster; yields result batches
@@ -332,7 +332,7 @@ class RayPredictor(Predictor):
         k = top_k if top_k > 0 else len(self.labels)
         bar = _progress(len(paths), "classifying (ray)", progress)
         rows = [(str(p), "") for p in paths]
-        head = (self.head.kernel, self.head.bias)
+        head = tuple(self.head.arrays().values())  # Head's fields, the hidden layer's too
         i = 0
         for batch in map_images(rows, self._engine, self.input_size, self.resize, head=head,
                                 workers=self.workers, batch_size=batch_size, preserve_order=True,

@@ -73,7 +73,7 @@ def evaluate_folder(
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([index[it.label] for it in items], np.int64)
     x = (np.stack([feats.features[it.digest] for it in items]) if items
-         else np.zeros((0, len(head.kernel)), np.float32))
+         else np.zeros((0, head.feature_dim), np.float32))
     result = classification_metrics(y, head(x) if len(x) else np.zeros((0, len(labels))), labels)
     result["folder"] = str(folder)
     result["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in scan.skipped] + [
