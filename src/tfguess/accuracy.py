@@ -92,6 +92,8 @@ def choose_backbone(image_dir: Path, cache_root: Path, config, progress: bool,
     scan = scan_dataset(image_dir, validation_pct=config.validation_pct, test_pct=config.test_pct,
                         min_per_label=config.min_per_label, decode_check=False, progress=progress,
                         follow_links=config.follow_links)
+    # Scored on the train and validation splits only (the test split must not pick the backbone),
+    # but every image is extracted: the run that follows finds all the winner's features cached.
     items = [it for it in scan.items if it.split != "test"]
     index = {label: i for i, label in enumerate(scan.labels)}
     scores = {}
@@ -110,7 +112,7 @@ def choose_backbone(image_dir: Path, cache_root: Path, config, progress: bool,
                 built["engine"] = make_extractor(ref, spec.build, config.engine, log)
             return built["engine"]
 
-        feats = compute_features([(it.path, it.digest) for it in items], cache, extractor,
+        feats = compute_features([(it.path, it.digest) for it in scan.items], cache, extractor,
                                  spec.input_size, spec.resize, workers=config.workers,
                                  progress=progress, keep_placeholders=config.keep_placeholders)
         usable = [it for it in items if it.digest in feats.features]
