@@ -143,3 +143,32 @@ def test_cli_flags_reach_the_config():
         TrainConfig(augment="wild")
     with pytest.raises(ValueError, match="augmented view"):
         TrainConfig(views=3, augment="none")
+
+
+def test_tta_averages_the_image_and_its_mirror_image():
+    from tfguess.predict import _with_tta
+
+    def probabilities(pixels):  # left half brighter -> class 0
+        left = pixels[:, :, : pixels.shape[2] // 2].mean(axis=(1, 2, 3))
+        right = pixels[:, :, pixels.shape[2] // 2:].mean(axis=(1, 2, 3))
+        p0 = left / (left + right)
+        return np.stack([p0, 1 - p0], axis=1)
+
+    pixels = np.zeros((2, 4, 4, 3), np.float32)
+    pixels[0, :, :2] = 200
+    pixels[0, :, 2:] = 50
+    pixels[1] = 100
+    assert _with_tta(probabilities, False) is probabilities
+    averaged = _with_tta(probabilities, True)(pixels)
+    np.testing.assert_allclose(averaged, [[0.5, 0.5], [0.5, 0.5]])  # mirror-symmetric on average
+    np.testing.assert_allclose(probabilities(pixels)[0], [0.8, 0.2])
+
+
+def test_tta_is_refused_with_a_ray_predictor(tmp_path):
+    from tfguess.errors import ConfigError
+    from tfguess.predict import guess_dir
+
+    (tmp_path / "src").mkdir()
+    with pytest.raises(ConfigError, match="--tta"):
+        guess_dir("unused", tmp_path / "src", tmp_path / "dst", predictor=object(), tta=True,
+                  progress=False, log=lambda *_: None)
