@@ -63,7 +63,7 @@ class Predictor:
         if path.suffix.lower() == ".tflite":
             tfl = TFLiteClassifier(path)
             return cls(tfl.labels, tfl.input_size, tfl.resize, tfl, "tflite-file",
-                       _identity(path))
+                       model_identity(path))
         meta = read_meta(path)
         ref = BackboneRef.from_meta(meta["backbone"])
         head = read_head(path)
@@ -75,7 +75,7 @@ class Predictor:
             return head(extractor(pixels))
 
         return cls(list(meta["labels"]), ref.input_size, ref.resize, probabilities,
-                   engine_name(extractor), _identity(path))
+                   engine_name(extractor), model_identity(path))
 
     def predict(self, paths: list[Path], top_k: int = 0, batch_size: int = 32, workers: int = 0,
                 progress: bool = False) -> Iterator[Prediction]:
@@ -100,7 +100,8 @@ class Predictor:
         bar.close()
 
 
-def _identity(path: Path) -> str:
+def model_identity(path: Path) -> str:
+    """The model file's identity in guess-dir's manifest (its resume key): a content digest."""
     from .journal import file_digest
 
     return "sha256:" + file_digest(path)[:16]
