@@ -24,7 +24,7 @@ FROM ${BASE_IMAGE}
 # PIP_*: optional package index settings for pip, used only when given.
 # SOURCE_HASH: set by the launcher (src/tfguess/docker.py) to tell when the image is outdated.
 # EXTRAS: optional extras of tfguess to add (e.g. "ray": docs/scale.md), resolved against the pins.
-ARG TF_PACKAGE PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_DEFAULT_TIMEOUT=120 SOURCE_HASH EXTRAS
+ARG TF_PACKAGE PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_DEFAULT_TIMEOUT=120 SOURCE_HASH EXTRAS=
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -59,6 +59,6 @@ RUN set -eux; \
     pip install --no-deps -r /tmp/requirements.txt; \
     pip install -c "$pins" "${TF_PACKAGE:-$tf}"; \
     pip install --no-deps /tmp/src; \
-    if [ -n "$EXTRAS" ]; then pip install -c "$pins" "/tmp/src[$EXTRAS]"; fi; \
+    if [ -n "${EXTRAS:-}" ]; then pip install -c "$pins" "/tmp/src[$EXTRAS]"; fi; \
     rm -rf /tmp/src /tmp/requirements.txt; \
     tfguess --help > /dev/null

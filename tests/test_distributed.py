@@ -167,11 +167,14 @@ def test_guess_dir_on_ray_equals_local(ray_local, small_run, tmp_path):
     for row in _manifest(tmp_path / "ray"):
         assert (tmp_path / "ray" / row[1]).read_bytes() == Path(row[0]).read_bytes()
 
-    # A second run (from the command line) never overwrites: every copy gets a new name and the
-    # manifest keeps both runs.
+    # A second run (from the command line) resumes: nothing is copied again; with --again every
+    # copy gets a new name and the manifest keeps both runs. Nothing is ever overwritten.
     first = {p: p.read_bytes() for p in (tmp_path / "ray").rglob("*.jpg")}
     assert main(["-q", "guess-dir", str(small_run), str(src), str(tmp_path / "ray"), "--by-label",
                  "--ray", "auto"]) == 1  # 1: files were skipped
+    assert len(_manifest(tmp_path / "ray")) == 24
+    assert main(["-q", "guess-dir", str(small_run), str(src), str(tmp_path / "ray"), "--by-label",
+                 "--ray", "auto", "--again"]) == 1
     rows = _manifest(tmp_path / "ray")
     assert len(rows) == 48 and len({r[1] for r in rows}) == 48
     assert all(p.read_bytes() == data for p, data in first.items())

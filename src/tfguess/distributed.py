@@ -307,8 +307,8 @@ class RayPredictor(Predictor):
     and records them exactly as it does locally."""
 
     def __init__(self, labels: list[str], ref: BackboneRef, head, engine: bytes, address: str,
-                 workers: int = 0) -> None:
-        super().__init__(labels, ref.input_size, ref.resize, head, "tflite (ray)")
+                 workers: int = 0, identity: str = "") -> None:
+        super().__init__(labels, ref.input_size, ref.resize, head, "tflite (ray)", identity)
         self.ref, self.head, self._engine = ref, head, engine
         self.address, self.workers = address, workers
 
@@ -316,6 +316,7 @@ class RayPredictor(Predictor):
     def load_ray(cls, model: str | Path, address: str = "auto", workers: int = 0,
                  log: Callable[[str], None] = print) -> RayPredictor:
         from .model import load_classifier, read_head, read_meta, resolve_model_path
+        from .predict import model_identity
 
         path = resolve_model_path(model)
         if path.suffix.lower() == ".tflite":
@@ -323,9 +324,13 @@ class RayPredictor(Predictor):
                               f"exported .tflite: {path}")
         meta = read_meta(path)
         ref = BackboneRef.from_meta(meta["backbone"])
+        if ref.precision != "float32":
+            raise ConfigError(f"--ray runs float32 models only; {path} uses the {ref.precision} "
+                              "engine: guess without --ray")
         engine = engine_bytes(ref, lambda: load_classifier(path).backbone, log)
         connect(address)
-        return cls(list(meta["labels"]), ref, read_head(path), engine, address, workers)
+        return cls(list(meta["labels"]), ref, read_head(path), engine, address, workers,
+                   model_identity(path))
 
     def predict(self, paths: list[Path], top_k: int = 0, batch_size: int = 32, workers: int = 0,
                 progress: bool = False) -> Iterator[Prediction]:

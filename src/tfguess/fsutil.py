@@ -86,6 +86,9 @@ def _copy_aside(path: Path, target: Path) -> None:
     except OSError:  # no hard links here (some file systems): copy
         shutil.copy2(path, tmp)
     os.replace(tmp, target)
+    # rename() does nothing when both names are links to one file (target was already a link to
+    # path, e.g. after an interrupted save): the extra name must go.
+    tmp.unlink(missing_ok=True)
 
 
 def publish_dir(build: Callable[[Path], None], path: str | Path, *,

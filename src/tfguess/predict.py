@@ -67,7 +67,7 @@ class Predictor:
         if path.suffix.lower() == ".tflite":
             tfl = TFLiteClassifier(path)
             return cls(tfl.labels, tfl.input_size, tfl.resize, _with_tta(tfl, tta), "tflite-file",
-                       _identity(path, tta))
+                       model_identity(path, tta))
         meta = read_meta(path)
         if tta and meta.get("config", {}).get("no_flip"):
             raise ConfigError(f"{display_path(path)} was trained with --no-flip (mirroring changes "
@@ -82,7 +82,7 @@ class Predictor:
             return head(extractor(pixels))
 
         return cls(list(meta["labels"]), ref.input_size, ref.resize, _with_tta(probabilities, tta),
-                   engine_name(extractor), _identity(path, tta))
+                   engine_name(extractor), model_identity(path, tta))
 
     def predict(self, paths: list[Path], top_k: int = 0, batch_size: int = 32, workers: int = 0,
                 progress: bool = False) -> Iterator[Prediction]:
@@ -107,8 +107,9 @@ class Predictor:
         bar.close()
 
 
-def _identity(path: Path, tta: bool = False) -> str:
-    """What identifies the predictions: the model file's content (and test-time flips)."""
+def model_identity(path: Path, tta: bool = False) -> str:
+    """What identifies the predictions in guess-dir's manifest (its resume key): the model file's
+    content digest (and test-time flips)."""
     from .journal import file_digest
 
     return "sha256:" + file_digest(path)[:16] + ("+tta" if tta else "")
