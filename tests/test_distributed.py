@@ -30,10 +30,11 @@ def _require_ray():
     return ray
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # shut down before other modules' tests: no Ray threads left
 def ray_local():
     ray = _require_ray()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             _node_ip_address="127.0.0.1")  # the test cluster stays on loopback
     yield ray
     ray.shutdown()
 

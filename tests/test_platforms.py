@@ -101,7 +101,7 @@ def test_tflite_metadata_is_the_same_with_tensorflows_schema(monkeypatch: pytest
     info = tm.ImageClassifierInfo(name="m", description="d", version="1", labels=["ant", "bee"],
                                   norm_mean=[127.5], norm_std=[127.5])
     with_litert = tm.add_metadata(tflite, info)
-    monkeypatch.setattr(tm, "_schema", lambda: tf_schema)
+    monkeypatch.setattr(tm, "tflite_schema", lambda: tf_schema)
     with_tf = tm.add_metadata(tflite, info)
     assert with_tf == with_litert
     assert tm.read_metadata(with_tf).labels == ["ant", "bee"]

@@ -63,11 +63,12 @@ FLIPPED = ["face/face_010.png", "face/face_050.png", "not_face/not_face_020.png"
 
 
 def _placeholder_gif(path: Path) -> None:
+    """An "image not found" picture: a flat background with a few words and a line in the middle."""
     im = Image.new("P", (200, 150), 0)
     im.putpalette([255, 255, 255, 200, 200, 200, 90, 90, 90] + [0] * 759)
-    for x0 in range(40, 160, 30):
-        im.paste(1, (x0, 50, x0 + 20, 100))
-    im.paste(2, (0, 0, 200, 10))
+    for x0 in range(60, 140, 20):
+        im.paste(1, (x0, 60, x0 + 14, 85))
+    im.paste(2, (60, 92, 140, 97))
     im.save(path)
 
 
@@ -87,8 +88,8 @@ def demo_report(tmp_path_factory):
         (data / rel).rename(data / other / name)
         moved.append(f"{other}/{name}")
     shutil.copy(data / "face" / "face_001.png", data / "face" / "face_001 copy.png")
-    Image.open(data / "face" / "face_002.png").convert("RGB").resize((24, 24)).save(
-        data / "face" / "face_002_small.jpg", quality=90)
+    Image.open(data / "face" / "face_002.png").convert("RGB").resize((64, 64)).save(
+        data / "face" / "face_002_resized.jpg", quality=90)
     _placeholder_gif(data / "not_face" / "imageNotFound.gif")
     (data / "face" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)
     held_out = tf_files.parent / "held_out"  # the repo's test_data, sorted into label folders
@@ -164,7 +165,7 @@ def test_junk_duplicates_and_near_duplicates_are_shown(demo_report):
     assert any(Path(d["duplicate"]).name in ("face_001 copy.png", "face_001.png")
                for d in data["exact_duplicates"])
     pairs = {frozenset((Path(p["a"]).name, Path(p["b"]).name)) for p in data["near_duplicates"]["pairs"]}
-    assert frozenset(("face_002.png", "face_002_small.jpg")) in pairs
+    assert frozenset(("face_002.png", "face_002_resized.jpg")) in pairs
     threshold = data["near_duplicates"]["threshold"]
     assert threshold >= hygiene.NEAR_DUPLICATE_THRESHOLD and f"{threshold:.3f}" in html
     assert all(p["similarity"] >= threshold for p in data["near_duplicates"]["pairs"])

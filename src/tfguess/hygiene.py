@@ -81,7 +81,9 @@ def find_suspects(y: np.ndarray, probs: np.ndarray) -> list[Suspect]:
         return []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ranked = find_label_issues(y, probs, return_indices_ranked_by="self_confidence")
+        # n_jobs=1: cleanlab otherwise forks a process pool, which can deadlock a process that
+        # runs other threads (the web server's re-train, a Ray driver); the data here is small.
+        ranked = find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     out = []
     for i in ranked:
         other = probs[i].copy()

@@ -3,17 +3,8 @@
 const CHUNK = 16;  // images per request
 const SHOWN = 3;   // labels shown per image
 
-const $ = (id) => document.getElementById(id);
 const pct = (v) => (100 * v).toFixed(1) + " %";
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v; else node.setAttribute(k, v);
-  }
-  for (const c of children) node.append(c);
-  return node;
-}
 
 async function loadCard() {
   const facts = $("card-facts");

@@ -1,17 +1,8 @@
 // The review page: move suspected label errors to another label, take junk out, undo, re-train.
 "use strict";
 const TOKEN = document.querySelector('meta[name="tfguess-token"]').content;
-const $ = (id) => document.getElementById(id);
 const pct = (v) => (v == null ? "–" : (100 * v).toFixed(1) + " %");
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v; else node.setAttribute(k, v);
-  }
-  for (const c of children) node.append(c);
-  return node;
-}
 
 async function post(url, body) {
   const r = await fetch(url, {
