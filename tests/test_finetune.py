@@ -218,3 +218,15 @@ def test_warm_retrain_with_a_hidden_layer_replaces_both_layers_without_keras(tmp
     summary = train(tf_files, TrainConfig(report=False, epochs=20, hidden_units=8), **quiet).summary
     assert summary["timings_s"]["backbone"] > 0  # another layout: the model is built again
     assert load_classifier(tf_files).head().hidden_units == 8 == read_head(tf_files).hidden_units
+
+
+def test_learning_rate_warms_up_then_decays_by_a_cosine():
+    from tfguess.finetune import lr_schedule
+
+    rate = lr_schedule(1e-4, warmup=10, total=110)
+    warm = [rate(k) for k in range(10)]
+    assert warm == sorted(warm) and warm[0] == pytest.approx(1e-5) and warm[-1] == pytest.approx(1e-4)
+    decay = [rate(k) for k in range(10, 111)]
+    assert decay == sorted(decay, reverse=True)
+    assert rate(60) == pytest.approx(1e-4 * (0.05 + 0.95 * 0.5)) and rate(110) == pytest.approx(5e-6)
+    assert rate(500) == pytest.approx(5e-6)  # an early stop or a longer run never goes below

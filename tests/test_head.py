@@ -112,3 +112,11 @@ def test_config_refuses_bad_values(field, value):
 def test_config_round_trips_and_ignores_unknown_keys():
     config = TrainConfig(epochs=7, backbone="efficientnet_lite2")
     assert TrainConfig.from_dict({**config.to_dict(), "from_the_future": 1}) == config
+
+
+def test_an_eval_folder_is_the_test_set_unless_a_test_share_is_asked_for():
+    assert TrainConfig().test_pct == 10
+    assert TrainConfig(eval_dir="elsewhere").test_pct == 0
+    assert TrainConfig(eval_dir="elsewhere", test_pct=5).test_pct == 5
+    saved = TrainConfig(eval_dir="elsewhere").to_dict()
+    assert TrainConfig.from_dict(saved).test_pct == 0

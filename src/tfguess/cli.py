@@ -10,7 +10,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from .config import TrainConfig  # noqa: E402
+from .config import DEFAULT_TEST_PCT, TrainConfig  # noqa: E402
 
 
 def _train_parser(sub) -> None:
@@ -25,7 +25,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--tfhub-module", help="TF Hub image feature-vector handle or local SavedModel dir")
     p.add_argument("--image-size", type=int, help="input size of a TF Hub module without static dims")
     p.add_argument("--validation-pct", type=float, default=TrainConfig.validation_pct)
-    p.add_argument("--test-pct", type=float, default=TrainConfig.test_pct)
+    p.add_argument("--test-pct", type=float, default=None,
+                   help=f"share held out as the test split (default {DEFAULT_TEST_PCT:g}; "
+                   "0 with --eval-dir, which is then the test set)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 
+# Share of the photos held out as the test split, unless an --eval-dir folder is the test set.
+DEFAULT_TEST_PCT = 10.0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides what a training run produces. Saved beside the model."""
@@ -19,7 +23,7 @@ class TrainConfig:
     image_dir: str | None = None        # default: TF_FILES/data
     eval_dir: str | None = None         # an extra labelled folder to evaluate the model on
     validation_pct: float = 10.0
-    test_pct: float = 10.0
+    test_pct: float | None = None       # default: 10, or 0 with eval_dir (that folder is the test)
     min_per_label: int = 2
     epochs: int = 300
     batch_size: int = 64
@@ -51,6 +55,8 @@ class TrainConfig:
     fine_tune_patience: int = 4
 
     def __post_init__(self) -> None:
+        if self.test_pct is None:
+            object.__setattr__(self, "test_pct", 0.0 if self.eval_dir else DEFAULT_TEST_PCT)
         checks = [
             (0 <= self.validation_pct < 100, "validation_pct must be in [0, 100)"),
             (0 <= self.test_pct < 100, "test_pct must be in [0, 100)"),

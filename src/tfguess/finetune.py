@@ -15,6 +15,7 @@ cached TFLite twin used by ``guess`` are keyed by it, never by the stock backbon
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 from collections import deque
@@ -82,6 +83,19 @@ def unfreeze_top(backbone, blocks: int) -> list[str]:
         if train and layer.weights:
             unfrozen.append(layer.name)
     return unfrozen
+
+
+def lr_schedule(peak: float, warmup: int, total: int) -> Callable[[int], float]:
+    """The learning rate of step ``k`` (from 0): linear warm-up to ``peak`` over ``warmup`` steps,
+    then a cosine decay to ``peak / 20`` at step ``total``."""
+
+    def rate(k: int) -> float:
+        if k < warmup:
+            return peak * (k + 1) / warmup
+        t = min(1.0, (k - warmup) / max(1, total - warmup))
+        return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    return rate
 
 
 def weights_digest(model) -> str:
@@ -231,7 +245,8 @@ def fine_tune(
     bar = tqdm(total=epochs * len(train_items), desc="fine-tuning", unit="img",
                disable=not progress, dynamic_ncols=True)
     steps, trained, train_seconds = 0, 0, 0.0
-    warmup = max(1, -(-len(train_items) // BATCH_SIZE))  # one epoch of steps
+    per_epoch = max(1, -(-len(train_items) // BATCH_SIZE))
+    schedule = lr_schedule(config.fine_tune_lr, warmup=per_epoch, total=epochs * per_epoch)
     epoch_rates = []
     with ThreadPoolExecutor(config.workers or default_workers()) as pool:
         for epoch in range(1, epochs + 1):
@@ -240,7 +255,7 @@ def fine_tune(
             for idx, pixels in _batches(images, order, size, config.augment, config.no_flip,
                                         config.seed * 1000 + epoch, pool, BATCH_SIZE):
                 if pixels is not None:
-                    optimizer.learning_rate.assign(config.fine_tune_lr * min(1.0, (steps + 1) / warmup))
+                    optimizer.learning_rate.assign(schedule(steps))
                     loss = train_step(tf.constant(pixels, tf.float32), tf.constant(y_train[idx]),
                                       tf.constant(class_w[y_train[idx]]))
                     losses.append(float(loss))
