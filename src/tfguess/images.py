@@ -64,11 +64,12 @@ PREPROCESS_VERSION = 3
 # "squash" resizes with OpenCV's bilinear warp in its fixed-point arithmetic: the source position
 # of output pixel x is x * w / size (corners aligned), rounded to 1/SUBPIXEL of a pixel, and the
 # four weights are in 1/SUBPIXEL steps too. MediaPipe's ImageClassifier does exactly this on CPU
-# (bench/export_clients.py), so a TFLite export given to it sees the pixels `guess` sees. An image
-# more than SQUASH_BILINEAR_MAX times the input size (after draft decoding) would alias under
-# bilinear sampling: it gets the antialiased bicubic reduction instead.
+# (bench/export_clients.py), so a TFLite export given to it sees the pixels `guess` sees. Beyond a
+# 2x reduction, bilinear taps skip source pixels (aliasing; the Task Library also filters such
+# reductions its own way): an image more than SQUASH_BILINEAR_MAX times the input size (after
+# draft decoding) gets the antialiased bicubic reduction instead.
 SUBPIXEL = 32
-SQUASH_BILINEAR_MAX = 3.0
+SQUASH_BILINEAR_MAX = 2.0
 
 # A file whose first bytes announce no known image format is read whole (Pillow knows a few more
 # formats) only up to this size; a bigger one (a video, a disk image) is refused from its head.
