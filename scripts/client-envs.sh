@@ -55,7 +55,7 @@ for name in "${names[@]}"; do
                  mediapipe "numpy<2.3" ;;
         tflite-support) make_env tflite-support 3.11 "import tflite_support.task.vision" \
                  tflite-support==0.4.4 ;;
-        onnxruntime) make_env onnxruntime 3.11 "import onnxruntime, PIL" onnxruntime pillow ;;
+        onnxruntime) make_env onnxruntime 3.11 "import onnxruntime, PIL, cv2" onnxruntime pillow opencv-python-headless ;;
         *) say "error: unknown client environment $name (tf1, mediapipe, tflite-support, onnxruntime)"
            exit 2 ;;
     esac

@@ -8,7 +8,15 @@ from PIL import Image, ImageChops
 from skimage import data as skdata
 
 from tfguess import images
-from tfguess.images import ImageError, decode_image, load_image, placeholder_reason, sniff
+from tfguess.images import (
+    ImageError,
+    decode_image,
+    load_image,
+    placeholder_reason,
+    sniff,
+    squash_bilinear,
+    squash_is_bilinear,
+)
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +215,23 @@ def test_load_image_crop_matches_two_step_recipe(tmp_path, cat):
     assert mad(sq, full) < 1.0
     with pytest.raises(ValueError):
         load_image(p, 224, resize="stretch")
+
+
+def test_squash_is_opencv_bilinear_with_corners_aligned(tmp_path):
+    """Output pixel x samples source position x * w / size (what MediaPipe's ImageClassifier
+    does, bench/export_clients.py), not the pixel-centre (x + 0.5) * w / size - 0.5."""
+    p = tmp_path / "two.png"
+    Image.fromarray(np.array([[[0, 0, 0], [100, 100, 100]]], np.uint8)).save(p)
+    a = load_image(p, 4, resize="squash")
+    assert a[..., 0].tolist() == [[0, 50, 100, 100]] * 4  # the centre convention: 0, 25, 75, 100
+    # 1/32-pixel positions and weights, rounded half up: 227 -> 224 keeps integers integral.
+    ramp = np.repeat(np.arange(227, dtype=np.uint8)[None, :, None], 227, axis=0).repeat(3, axis=2)
+    out = squash_bilinear(ramp, 224)[0, :, 0].astype(int)
+    expected = [(x * 227 * 32 // 224 + (1 if (x * 227 * 32) % 224 * 2 >= 224 else 0) + 16) // 32
+                for x in range(224)]
+    assert out.tolist() == expected
+    # Much larger images are reduced with the antialiased bicubic instead.
+    assert squash_is_bilinear(448, 300, 224) and not squash_is_bilinear(449, 300, 224)
 
 
 def test_load_image_draft_close_to_full_decode(tmp_path):

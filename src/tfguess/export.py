@@ -39,7 +39,7 @@ import numpy as np
 from .errors import ExportError
 from .features import frozen_function
 from .fsutil import atomic_write, publish_dir
-from .images import CROP_FRACTION, ImageError, load_image
+from .images import CROP_FRACTION, SQUASH_BILINEAR_MAX, SUBPIXEL, ImageError, load_image
 from .model import load_classifier, resolve_model_path
 from .runfolder import LABELS_FILENAME, RunFolder
 from .runtime import new_interpreter
@@ -241,7 +241,9 @@ def _resize_text(classifier) -> str:
     if classifier.resize == "crop":
         return (f"shorter side to {round(classifier.input_size / CROP_FRACTION)}, centre crop, "
                 "bicubic")
-    return "whole image squashed to the input size, bicubic"
+    return (f"whole image squashed to the input size, bilinear as OpenCV's warpAffine (what "
+            f"MediaPipe does); antialiased bicubic for images over {SQUASH_BILINEAR_MAX:g}x the "
+            "input size")
 
 
 def _description(classifier, quantize: str) -> dict:
@@ -350,7 +352,7 @@ def coreml_input_description(classifier) -> str:
     """How to feed the image, in Vision's terms."""
     size = classifier.input_size
     if classifier.resize == "squash":
-        return (f"RGB image, {size}x{size}: the whole image resized to {size}x{size}, bicubic, "
+        return (f"RGB image, {size}x{size}: the whole image resized to {size}x{size}, "
                 "aspect ratio not kept (with Vision: imageCropAndScaleOption = .scaleFill)")
     return (f"RGB image, {size}x{size}: the central {CROP_FRACTION:.1%} square of the image "
             f"resized to {size}x{size}, bicubic ({_resize_text(classifier)}). Vision's .centerCrop "
@@ -426,7 +428,7 @@ def _add_bytes_endpoint(archive, model, size: int, crop: bool, asset) -> None:
         labels = tf.strings.split(tf.strings.strip(tf.io.read_file(asset)), "\n")
 
         def one(contents):
-            pixels = _resize_like_pil(_decode_like_pil(contents, size), size, crop)
+            pixels = _resize_like_load_image(_decode_like_pil(contents, size), size, crop)
             return model(pixels, training=False)[0]
 
         probs = tf.map_fn(one, image_bytes, fn_output_signature=tf.float32)
@@ -473,8 +475,46 @@ def onnx_bytes(classifier) -> bytes:
 # --- the classic frozen graph ------------------------------------------------------------------
 
 
+def _squash_bilinear_tf(image, size: int):
+    """``images.squash_bilinear`` in TensorFlow ops (the same integer arithmetic, exact in
+    float32): ``[h, w, 3]`` -> ``[1, size, size, 3]`` float32."""
+    import tensorflow as tf
+
+    def axis(n):
+        pos = tf.math.rint(tf.range(size, dtype=tf.float64) * (tf.cast(n, tf.float64) / size)
+                           * SUBPIXEL)
+        first = tf.minimum(tf.floor(pos / SUBPIXEL), tf.cast(n - 1, tf.float64))
+        frac = tf.cast(pos - tf.floor(pos / SUBPIXEL) * SUBPIXEL, tf.float32)
+        last = tf.minimum(first + 1, tf.cast(n - 1, tf.float64))
+        return tf.cast(first, tf.int32), tf.cast(last, tf.int32), frac
+
+    shape = tf.shape(image)
+    x0, x1, fx = axis(shape[1])
+    y0, y1, fy = axis(shape[0])
+    x = tf.cast(image, tf.float32)
+    fx, fy = fx[None, :, None], fy[:, None, None]
+    top, bottom = tf.gather(x, y0, axis=0), tf.gather(x, y1, axis=0)
+    top = tf.gather(top, x0, axis=1) * (SUBPIXEL - fx) + tf.gather(top, x1, axis=1) * fx
+    bottom = tf.gather(bottom, x0, axis=1) * (SUBPIXEL - fx) + tf.gather(bottom, x1, axis=1) * fx
+    half = SUBPIXEL * SUBPIXEL / 2
+    return tf.floor((top * (SUBPIXEL - fy) + bottom * fy + half) / (2 * half))[None]
+
+
+def _resize_like_load_image(image, size: int, crop: bool):
+    """``images.load_image``'s resize in TensorFlow ops: :func:`_squash_bilinear_tf` where
+    ``load_image`` squashes bilinearly, else :func:`_resize_like_pil`."""
+    import tensorflow as tf
+
+    if crop:
+        return _resize_like_pil(image, size, crop)
+    shape = tf.shape(image)
+    return tf.cond(tf.cast(tf.reduce_max(shape[:2]), tf.float32) <= SQUASH_BILINEAR_MAX * size,
+                   lambda: _squash_bilinear_tf(image, size),
+                   lambda: _resize_like_pil(image, size, crop))
+
+
 def _resize_like_pil(image, size: int, crop: bool):
-    """``images.load_image``'s resize in TensorFlow ops: the same source box and bicubic
+    """``images.load_image``'s bicubic resize in TensorFlow ops: the same source box and bicubic
     (Keys a=-0.5, antialiased) kernel, one pass per axis, each rounded to 0..255 as Pillow does,
     in Pillow's order (13.0: vertical first when ``h > 2 * w - size``, measured). Outputs differ
     from Pillow's by at most one grey level (fixed-point vs float weights)."""
@@ -548,7 +588,7 @@ def frozen_graph_bytes(classifier) -> bytes:
     @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="contents")])
     def classify(contents):
         image = _decode_like_pil(contents, size)
-        probs = model(_resize_like_pil(image, size, crop), training=False)
+        probs = model(_resize_like_load_image(image, size, crop), training=False)
         return tf.identity(probs, name=OUTPUT_NAME)
 
     graph_def = convert_variables_to_constants_v2(classify.get_concrete_function()).graph.as_graph_def()

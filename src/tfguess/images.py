@@ -59,7 +59,17 @@ DRAFT_MARGIN = 1.15
 CROP_FRACTION = 0.875
 # Bump when decoding or resizing changes in a way that changes the pixels fed to a backbone: the
 # feature cache is keyed by it.
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
+
+# "squash" resizes with OpenCV's bilinear warp in its fixed-point arithmetic: the source position
+# of output pixel x is x * w / size (corners aligned), rounded to 1/SUBPIXEL of a pixel, and the
+# four weights are in 1/SUBPIXEL steps too. MediaPipe's ImageClassifier does exactly this on CPU
+# (bench/export_clients.py), so a TFLite export given to it sees the pixels `guess` sees. Beyond a
+# 2x reduction, bilinear taps skip source pixels (aliasing; the Task Library also filters such
+# reductions its own way): an image more than SQUASH_BILINEAR_MAX times the input size (after
+# draft decoding) gets the antialiased bicubic reduction instead.
+SUBPIXEL = 32
+SQUASH_BILINEAR_MAX = 2.0
 
 # A file whose first bytes announce no known image format is read whole (Pillow knows a few more
 # formats) only up to this size; a bigger one (a video, a disk image) is refused from its head.
@@ -423,7 +433,9 @@ def load_image(
 
     ``resize="crop"``: the EfficientNet evaluation recipe (shorter side to
     ``round(size / 0.875)``, centre crop ``size x size``, bicubic), done as one resize of the
-    central box. ``resize="squash"``: the whole image resized to ``size x size``.
+    central box. ``resize="squash"``: the whole image resized to ``size x size``
+    (:func:`squash_bilinear`, or bicubic when it is more than :data:`SQUASH_BILINEAR_MAX` times
+    larger).
     ``reject_placeholders``: raise :class:`ImageError` for images :func:`placeholder_reason`
     flags (costs about 0.1 ms an image).
     """
@@ -433,6 +445,8 @@ def load_image(
     if reject_placeholders and (reason := placeholder_reason(im)):
         raise ImageError(path, reason)
     w, h = im.size
+    if resize == "squash" and squash_is_bilinear(w, h, size):
+        return squash_bilinear(np.asarray(im), size)
     box: tuple[float, float, float, float] = (0.0, 0.0, float(w), float(h))
     if resize == "crop":
         scale = round(size / CROP_FRACTION) / min(w, h)  # resized pixels per source pixel
@@ -441,6 +455,33 @@ def load_image(
         box = (max(left, 0.0), max(top, 0.0), min(left + side, w), min(top + side, h))
     out = im.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
     return np.array(out, dtype=np.uint8)
+
+
+def squash_is_bilinear(width: int, height: int, size: int) -> bool:
+    """Whether "squash" resizes a ``width x height`` image with :func:`squash_bilinear`."""
+    return max(width, height) <= SQUASH_BILINEAR_MAX * size
+
+
+def _bilinear_axis(n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output index: the two source indices and the weight of the second (0..SUBPIXEL)."""
+    pos = np.rint(np.arange(size) * (n / size) * SUBPIXEL).astype(np.int64)
+    first = np.minimum(pos // SUBPIXEL, n - 1)
+    return first, np.minimum(first + 1, n - 1), pos % SUBPIXEL
+
+
+def squash_bilinear(pixels: np.ndarray, size: int) -> np.ndarray:
+    """``pixels`` (``uint8 [h, w, 3]``) resized to ``size x size`` as OpenCV's ``warpAffine``
+    (INTER_LINEAR, corners aligned, edge pixels replicated) does: see :data:`SUBPIXEL`."""
+    h, w = pixels.shape[:2]
+    x0, x1, fx = _bilinear_axis(w, size)
+    y0, y1, fy = _bilinear_axis(h, size)
+    a = pixels.astype(np.int32)
+    fx, fy = fx[None, :, None], fy[:, None, None]
+    top, bottom = a[y0], a[y1]
+    top = top[:, x0] * (SUBPIXEL - fx) + top[:, x1] * fx
+    bottom = bottom[:, x0] * (SUBPIXEL - fx) + bottom[:, x1] * fx
+    half = SUBPIXEL * SUBPIXEL // 2
+    return ((top * (SUBPIXEL - fy) + bottom * fy + half) // (2 * half)).astype(np.uint8)
 
 
 # Photos have thousands of distinct colours (even greyscale ones have ~256); icons, "image not
