@@ -38,11 +38,11 @@ def with_views(x: np.ndarray, y: np.ndarray, items: list, config, ref: BackboneR
         return BottleneckCache(cache_root, view_cache_key(ref, recipe))
 
     feats, computed, cached = view_features(
-        [(it.path, it.digest) for it in items], config.views, config.augment, config.no_flip,
+        [(it.path, it.digest) for it in items], config.views, config.view_augment, config.no_flip,
         cache_for, make_extractor, ref.input_size, ref.resize, workers=config.workers,
         progress=progress,
     )
-    log(f"Augmented views ({config.views} per image, {config.augment}"
+    log(f"Augmented views ({config.views} per image, {config.view_augment}"
         f"{', no mirroring' if config.no_flip else ''}): {computed} computed, {cached} from the cache")
     xs, ys = [x], [y]
     for it, label in zip(items, y, strict=True):
@@ -58,8 +58,10 @@ def fine_tune_summary(result) -> dict | None:
         return None
     return {
         "device": result.device,
+        "augment": result.augment,
         "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history) - 1,
+        "epochs_averaged": result.epochs_averaged,
+        "epochs_run": sum(isinstance(h["epoch"], int) and h["epoch"] > 0 for h in result.history),
         "seconds": round(result.seconds, 1),
         "images_per_second": round(result.images_per_second, 1),
         "unfrozen_layers": len(result.unfrozen),

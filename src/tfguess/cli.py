@@ -46,8 +46,8 @@ def _train_parser(sub) -> None:
                    help="skip the HTML evaluation report")
     p.add_argument("--workers", type=int, default=0, help="decoding threads (default: one per core)")
     g = p.add_argument_group("accuracy beyond a frozen backbone")
-    g.add_argument("--augment", choices=["none", "light", "strong"], default=TrainConfig.augment,
-                   help="augmentation of the views and of fine-tuning")
+    g.add_argument("--augment", choices=["none", "light", "strong"], default=None,
+                   help="augmentation of the views (default light) and of fine-tuning (default strong)")
     g.add_argument("--no-flip", action="store_true",
                    help="never mirror images (text, logos, left/right data)")
     g.add_argument("--views", type=int, default=TrainConfig.views,

@@ -44,14 +44,14 @@ class TrainConfig:
     keep_placeholders: bool = False     # use images the placeholder check would skip
     follow_links: bool = False          # follow links to folders outside a label folder
     # Accuracy beyond a frozen backbone (see augment.py, head.py, finetune.py)
-    augment: str = "light"              # none | light | strong: augmented views / fine-tuning
+    augment: str | None = None          # none | light | strong; default: light views, strong fine-tuning
     no_flip: bool = False               # never mirror (text, logos, left/right data)
     views: int = 2                      # fixed augmented views per training image (frozen path)
     hidden_units: int = 0               # a hidden ReLU layer in the head (0: softmax only)
     fine_tune: bool = False             # then train the top of the backbone too
     fine_tune_blocks: int = 6           # top blocks unfrozen (plus the head convolution)
-    fine_tune_epochs: int = 8
-    fine_tune_lr: float = 1e-4
+    fine_tune_epochs: int = 10
+    fine_tune_lr: float = 3e-4
     fine_tune_patience: int = 4
 
     def __post_init__(self) -> None:
@@ -71,9 +71,9 @@ class TrainConfig:
              "precision int8 needs the TFLite engine (--engine auto or tflite)"),
             (not (self.precision == "int8" and self.ray),
              "--ray runs the float32 engine only: leave out --precision int8"),
-            (self.augment in ("none", "light", "strong"), "augment must be none, light or strong"),
+            (self.augment in (None, "none", "light", "strong"), "augment must be none, light or strong"),
             (self.views >= 0, "views must be 0 or more"),
-            (not (self.views > 1 and self.augment == "none"),
+            (not (self.views > 1 and self.view_augment == "none"),
              "more than one augmented view needs --augment light or strong"),
             (self.hidden_units >= 0, "hidden_units must be 0 or more"),
             (self.fine_tune_blocks >= 0, "fine_tune_blocks must be 0 or more"),
@@ -86,6 +86,17 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"invalid setting: {message}")
+
+    @property
+    def view_augment(self) -> str:
+        """The augmentation of the cached views: ``--augment``, else light."""
+        return self.augment or "light"
+
+    @property
+    def fine_tune_augment(self) -> str:
+        """The augmentation while fine-tuning: ``--augment``, else strong (fresh views every epoch
+        keep a backbone from memorising a small data set)."""
+        return self.augment or "strong"
 
     @property
     def mode(self) -> str:

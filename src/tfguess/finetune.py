@@ -4,8 +4,9 @@ The classifier (backbone + the trained head) is trained end to end on augmented 
 (:mod:`tfguess.augment`, a fresh one per image and epoch, decoded by :mod:`tfguess.images` like at
 inference), with only the top ``blocks`` blocks of the backbone and its final 1x1 convolution
 unfrozen. BatchNorm layers stay frozen (inference mode: their statistics never change), the
-learning rate is low (Adam), and the weights with the best validation accuracy (lower loss breaks
-ties; the head-only start counts as epoch 0) win. Runs on a GPU when TensorFlow sees one, else
+learning rate warms up over the first epoch and then decays (cosine; Adam), and the weights with
+the best validation accuracy win (lower loss breaks ties): those of an epoch (the head-only start
+counts as epoch 0) or the average of the weights of the second half of the epochs. Runs on a GPU when TensorFlow sees one, else
 on the CPU.
 
 The fine-tuned backbone gets a new weights id (a digest of its weights): bottleneck caches and the
@@ -50,6 +51,8 @@ class FineTuneResult:
     images_per_second: float = 0.0
     unfrozen: list[str] = field(default_factory=list)
     device: str = "CPU"
+    augment: str = ""
+    epochs_averaged: int = 0  # > 0: the weights are the mean of the epochs up to best_epoch
 
 
 def block_groups(backbone) -> list[str]:
@@ -106,6 +109,23 @@ def weights_digest(model) -> str:
         h.update(f"{w.path}|{a.shape}|{a.dtype}".encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
+
+
+class _RunningMean:
+    """The running mean of lists of weight arrays (BatchNorm is frozen, so averaging the weights
+    of several epochs gives a valid model: stochastic weight averaging)."""
+
+    def __init__(self) -> None:
+        self.mean: list[np.ndarray] | None = None
+        self.count = 0
+
+    def add(self, weights: list) -> None:
+        self.count += 1
+        if self.mean is None:
+            self.mean = [np.array(w, dtype=np.float32, copy=True) for w in weights]
+        else:
+            for m, w in zip(self.mean, weights, strict=True):
+                m += (np.asarray(w, np.float32) - m) / self.count
 
 
 class _Images:
@@ -185,7 +205,7 @@ def fine_tune(
     unfrozen = unfreeze_top(backbone, config.fine_tune_blocks)
     log(f"Fine-tuning the top {config.fine_tune_blocks} blocks of {backbone.name} "
         f"({len(unfrozen)} layers with weights; BatchNorm frozen) on the {device}, "
-        f"augmentation {config.augment}{', no mirroring' if config.no_flip else ''}")
+        f"augmentation {config.fine_tune_augment}{', no mirroring' if config.no_flip else ''}")
 
     y_train = np.array([y for _, y in train_items], np.int64)
     counts = np.bincount(y_train, minlength=num_classes).astype(np.float32)
@@ -239,6 +259,7 @@ def fine_tune(
     if first:
         log(f"  before fine-tuning: validation accuracy {first[1]:.4f} (n={len(val_y)})")
 
+    average = _RunningMean()
     images = _Images([p for p, _ in train_items], size)
     rng = np.random.default_rng(config.seed)
     epochs = config.fine_tune_epochs
@@ -252,7 +273,7 @@ def fine_tune(
         for epoch in range(1, epochs + 1):
             t_epoch, n_epoch, losses = time.perf_counter(), 0, []
             order = rng.permutation(len(train_items))
-            for idx, pixels in _batches(images, order, size, config.augment, config.no_flip,
+            for idx, pixels in _batches(images, order, size, config.fine_tune_augment, config.no_flip,
                                         config.seed * 1000 + epoch, pool, BATCH_SIZE):
                 if pixels is not None:
                     optimizer.learning_rate.assign(schedule(steps))
@@ -282,6 +303,8 @@ def fine_tune(
                     f"{row.get('val_accuracy')}, {row['images_per_second']} images/s")
             bar.set_postfix(epoch=epoch, loss=row["loss"], val_acc=row.get("val_accuracy"),
                             refresh=True)
+            if epoch > epochs // 2:  # the second half of the schedule is averaged
+                average.add(model.get_weights())
             if result is None:
                 best = {"key": None, "epoch": epoch, "weights": snapshot()}
             elif (result[1], -result[0]) > best["key"]:
@@ -291,17 +314,35 @@ def fine_tune(
             if max_steps is not None and steps >= max_steps:
                 break
     bar.close()
+    averaged = 0
+    if average.count > 1:
+        model.set_weights(average.mean)
+        result = evaluate()
+        row = {"epoch": "average", "epochs_averaged": average.count}
+        if result:
+            row.update(val_loss=round(result[0], 6), val_accuracy=round(result[1], 6))
+        history.append(row)
+        log(f"  the weights of the last {average.count} epochs averaged: validation accuracy "
+            f"{row.get('val_accuracy')}")
+        if result is None or (result[1], -result[0]) >= best["key"]:
+            best = {"key": (result[1], -result[0]) if result else None,
+                    "epoch": len(history) - 2, "weights": average.mean}
+            averaged = average.count
     model.set_weights(best["weights"])
     backbone.trainable = False
-    log(f"Fine-tuned in {time.perf_counter() - start_time:.1f} s; best epoch {best['epoch']}"
+    chosen = f"the average of epochs {best['epoch'] - averaged + 1}-{best['epoch']}" if averaged \
+        else f"best epoch {best['epoch']}"
+    log(f"Fine-tuned in {time.perf_counter() - start_time:.1f} s; {chosen}"
         + (f" (validation accuracy {best['key'][0]:.4f})" if best["key"] else ""))
     return FineTuneResult(
         head=Classifier(model, [], {}).head(),
         weights_id=f"ft-{weights_digest(backbone)}" if best["epoch"] else None,
         history=history,
         best_epoch=best["epoch"],
+        epochs_averaged=averaged,
         seconds=time.perf_counter() - start_time,
         images_per_second=trained / train_seconds if train_seconds else 0.0,
         unfrozen=unfrozen,
         device=device,
+        augment=config.fine_tune_augment + (", no mirroring" if config.no_flip else ""),
     )
