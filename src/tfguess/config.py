@@ -52,7 +52,6 @@ class TrainConfig:
     fine_tune_blocks: int = 6           # top blocks unfrozen (plus the head convolution)
     fine_tune_epochs: int = 10
     fine_tune_lr: float = 3e-4
-    fine_tune_patience: int = 4
 
     def __post_init__(self) -> None:
         if self.test_pct is None:
@@ -79,7 +78,6 @@ class TrainConfig:
             (self.fine_tune_blocks >= 0, "fine_tune_blocks must be 0 or more"),
             (self.fine_tune_epochs >= 1, "fine_tune_epochs must be at least 1"),
             (self.fine_tune_lr > 0, "fine_tune_lr must be positive"),
-            (self.fine_tune_patience >= 1, "fine_tune_patience must be at least 1"),
             (not (self.fine_tune and self.ray),
              "--ray extracts with the stock backbone only: leave out --fine-tune"),
         ]

@@ -4,10 +4,10 @@ The classifier (backbone + the trained head) is trained end to end on augmented 
 (:mod:`tfguess.augment`, a fresh one per image and epoch, decoded by :mod:`tfguess.images` like at
 inference), with only the top ``blocks`` blocks of the backbone and its final 1x1 convolution
 unfrozen. BatchNorm layers stay frozen (inference mode: their statistics never change), the
-learning rate warms up over the first epoch and then decays (cosine; Adam), and the weights with
-the best validation accuracy win (lower loss breaks ties): those of an epoch (the head-only start
-counts as epoch 0) or the average of the weights of the second half of the epochs. Runs on a GPU when TensorFlow sees one, else
-on the CPU.
+learning rate warms up over the first epoch and then decays (cosine; Adam). The result is the
+average of the weights of the second half of the epochs, unless the head-only start scores
+strictly better on the validation split (lower loss breaks ties). Runs on a GPU when TensorFlow
+sees one, else on the CPU.
 
 The fine-tuned backbone gets a new weights id (a digest of its weights): bottleneck caches and the
 cached TFLite twin used by ``guess`` are keyed by it, never by the stock backbone's.
@@ -255,7 +255,7 @@ def fine_tune(
     first = evaluate()
     history = [{"epoch": 0, "val_loss": round(first[0], 6), "val_accuracy": round(first[1], 6)}
                if first else {"epoch": 0}]
-    best = {"key": (first[1], -first[0]) if first else None, "epoch": 0, "weights": snapshot()}
+    start = {"key": (first[1], -first[0]) if first else None, "weights": snapshot()}
     if first:
         log(f"  before fine-tuning: validation accuracy {first[1]:.4f} (n={len(val_y)})")
 
@@ -305,16 +305,10 @@ def fine_tune(
                             refresh=True)
             if epoch > epochs // 2:  # the second half of the schedule is averaged
                 average.add(model.get_weights())
-            if result is None:
-                best = {"key": None, "epoch": epoch, "weights": snapshot()}
-            elif (result[1], -result[0]) > best["key"]:
-                best = {"key": (result[1], -result[0]), "epoch": epoch, "weights": snapshot()}
-            elif epoch - best["epoch"] >= config.fine_tune_patience:
-                break
             if max_steps is not None and steps >= max_steps:
                 break
     bar.close()
-    averaged = 0
+    last = len(history) - 1
     if average.count > 1:
         model.set_weights(average.mean)
         result = evaluate()
@@ -322,16 +316,19 @@ def fine_tune(
         if result:
             row.update(val_loss=round(result[0], 6), val_accuracy=round(result[1], 6))
         history.append(row)
-        log(f"  the weights of the last {average.count} epochs averaged: validation accuracy "
-            f"{row.get('val_accuracy')}")
-        if result is None or (result[1], -result[0]) >= best["key"]:
-            best = {"key": (result[1], -result[0]) if result else None,
-                    "epoch": len(history) - 2, "weights": average.mean}
-            averaged = average.count
-    model.set_weights(best["weights"])
+        final = f"the average of epochs {last - average.count + 1}-{last}"
+    else:
+        final = f"epoch {last}"
+    # One epoch's score on a small validation split is mostly chance: only the head-only start
+    # (kept when it scores strictly better) competes with the end of the schedule.
+    kept = bool(start["key"] and result and start["key"] > (result[1], -result[0]))
+    if kept:
+        model.set_weights(start["weights"])
+    averaged = 0 if kept else average.count if average.count > 1 else 0
+    best = {"epoch": 0 if kept else last,
+            "key": start["key"] if kept else (result[1], -result[0]) if result else None}
     backbone.trainable = False
-    chosen = f"the average of epochs {best['epoch'] - averaged + 1}-{best['epoch']}" if averaged \
-        else f"best epoch {best['epoch']}"
+    chosen = "the head-only start kept (it scored better on validation)" if kept else final
     log(f"Fine-tuned in {time.perf_counter() - start_time:.1f} s; {chosen}"
         + (f" (validation accuracy {best['key'][0]:.4f})" if best["key"] else ""))
     return FineTuneResult(
