@@ -43,6 +43,21 @@ def loss_accuracy(x: np.ndarray, y: np.ndarray, head: Head) -> tuple[float, floa
     return float(loss), float((probs.argmax(1) == y).mean())
 
 
+def _record_epoch(epoch, x, y, val, head, history, on_epoch, bar) -> float:
+    """Scores ``head`` after an epoch, appends the history row, reports it; returns the loss that
+    early stopping watches (validation loss, else training loss)."""
+    loss, acc = loss_accuracy(x, y, head)
+    row = {"epoch": epoch, "loss": round(loss, 6), "accuracy": round(acc, 6)}
+    if val is not None:
+        vloss, vacc = loss_accuracy(val[0], val[1], head)
+        row.update(val_loss=round(vloss, 6), val_accuracy=round(vacc, 6))
+    history.append(row)
+    if on_epoch:
+        on_epoch(row)
+    bar.set_postfix({k: v for k, v in row.items() if k != "epoch"}, refresh=False)
+    return row.get("val_loss", row["loss"])
+
+
 @dataclass
 class FitResult:
     head: Head
@@ -103,16 +118,7 @@ def fit_head(
             w = sample_w[idx] / sample_w[idx].sum()
             grad_logits = (softmax(xb @ head.kernel + head.bias) - targets[idx]) * w[:, None]
             adam.step([xb.T @ grad_logits + 2 * config.l2 * head.kernel, grad_logits.sum(0)])
-        loss, acc = loss_accuracy(x, y, head)
-        row = {"epoch": epoch, "loss": round(loss, 6), "accuracy": round(acc, 6)}
-        if has_val:
-            vloss, vacc = loss_accuracy(val[0], val[1], head)
-            row.update(val_loss=round(vloss, 6), val_accuracy=round(vacc, 6))
-        history.append(row)
-        if on_epoch:
-            on_epoch(row)
-        bar.set_postfix({k: v for k, v in row.items() if k != "epoch"}, refresh=False)
-        monitored = row.get("val_loss", row["loss"])
+        monitored = _record_epoch(epoch, x, y, val if has_val else None, head, history, on_epoch, bar)
         if monitored < best[0] - 1e-5:
             best = (monitored, epoch, head.kernel.copy(), head.bias.copy())
         elif epoch - best[1] >= config.patience:
@@ -186,16 +192,7 @@ def fit_hidden_head(
             g_h = (g_logits @ w2.T) * m1 * (pre > 0)
             adam.step([xb.T @ g_h + 2 * config.l2 * w1, g_h.sum(0),
                        hd.T @ g_logits + 2 * config.l2 * w2, g_logits.sum(0)])
-        loss, acc = loss_accuracy(x, y, head)
-        row = {"epoch": epoch, "loss": round(loss, 6), "accuracy": round(acc, 6)}
-        if has_val:
-            vloss, vacc = loss_accuracy(val[0], val[1], head)
-            row.update(val_loss=round(vloss, 6), val_accuracy=round(vacc, 6))
-        history.append(row)
-        if on_epoch:
-            on_epoch(row)
-        bar.set_postfix({k: v for k, v in row.items() if k != "epoch"}, refresh=False)
-        monitored = row.get("val_loss", row["loss"])
+        monitored = _record_epoch(epoch, x, y, val if has_val else None, head, history, on_epoch, bar)
         if monitored < best[0] - 1e-5:
             best = (monitored, epoch, snapshot())
         elif epoch - best[1] >= config.patience:
