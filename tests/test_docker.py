@@ -424,6 +424,13 @@ def test_serve_through_docker_answers_on_loopback_only(trained: Path, engine) ->
         assert listening and listening <= {"127.0.0.1"}, listening
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:  # never leave a server running behind a failed test
+            proc.kill()
+            for c in engine.containers.list(all=True):
+                if any(m.get("Source") == str(trained) for m in c.attrs.get("Mounts", [])):
+                    c.remove(force=True)
+            raise
     assert f"port {port} published on 127.0.0.1 only" in out, out[-3000:]
     assert "interrupted, stopping the container" in out, out[-3000:]

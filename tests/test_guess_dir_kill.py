@@ -26,7 +26,7 @@ from PIL import Image
 from tfguess.journal import HEADER, TEMP_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
-N_IMAGES = 200
+N_IMAGES = 400
 N_KILLS = 20
 SIZE = (3000, 2000)
 

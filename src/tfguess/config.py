@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-
 # Share of the photos held out as the test split, unless an --eval-dir folder is the test set.
 DEFAULT_TEST_PCT = 10.0
 

@@ -24,6 +24,8 @@ import hashlib
 import io
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -212,7 +214,13 @@ class Journal:
     def copy(self, source: Path, fd: int, folder: Path, stem: str, ext: str,
              fields: Callable[[Path, str], Entry]) -> Entry:
         """Copy the open file ``fd`` (of ``source``) into ``folder`` as ``stem+ext`` (or
-        ``stem-N+ext``), never replacing anything; record ``fields(final_path, sha256)``."""
+        ``stem-N+ext``), never replacing anything; record ``fields(final_path, sha256)``.
+        A Ctrl-C waits until the copy is whole and recorded (or gone)."""
+        with _InterruptAfter():
+            return self._copy(source, fd, folder, stem, ext, fields)
+
+    def _copy(self, source: Path, fd: int, folder: Path, stem: str, ext: str,
+              fields: Callable[[Path, str], Entry]) -> Entry:
         folder.mkdir(exist_ok=True)
         self._folders.add(folder)
         self._n += 1
@@ -293,6 +301,28 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class _InterruptAfter:
+    """Holds back a Ctrl-C (SIGINT) until the block is done, then raises it: between creating a
+    temporary file and recording its copy, an interrupt would leave a stray file or a copy with
+    no manifest row. Only the main thread can set signal handlers; elsewhere this does nothing."""
+
+    def __enter__(self) -> _InterruptAfter:
+        self.held, self.active = None, threading.current_thread() is threading.main_thread()
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self._hold)
+        return self
+
+    def _hold(self, signum, frame) -> None:
+        self.held = (signum, frame)
+
+    def __exit__(self, *exc) -> None:
+        if not self.active:
+            return
+        signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.SIG_DFL)
+        if self.held and callable(self.previous):
+            self.previous(*self.held)  # Python's default handler raises KeyboardInterrupt
 
 
 def _claim(tmp: Path, folder: Path, stem: str, ext: str) -> Path:
