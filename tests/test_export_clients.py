@@ -22,10 +22,12 @@ pytestmark = [pytest.mark.shared, pytest.mark.slow]
 # The int8 file's own answers differ slightly from the float model's, so its bar is lower; with
 # `guess model_int8.tflite` (the same file) the clients agree on >= 99 %.
 MIN_AGREEMENT = {"tflite int8": 0.97}
-# Against `guess` on the same .tflite file. The Task Library decodes and resizes its own way (its
-# pixels are about one grey level darker than any bilinear resize, measured with a model that
-# returns its input), which an int8 model amplifies: 151/153 measured.
-MIN_FILE_AGREEMENT = {("Task Library 0.4.4 ImageClassifier", "tflite int8"): 0.98}
+# The Task Library decodes and resizes its own way: its pixels are about one grey level darker
+# than any bilinear resize (measured with a model that returns its input), so a near tie can
+# flip; 151-153 of 153 measured across models and TFLite variants. MediaPipe, which resizes as
+# `guess` does, keeps the 99 % bar.
+TASK_LIBRARY = "Task Library 0.4.4 ImageClassifier"
+TASK_LIBRARY_MIN = 0.98
 
 
 def require_envs() -> None:
@@ -62,9 +64,11 @@ def test_clients_agree_with_guess(client_rows):
     low = []
     for r in client_rows:
         bar = MIN_AGREEMENT.get(r["format"], 0.99)
+        file_bar = 0.99
+        if r["client"] == TASK_LIBRARY:
+            bar, file_bar = min(bar, TASK_LIBRARY_MIN), TASK_LIBRARY_MIN
         if r["agree"] < bar * r["n"]:
             low.append(f"{r['client']} / {r['format']}: {r['agree']}/{r['n']}")
-        if "agree_file" in r and r["agree_file"] < MIN_FILE_AGREEMENT.get(
-                (r["client"], r["format"]), 0.99) * r["n"]:
+        if "agree_file" in r and r["agree_file"] < file_bar * r["n"]:
             low.append(f"{r['client']} / {r['format']} vs guess FILE: {r['agree_file']}/{r['n']}")
     assert not low, low
