@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,10 @@ def hymenoptera_trained(tmp_path_factory, hymenoptera) -> Path:
                          report=False)
     train(tf_files, config, progress=False, log=lambda *_: None)
     return tf_files
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test interrupts with SIGINT: a process started in the
+    background by a non-interactive shell (``cmd &``) inherits SIGINT *ignored*, and Python then
+    never raises KeyboardInterrupt, so the test would not test anything."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import default_sigint
 from packaging.requirements import Requirement
 
 from tfguess import docker as launcher
@@ -353,6 +354,7 @@ def test_ctrl_c_stops_and_removes_the_container(built: str, engine, tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("TFGUESS_")}
     env.update(TFGUESS_DOCKER="1", TFGUESS_IMAGE=built)
     proc = subprocess.Popen(["bash", str(REPO / "train.sh"), str(tf_files)], env=env,
+                            preexec_fn=default_sigint,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     mounted = str(tf_files)
 
@@ -399,6 +401,7 @@ def test_serve_through_docker_answers_on_loopback_only(trained: Path, engine) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith("TFGUESS_")}
     env.update(TFGUESS_DOCKER="1", TFGUESS_IMAGE=IMAGE)
     proc = subprocess.Popen(["bash", str(REPO / "serve.sh"), str(trained), str(port)], env=env,
+                            preexec_fn=default_sigint,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

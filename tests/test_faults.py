@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import default_sigint
 from PIL import Image
 
 from tfguess.cli import main
@@ -597,7 +598,8 @@ def test_sigint_leaves_only_whole_copies(model, world):
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     proc = subprocess.Popen([sys.executable, "-m", "tfguess", "-q", "guess-dir", str(model),
                              str(world.src), str(world.dst), "--batch-size", "1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.time() + 60
     while time.time() < deadline and len(world.copies()) < 3:
         time.sleep(0.02)
