@@ -111,6 +111,13 @@ def weights_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
+def _scored(row: dict, result: tuple[float, float] | None) -> dict:
+    """``row`` with the validation loss and accuracy of ``result`` (if there is a validation split)."""
+    if result:
+        row.update(val_loss=round(result[0], 6), val_accuracy=round(result[1], 6))
+    return row
+
+
 class _RunningMean:
     """The running mean of lists of weight arrays (BatchNorm is frozen, so averaging the weights
     of several epochs gives a valid model: stochastic weight averaging)."""
@@ -253,8 +260,7 @@ def fine_tune(
         return [np.array(v) for v in model.get_weights()]
 
     first = evaluate()
-    history = [{"epoch": 0, "val_loss": round(first[0], 6), "val_accuracy": round(first[1], 6)}
-               if first else {"epoch": 0}]
+    history = [_scored({"epoch": 0}, first)]
     start = {"key": (first[1], -first[0]) if first else None, "weights": snapshot()}
     if first:
         log(f"  before fine-tuning: validation accuracy {first[1]:.4f} (n={len(val_y)})")
@@ -268,7 +274,6 @@ def fine_tune(
     steps, trained, train_seconds = 0, 0, 0.0
     per_epoch = max(1, -(-len(train_items) // BATCH_SIZE))
     schedule = lr_schedule(config.fine_tune_lr, warmup=per_epoch, total=epochs * per_epoch)
-    epoch_rates = []
     with ThreadPoolExecutor(config.workers or default_workers()) as pool:
         for epoch in range(1, epochs + 1):
             t_epoch, n_epoch, losses = time.perf_counter(), 0, []
@@ -291,13 +296,10 @@ def fine_tune(
             train_seconds += seconds
             trained += n_epoch
             rate = n_epoch / seconds if seconds else 0.0
-            epoch_rates.append(rate)
             row = {"epoch": epoch, "loss": round(float(np.mean(losses)), 6) if losses else None,
                    "images_per_second": round(rate, 1)}
             result = evaluate()
-            if result:
-                row.update(val_loss=round(result[0], 6), val_accuracy=round(result[1], 6))
-            history.append(row)
+            history.append(_scored(row, result))
             if not progress:
                 log(f"  epoch {epoch}: loss {row['loss']}, validation accuracy "
                     f"{row.get('val_accuracy')}, {row['images_per_second']} images/s")
@@ -312,10 +314,7 @@ def fine_tune(
     if average.count > 1:
         model.set_weights(average.mean)
         result = evaluate()
-        row = {"epoch": "average", "epochs_averaged": average.count}
-        if result:
-            row.update(val_loss=round(result[0], 6), val_accuracy=round(result[1], 6))
-        history.append(row)
+        history.append(_scored({"epoch": "average", "epochs_averaged": average.count}, result))
         final = f"the average of epochs {last - average.count + 1}-{last}"
     else:
         final = f"epoch {last}"
@@ -324,18 +323,18 @@ def fine_tune(
     kept = bool(start["key"] and result and start["key"] > (result[1], -result[0]))
     if kept:
         model.set_weights(start["weights"])
-    averaged = 0 if kept else average.count if average.count > 1 else 0
-    best = {"epoch": 0 if kept else last,
-            "key": start["key"] if kept else (result[1], -result[0]) if result else None}
+    averaged = 0 if kept or average.count < 2 else average.count
+    best_epoch = 0 if kept else last
+    accuracy = first[1] if kept else result[1] if result else None
     backbone.trainable = False
     chosen = "the head-only start kept (it scored better on validation)" if kept else final
     log(f"Fine-tuned in {time.perf_counter() - start_time:.1f} s; {chosen}"
-        + (f" (validation accuracy {best['key'][0]:.4f})" if best["key"] else ""))
+        + (f" (validation accuracy {accuracy:.4f})" if accuracy is not None else ""))
     return FineTuneResult(
         head=Classifier(model, [], {}).head(),
-        weights_id=f"ft-{weights_digest(backbone)}" if best["epoch"] else None,
+        weights_id=f"ft-{weights_digest(backbone)}" if best_epoch else None,
         history=history,
-        best_epoch=best["epoch"],
+        best_epoch=best_epoch,
         epochs_averaged=averaged,
         seconds=time.perf_counter() - start_time,
         images_per_second=trained / train_seconds if train_seconds else 0.0,
