@@ -68,7 +68,9 @@ def run(args) -> None:
         overrides = {}
         for item in args.set:
             key, value = item.split("=", 1)
-            overrides[key] = type(getattr(TrainConfig, key))(value)
+            default = getattr(TrainConfig, key)
+            overrides[key] = int(value) if default is None and value.isdigit() else (
+                value if default is None else type(default)(value))
         tag = "".join(f"-{k}{v}" for k, v in overrides.items())
         tf_files = work / f"{args.dataset}-{args.backbone}-{mode.replace('+', '_')}{tag}"
         row = {"dataset": args.dataset, "backbone": args.backbone, "mode": mode, "settings": overrides,
@@ -97,7 +99,7 @@ def run(args) -> None:
                 row["tflite_agrees"] = round(sum(a == b for a, b in zip(labels, tfl_labels)) / len(labels), 4)
         else:
             # Every mode starts from the cache the frozen run filled, except the frozen run itself.
-            frozen = work / f"{args.dataset}-{args.backbone}-frozen"
+            frozen = work / f"{args.dataset}-{args.backbone}-frozen{tag}"
             if mode != "frozen" and frozen.is_dir() and not tf_files.exists():
                 tf_files.mkdir(parents=True)
                 os.symlink(frozen / "bottlenecks", tf_files / "bottlenecks")

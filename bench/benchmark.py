@@ -11,6 +11,9 @@ made once under bench/work/ (git-ignored) from ../shared/datasets/hymenoptera:
          cropped re-encodings).
 Throughput is wall-clock images/s; "CPU ms/img" is the process's CPU time (all threads) per
 image, which the other load of a shared machine changes much less than the wall time.
+The "ceiling" rows time the two halves of extraction apart, on one thread: decoding and resizing
+an image as tfguess does, and one ``invoke`` of the float32 and int8 engines; no pipeline can do
+better than every core spending that sum on each image.
 """
 
 from __future__ import annotations
@@ -201,6 +204,41 @@ def int8_ref(key, paths: list[Path]):
     return ref, calibration
 
 
+def invoke_ms(tflite: Path, seconds: float = 3.0) -> float:
+    """One thread's time per image for the engine's ``invoke`` alone (no decoding)."""
+    from tfguess.runtime import new_interpreter
+
+    interpreter = new_interpreter(model_path=str(tflite), num_threads=1)
+    interpreter.allocate_tensors()
+    index = interpreter.get_input_details()[0]["index"]
+    x = np.random.default_rng(0).uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()  # warm-up
+    best = float("inf")
+    for _ in range(3):  # the least disturbed of three rounds
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 3:
+            interpreter.set_tensor(index, x)
+            interpreter.invoke()
+            n += 1
+        best = min(best, 1000 * (time.perf_counter() - start) / n)
+    return best
+
+
+def decode_ms(paths: list[Path]) -> float:
+    """One thread's CPU time per image for decoding and resizing as tfguess does (no inference)."""
+    from tfguess.images import load_image
+
+    start, n = time.process_time(), 0
+    for path in paths:
+        try:
+            load_image(path, SIZE, "crop")
+            n += 1
+        except Exception:  # noqa: BLE001 - the placeholder GIF and the like: not counted
+            continue
+    return 1000 * (time.process_time() - start) / max(1, n)
+
+
 def bench_extraction(dataset: Path, quick: bool, repeat: int) -> dict:
     from tfguess.backbones import get_backbone
     from tfguess.features import BackboneRef, make_extractor
@@ -230,8 +268,11 @@ def bench_extraction(dataset: Path, quick: bool, repeat: int) -> dict:
                 else:
                     r = extract(items, backbone, key, row)
                 runs.setdefault((name, row), []).append(r)
+    # What the cores allow at best: each image's decoding plus one invoke, on every core at once.
+    ceiling = {"invoke": {"float32": invoke_ms(key.engine_file), "int8": invoke_ms(key8.engine_file)},
+               "decode": {name: decode_ms(paths) for name, paths in sets.items()}}
     return {"runs": runs, "n": {k: len(v) for k, v in sets.items()}, "convert_s": convert_s,
-            "convert8_s": convert8_s}
+            "convert8_s": convert8_s, "ceiling": ceiling}
 
 
 # --- retrain, guess-dir, guess.sh ---------------------------------------------------------------
@@ -423,6 +464,16 @@ def table(res: dict, load_before: float, load_after: float) -> str:
         rows.append(("Bottlenecks, phone-sized, naive Keras baseline", naive_phone_s, "", ""))
         rows.append(("Speed-up over the naive baseline, phone-sized, float32 / int8",
                      f"{phone / naive_phone:.1f}x / {phone8 / naive_phone:.1f}x", "", ""))
+        from tfguess.pipeline import default_workers
+
+        ceiling, cores = ex["ceiling"], default_workers()
+        fastest = min(ceiling["invoke"].values())
+        for name, label in (("web", "web-sized"), ("phone", "phone-sized")):
+            decode = ceiling["decode"][name]
+            rows.append((f"Ceiling, {label}: decoding + one invoke per image on each of {cores} cores",
+                         f"{decode:.1f} ms + {ceiling['invoke']['float32']:.1f} ms float32 / "
+                         f"{ceiling['invoke']['int8']:.1f} ms int8 = at most "
+                         f"{cores * 1000 / (decode + fastest):.0f} img/s", "", ""))
     if "guessdir" in res:
         g = res["guessdir"]
         for precision in ("float32", "int8"):

@@ -187,6 +187,24 @@ def test_registry_facts():
     assert not next(r for r in rows if r["name"] == "inception_v3")["available"]  # empty KERAS_HOME
 
 
+def test_lite_takes_another_input_size_with_the_same_weights():
+    lite0 = get_backbone("efficientnet_lite0")
+    big = get_backbone("efficientnet_lite0", 256)
+    assert (big.input_size, big.weights_id(), big.name) == (256, lite0.weights_id(), lite0.name)
+    assert get_backbone("efficientnet_lite0", 224) is lite0
+    model, own = big.build(), lite0.build()
+    assert model.input_shape == (None, 256, 256, 3) and model.output_shape == (None, 1280)
+    for a, b in zip(model.get_weights(), own.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_image_size_is_refused_where_it_cannot_apply():
+    with pytest.raises(ValueError, match="mobilenet_v2 takes 224x224 pixels only.*--image-size"):
+        get_backbone("mobilenet_v2", 256)
+    with pytest.raises(ValueError, match="--image-size 64: choose a size from 96 to 640"):
+        get_backbone("efficientnet_lite0", 64)
+
+
 def test_unknown_backbone_names_the_closest():
     with pytest.raises(ValueError, match="efficientnet_lite0") as info:
         get_backbone("efficientnet-lite0")

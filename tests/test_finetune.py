@@ -230,3 +230,19 @@ def test_learning_rate_warms_up_then_decays_by_a_cosine():
     assert decay == sorted(decay, reverse=True)
     assert rate(60) == pytest.approx(1e-4 * (0.05 + 0.95 * 0.5)) and rate(110) == pytest.approx(5e-6)
     assert rate(500) == pytest.approx(5e-6)  # an early stop or a longer run never goes below
+
+
+def test_the_head_only_start_is_kept_only_when_clearly_better():
+    from tfguess.finetune import clearly_better
+
+    right = np.ones(65, bool)
+    two_more = right.copy()
+    two_more[:2] = False  # the fine-tuned model misses 2 of 65 the start gets right: chance
+    assert not clearly_better(right, two_more)
+    five_more = right.copy()
+    five_more[:5] = False  # 5 to 0: p = 1/32
+    assert clearly_better(right, five_more)
+    start = right.copy()
+    start[10:14] = False  # the start misses 4 that the fine-tuned model gets right: 5 to 4 is chance
+    assert not clearly_better(start, five_more)
+    assert not clearly_better(five_more, right) and not clearly_better(right, right)

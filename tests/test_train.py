@@ -69,6 +69,32 @@ def test_model_file_matches_feature_path(demo_trained):
     np.testing.assert_allclose(fast.probabilities(pixels), keras_probs, atol=1e-4)
 
 
+def test_larger_image_size_is_used_everywhere(tmp_path):
+    """--image-size 256 on EfficientNet-Lite0: the features, the saved model, the fast guess path
+    and the TFLite export all take 256 x 256 pixels, and they agree."""
+    from tfguess.export import export
+    from tfguess.images import load_image
+    from tfguess.predict import Predictor
+    from tfguess.runtime import TFLiteClassifier
+
+    tf_files = tmp_path / "tf_files"
+    shutil.copytree(DEMO_DATA, tf_files / "data")
+    result = train(tf_files, TrainConfig(report=False, epochs=30, views=0, image_size=256), **QUIET)
+    assert result.summary["backbone"]["input_size"] == 256
+    assert next((tf_files / "bottlenecks").iterdir()).name.startswith("efficientnet_lite0-256-")
+    classifier = load_classifier(tf_files)
+    assert classifier.keras_model.input_shape == (None, 256, 256, 3) and classifier.input_size == 256
+    paths = sorted((DEMO_DATA / "face").glob("*.png"))[:3] + sorted((DEMO_DATA / "not_face").glob("*.png"))[:3]
+    pixels = np.stack([load_image(p, 256) for p in paths]).astype(np.float32)
+    keras_probs = np.asarray(classifier.keras_model(pixels, training=False))
+    np.testing.assert_allclose(Predictor.load(tf_files).probabilities(pixels), keras_probs, atol=1e-4)
+    written = export(tf_files, ["tflite"], out_dir=tmp_path / "export", log=lambda *_: None, quiet=True)
+    tflite = next(p for p in written if p.suffix == ".tflite")
+    tfl = TFLiteClassifier(tflite)
+    assert tfl.input_size == 256
+    np.testing.assert_allclose(tfl(pixels.astype(np.uint8)), keras_probs, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_second_run_computes_nothing_and_one_change_recomputes_one(tmp_path):
     tf_files = tmp_path / "tf"

@@ -100,7 +100,7 @@ def choose_backbone(image_dir: Path, cache_root: Path, config, progress: bool,
     index = {label: i for i, label in enumerate(scan.labels)}
     scores = {}
     for name in AUTO_CANDIDATES:
-        spec = get_backbone(name)
+        spec = get_backbone(name, config.image_size)
         if not spec.available:
             log(f"  --backbone auto: {name} left out (its weights package is not installed)")
             continue

@@ -18,7 +18,8 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"
     weights: str | None = None          # local weights file for backbones that download theirs
     tfhub_module: str | None = None     # TF Hub handle or local SavedModel dir (overrides backbone)
-    image_size: int | None = None       # input size for a TF Hub module without static dims
+    image_size: int | None = None       # input size: EfficientNet-Lite at another than its own (finer
+                                        # detail, slower), or a TF Hub module without static dims
     image_dir: str | None = None        # default: TF_FILES/data
     eval_dir: str | None = None         # an extra labelled folder to evaluate the model on
     validation_pct: float = 10.0

@@ -5,9 +5,9 @@ The classifier (backbone + the trained head) is trained end to end on augmented 
 inference), with only the top ``blocks`` blocks of the backbone and its final 1x1 convolution
 unfrozen. BatchNorm layers stay frozen (inference mode: their statistics never change), the
 learning rate warms up over the first epoch and then decays (cosine; Adam). The result is the
-average of the weights of the second half of the epochs, unless the head-only start scores
-strictly better on the validation split (lower loss breaks ties). Runs on a GPU when TensorFlow
-sees one, else on the CPU.
+average of the weights of the second half of the epochs, unless the head-only start is better on
+the validation split beyond chance (:func:`clearly_better`). Runs on a GPU when TensorFlow sees
+one, else on the CPU.
 
 The fine-tuned backbone gets a new weights id (a digest of its weights): bottleneck caches and the
 cached TFLite twin used by ``guess`` are keyed by it, never by the stock backbone's.
@@ -111,7 +111,20 @@ def weights_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def _scored(row: dict, result: tuple[float, float] | None) -> dict:
+def clearly_better(a: np.ndarray, b: np.ndarray, p_value: float = 0.05) -> bool:
+    """Whether the model with per-image results ``a`` (True: right) beats the one with ``b`` on
+    the same images beyond chance: a one-sided sign test on the images only one of them gets right.
+
+    A validation split is small (tens of images), and the head-only start was early-stopped on it,
+    so its score there is optimistic: a difference of an image or two says nothing."""
+    wins, losses = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if wins <= losses:
+        return False
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n < p_value
+
+
+def _scored(row: dict, result: tuple | None) -> dict:
     """``row`` with the validation loss and accuracy of ``result`` (if there is a validation split)."""
     if result:
         row.update(val_loss=round(result[0], 6), val_accuracy=round(result[1], 6))
@@ -248,20 +261,22 @@ def fine_tune(
     val_x = np.stack(val_x) if val_x else np.zeros((0, size, size, 3), np.uint8)
     val_y = np.array(val_y, np.int64)
 
-    def evaluate() -> tuple[float, float] | None:
+    def evaluate() -> tuple[float, float, np.ndarray] | None:
+        """Validation loss, accuracy and which images are right."""
         if not len(val_y):
             return None
         probs = np.concatenate([np.asarray(predict(val_x[i:i + 64].astype(np.float32)))
                                 for i in range(0, len(val_x), 64)])
         loss = -np.log(np.maximum(probs[np.arange(len(val_y)), val_y], 1e-7)).mean()
-        return float(loss), float((probs.argmax(1) == val_y).mean())
+        right = probs.argmax(1) == val_y
+        return float(loss), float(right.mean()), right
 
     def snapshot():
         return [np.array(v) for v in model.get_weights()]
 
     first = evaluate()
     history = [_scored({"epoch": 0}, first)]
-    start = {"key": (first[1], -first[0]) if first else None, "weights": snapshot()}
+    start_weights = snapshot()
     if first:
         log(f"  before fine-tuning: validation accuracy {first[1]:.4f} (n={len(val_y)})")
 
@@ -319,15 +334,15 @@ def fine_tune(
     else:
         final = f"epoch {last}"
     # One epoch's score on a small validation split is mostly chance: only the head-only start
-    # (kept when it scores strictly better) competes with the end of the schedule.
-    kept = bool(start["key"] and result and start["key"] > (result[1], -result[0]))
+    # competes with the end of the schedule, and it is kept only when clearly better.
+    kept = bool(first and result and clearly_better(first[2], result[2]))
     if kept:
-        model.set_weights(start["weights"])
+        model.set_weights(start_weights)
     averaged = 0 if kept or average.count < 2 else average.count
     best_epoch = 0 if kept else last
     accuracy = first[1] if kept else result[1] if result else None
     backbone.trainable = False
-    chosen = "the head-only start kept (it scored better on validation)" if kept else final
+    chosen = "the head-only start kept (clearly better on validation)" if kept else final
     log(f"Fine-tuned in {time.perf_counter() - start_time:.1f} s; {chosen}"
         + (f" (validation accuracy {accuracy:.4f})" if accuracy is not None else ""))
     return FineTuneResult(

@@ -54,7 +54,7 @@ def resolve_backbone(config: TrainConfig):
 
     if config.tfhub_module:
         return tfhub_backbone(config.tfhub_module, input_size=config.image_size)
-    return get_backbone(config.backbone)
+    return get_backbone(config.backbone, config.image_size)
 
 
 class _LazyBackbone:

@@ -11,6 +11,7 @@ TF Hub handle), a path to a local weights file, or ``"random"`` for random initi
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import sys
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     import keras
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 96, 640  # --image-size for the backbones that take any size
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,23 @@ class Backbone:
     fingerprint: Callable[[str | None], str] = field(repr=False, compare=False)
     availability: Callable[[], bool] = field(repr=False, compare=False)
     has_classifier: bool = True
+    # size -> builder at that input size; None: the backbone takes ``input_size`` pixels only
+    sized_builder: Callable[[int], Callable[[str | None, bool], keras.Model]] | None = field(
+        default=None, repr=False, compare=False)
+
+    def at_input_size(self, size: int) -> Backbone:
+        """This backbone taking ``size`` x ``size`` pixels: a larger input shows it finer detail
+        (small objects, fine-grained labels) at about ``(size / input_size)**2`` the compute."""
+        if size == self.input_size:
+            return self
+        if self.sized_builder is None:
+            raise ConfigError(f"backbone {self.name} takes {self.input_size}x{self.input_size} pixels only: "
+                              "--image-size applies to the EfficientNet-Lite backbones and to TF Hub "
+                              "modules without a fixed input size")
+        if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+            raise ConfigError(f"--image-size {size}: choose a size from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} "
+                              f"pixels ({self.name} was trained at {self.input_size})")
+        return dataclasses.replace(self, input_size=size, builder=self.sized_builder(size))
 
     def build(self, weights: str | None = None, include_top: bool = False) -> keras.Model:
         """Build the model named "backbone" (see the module docstring for inputs and outputs)."""
@@ -76,11 +95,13 @@ def register_backbone(b: Backbone) -> Backbone:
     return b
 
 
-def get_backbone(name: str) -> Backbone:
+def get_backbone(name: str, input_size: int | None = None) -> Backbone:
+    """The backbone ``name``, at ``input_size`` pixels if given (see :meth:`Backbone.at_input_size`)."""
     if name.startswith("tfhub:"):
-        return tfhub_backbone(name[len("tfhub:"):])
+        return tfhub_backbone(name[len("tfhub:"):], input_size)
     if name in _REGISTRY:
-        return _REGISTRY[name]
+        backbone = _REGISTRY[name]
+        return backbone.at_input_size(input_size) if input_size else backbone
     close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(
@@ -115,7 +136,7 @@ def _lite_source(name: str, weights: str | None) -> Path:
         ) from e
 
 
-def _lite_builder(name: str) -> Callable[[str | None, bool], keras.Model]:
+def _lite_builder(name: str, size: int | None = None) -> Callable[[str | None, bool], keras.Model]:
     def build(weights: str | None, include_top: bool) -> keras.Model:
         from .._quiet import import_tensorflow
 
@@ -131,7 +152,7 @@ def _lite_builder(name: str) -> Callable[[str | None, bool], keras.Model]:
                 weights_file = _lite.converted_weights_file(
                     name, cache_dir(), file_fingerprint(source), source
                 )
-        model = _lite.build_model(name, include_top=True)
+        model = _lite.build_model(name, include_top=True, size=size)
         if weights_file is not None:
             model.load_weights(weights_file)
         if not include_top:
@@ -164,6 +185,7 @@ for _name, (_w, _d, _size, _module, _cls) in _lite.VARIANTS.items():
             weights_source=f"pip package {_module.replace('_', '-')}",
             offline=True,
             builder=_lite_builder(_name),
+            sized_builder=lambda size, n=_name: _lite_builder(n, size),
             fingerprint=lambda w, n=_name: file_fingerprint(_lite_source(n, w)),
             availability=lambda n=_name: _lite_available(n),
         )

@@ -78,12 +78,16 @@ def checkpoint_path(name: str) -> Path:
     return Path(getattr(importlib.import_module(module), cls).get_model_file_path())
 
 
-def build_model(name: str, include_top: bool = True):
-    """Build the architecture with random weights: the classifier, or the pooled features."""
+def build_model(name: str, include_top: bool = True, size: int | None = None):
+    """Build the architecture with random weights: the classifier, or the pooled features.
+
+    ``size``: the input size, if not the variant's own (the network is convolutional up to the
+    global pooling, so the same weights fit any size)."""
     import keras
     from keras import layers
 
-    width, depth, size = VARIANTS[name][:3]
+    width, depth = VARIANTS[name][:2]
+    size = size or VARIANTS[name][2]
 
     def conv_bn(x, filters, kernel, stride, prefix, act=True):
         x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=f"{prefix}_conv")(x)
