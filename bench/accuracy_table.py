@@ -68,9 +68,9 @@ def run(args) -> None:
         overrides = {}
         for item in args.set:
             key, value = item.split("=", 1)
-            default = getattr(TrainConfig, key)
-            overrides[key] = int(value) if default is None and value.isdigit() else (
-                value if default is None else type(default)(value))
+            default = getattr(TrainConfig, key)  # None: an optional number or name
+            kind = type(default) if default is not None else int if value.isdigit() else str
+            overrides[key] = kind(value)
         tag = "".join(f"-{k}{v}" for k, v in overrides.items())
         tf_files = work / f"{args.dataset}-{args.backbone}-{mode.replace('+', '_')}{tag}"
         row = {"dataset": args.dataset, "backbone": args.backbone, "mode": mode, "settings": overrides,

@@ -223,9 +223,10 @@ def fine_tune(
     model = build_classifier(backbone, num_classes, config.dropout, config.l2, head.hidden_units)
     set_head(model, head)
     unfrozen = unfreeze_top(backbone, config.fine_tune_blocks)
+    augment = config.fine_tune_augment + (", no mirroring" if config.no_flip else "")
     log(f"Fine-tuning the top {config.fine_tune_blocks} blocks of {backbone.name} "
         f"({len(unfrozen)} layers with weights; BatchNorm frozen) on the {device}, "
-        f"augmentation {config.fine_tune_augment}{', no mirroring' if config.no_flip else ''}")
+        f"augmentation {augment}")
 
     y_train = np.array([y for _, y in train_items], np.int64)
     counts = np.bincount(y_train, minlength=num_classes).astype(np.float32)
@@ -355,5 +356,5 @@ def fine_tune(
         images_per_second=trained / train_seconds if train_seconds else 0.0,
         unfrozen=unfrozen,
         device=device,
-        augment=config.fine_tune_augment + (", no mirroring" if config.no_flip else ""),
+        augment=augment,
     )
