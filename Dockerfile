@@ -4,6 +4,7 @@
 #   docker build -t tfguess .                                                      # CPU
 #   docker build -t tfguess:gpu --build-arg TF_PACKAGE='tensorflow[and-cuda]' .   # NVIDIA GPUs
 #   docker build -t tfguess:ray --build-arg EXTRAS=ray .                          # Ray cluster nodes
+#   docker build -t tfguess:hub --build-arg EXTRAS=tfhub .                        # TF Hub handles
 #   (CUDA libraries come from pip; run with --gpus all; see docs/docker.md)
 #   docker build --platform linux/arm64 -t tfguess .    # Apple Silicon, Graviton, Raspberry Pi
 #
@@ -23,7 +24,8 @@ FROM ${BASE_IMAGE}
 # tensorflow[and-cuda] for NVIDIA GPUs.
 # PIP_*: optional package index settings for pip, used only when given.
 # SOURCE_HASH: set by the launcher (src/tfguess/docker.py) to tell when the image is outdated.
-# EXTRAS: optional extras of tfguess to add (e.g. "ray": docs/scale.md), resolved against the pins.
+# EXTRAS: optional extras of tfguess to add (e.g. "ray": docs/scale.md), resolved against the pins
+# ("tfhub" adds tensorflow-hub, whose tf-keras brings the full tensorflow wheel: a second TensorFlow).
 ARG TF_PACKAGE PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_DEFAULT_TIMEOUT=120 SOURCE_HASH EXTRAS=
 
 ENV PIP_NO_CACHE_DIR=1 \

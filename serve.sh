@@ -22,4 +22,13 @@ fi
 # The review page moves images inside TF_FILES and re-trains into it.
 [[ -d $tf_files ]] && TFG_RW=("$tf_files")
 TFG_PUBLISH=$port
-tfg_run serve "$tf_files" --port "$port" "$@"
+# In Docker the server listens on the container's interfaces, but the port is published on the
+# host's 127.0.0.1 only: as private as a local run, so no API key is required there. Given
+# --host or --api-key, the server's own rule applies (a key beyond loopback). TFGUESS_API_KEY
+# is handed on as --api-key (the container does not inherit the environment).
+auth=(--no-auth)
+[[ -n ${TFGUESS_API_KEY:-} ]] && auth=(--api-key "$TFGUESS_API_KEY")
+for arg in "$@"; do
+    [[ $arg == --host* || $arg == --api-key* || $arg == --no-auth ]] && auth=()
+done
+tfg_run serve "$tf_files" --port "$port" "${auth[@]}" "$@"

@@ -13,6 +13,19 @@ fine-tuned model's TFLite export against ``guess`` on every val image).
 Run:  python bench/accuracy_table.py WORK --dataset cub_songbirds22 --backbone efficientnet_lite0 \
           --modes frozen,views,views+hidden,fine-tune,tta,export
       python bench/accuracy_table.py WORK --table      # the markdown table of results.jsonl
+
+``--suite``: every data set of ``../shared/datasets`` (each with ``train/`` and ``val/``) trained by
+the ``tfguess train`` command, one process a run, with the flags of each column
+(:data:`SUITE_MODES`; ``--modes`` picks columns, ``--datasets`` rows, ``--flags`` adds flags to
+every run, e.g. ``--flags=--views=0``). The runs of a data set share one bottleneck cache (so each
+resize is extracted once), except the ``--time-limit`` ones, which start cold as a user's first run
+does. A column whose flag this ``tfguess train`` does not know is skipped, saying so. Each run
+appends a line to ``WORK/suite.jsonl``; the table (the latest run of each cell: val accuracy and
+the run's wall time) is printed at the end, and by ``--suite --table`` alone.
+
+      nice python bench/accuracy_table.py WORK --suite --modes default,crop,squash,pad
+      nice python bench/accuracy_table.py WORK --suite --modes fine-tune,5m,15m --datasets furniture4
+      python bench/accuracy_table.py WORK --suite --table
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
 VIEWS = 2
+MODES_DEFAULT = "frozen,views,views+hidden,fine-tune,tta,export"
 HIDDEN = 256
 
 
@@ -64,7 +78,7 @@ def run(args) -> None:
     data = DATASETS / args.dataset
     work = Path(args.work).resolve()
     results = work / "results.jsonl"
-    for mode in args.modes.split(","):
+    for mode in (args.modes or MODES_DEFAULT).split(","):
         overrides = {}
         for item in args.set:
             key, value = item.split("=", 1)
@@ -139,12 +153,134 @@ def table(work: Path) -> None:
               f"| {r['seconds']} | {r['load_before']}-{r['load_after']} |")
 
 
+SUITE_MODES: dict[str, list[str]] = {
+    "default": [],
+    "squash": ["--resize", "squash"],
+    "crop": ["--resize", "crop"],
+    "pad": ["--resize", "pad"],
+    "auto": ["--resize", "auto"],
+    "fine-tune": ["--fine-tune"],
+    "5m": ["--time-limit", "5m"],
+    "15m": ["--time-limit", "15m"],
+}
+SUITE_DEFAULT = "default,crop,squash,pad,fine-tune,5m,15m"
+COLD_MODES = ("5m", "15m")  # timed from an empty cache, as a user's first run
+
+
+def suite_datasets(names: str | None) -> list[Path]:
+    found = sorted(d for d in DATASETS.iterdir() if (d / "train").is_dir() and (d / "val").is_dir())
+    if names:
+        wanted = names.split(",")
+        unknown = sorted(set(wanted) - {d.name for d in found})
+        if unknown:
+            raise SystemExit(f"unknown data set(s) {', '.join(unknown)}: choose from "
+                             f"{', '.join(d.name for d in found)}")
+        found = [d for d in found if d.name in wanted]
+    return found
+
+
+def known_train_flags() -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "tfguess", "train", "--help"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def suite(args) -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    work = Path(args.work).resolve()
+    results = work / "suite.jsonl"
+    modes = (args.modes or SUITE_DEFAULT).split(",")
+    unknown = [m for m in modes if m not in SUITE_MODES]
+    if unknown:
+        raise SystemExit(f"unknown suite mode(s) {', '.join(unknown)}: choose from {', '.join(SUITE_MODES)}")
+    helptext = known_train_flags()
+    extra = shlex.split(args.flags) if args.flags else []
+    tag = "".join(f"_{f.lstrip('-').replace('=', '')}" for f in extra)
+    for mode in list(modes):
+        flag = next((f for f in SUITE_MODES[mode] if f.startswith("--")), None)
+        if flag and flag not in helptext:
+            print(f"suite: skipping {mode}: this tfguess train has no {flag}", flush=True)
+            modes.remove(mode)
+    for data in suite_datasets(args.datasets):
+        for mode in modes:
+            tf_files = work / f"{data.name}{tag}-{mode}"
+            if mode not in COLD_MODES and not tf_files.exists():
+                shared = work / f"{data.name}-cache" / "bottlenecks"
+                shared.mkdir(parents=True, exist_ok=True)
+                tf_files.mkdir(parents=True)
+                os.symlink(shared, tf_files / "bottlenecks")
+            argv = [sys.executable, "-m", "tfguess", "-q", "train", str(tf_files),
+                    "--image-dir", str(data / "train"), "--eval-dir", str(data / "val"),
+                    "--no-report", *SUITE_MODES[mode], *extra]
+            print("suite:", shlex.join(argv[1:]), flush=True)
+            row = {"dataset": data.name, "mode": mode, "flags": [*SUITE_MODES[mode], *extra],
+                   "load_before": load_average()}
+            t = time.perf_counter()
+            done = subprocess.run(argv, stdout=None if args.verbose else subprocess.DEVNULL)
+            row["seconds"] = round(time.perf_counter() - t, 1)
+            row["load_after"] = load_average()
+            if done.returncode != 0:
+                row["error"] = f"exit code {done.returncode}"
+            else:
+                s = json.loads((tf_files / "run_summary.json").read_text())
+                row.update(val_accuracy=s["metrics"]["eval_dir"]["accuracy"],
+                           n=s["metrics"]["eval_dir"]["n"], mode_recorded=s["mode"],
+                           resize=s["backbone"]["resize"], backbone=s["backbone"]["name"],
+                           input_size=s["backbone"]["input_size"],
+                           features_computed=s["features"]["computed"],
+                           auto_resize=s.get("auto_resize"), plan=s.get("time_limit") or s.get("plan"))
+            print(json.dumps(row), flush=True)
+            with open(results, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+    suite_table(work)
+
+
+def suite_table(work: Path) -> None:
+    rows = [json.loads(line) for line in (work / "suite.jsonl").read_text().splitlines() if line]
+    cells: dict[tuple[str, str], dict] = {}
+    for r in rows:  # the latest run of each cell
+        key = " ".join(f for f in r["flags"] if f not in SUITE_MODES.get(r["mode"], []))
+        cells[r["dataset"], r["mode"] + (f" ({key})" if key else "")] = r
+    if not cells:
+        print(f"no runs in {work / 'suite.jsonl'} yet")
+        return
+    datasets = list(dict.fromkeys(d for d, _ in cells))
+    columns = list(dict.fromkeys(m for _, m in cells))
+    print("| data set (val n) | " + " | ".join(columns) + " |")
+    print("| --- |" + " --- |" * len(columns))
+    for d in datasets:
+        n = next((r.get("n") for (dd, _), r in cells.items() if dd == d and r.get("n")), "?")
+        out = []
+        for m in columns:
+            r = cells.get((d, m))
+            if r is None:
+                out.append("")
+            elif "error" in r:
+                out.append(f"failed ({r['error']}, {r['seconds']:.0f} s)")
+            else:
+                chosen = f" [{r['resize']}]" if m.startswith(("default", "auto")) else ""
+                if isinstance(r.get("plan"), dict) and r["plan"].get("recipe"):
+                    chosen = f" [{r['plan']['recipe']}]"
+                out.append(f"{r['val_accuracy']:.4f}{chosen} ({r['seconds']:.0f} s)")
+        print(f"| {d} ({n}) | " + " | ".join(out) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("work", help="folder for the trained models and results.jsonl")
     p.add_argument("--dataset", default="cub_songbirds22")
     p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--modes", default="frozen,views,views+hidden,fine-tune,tta,export")
+    p.add_argument("--modes", help=f"default {MODES_DEFAULT}; with --suite, columns among "
+                   f"{', '.join(SUITE_MODES)} (default {SUITE_DEFAULT})")
+    p.add_argument("--suite", action="store_true",
+                   help="every data set of ../shared/datasets with the modes of SUITE_MODES")
+    p.add_argument("--datasets", help="with --suite: comma-separated data set names (default: all)")
+    p.add_argument("--flags", help="with --suite: more tfguess train flags for every run, e.g. --flags=--views=0")
     p.add_argument("--views", type=int, default=VIEWS)
     p.add_argument("--hidden", type=int, default=HIDDEN)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -155,7 +291,11 @@ def main() -> None:
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--table", action="store_true")
     args = p.parse_args()
-    if args.table:
+    if args.suite and args.table:
+        suite_table(Path(args.work))
+    elif args.suite:
+        suite(args)
+    elif args.table:
         table(Path(args.work))
     else:
         run(args)

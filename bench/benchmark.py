@@ -2,7 +2,10 @@
 
 Usage: .venv/bin/python bench/benchmark.py [--quick] [--only PARTS] [--repeat N] [--dataset DIR]
 
-PARTS (comma-separated): extract, retrain, guessdir, guess, rss (default: all). Working sets are
+PARTS (comma-separated): extract, retrain, guessdir, guess, rss, finetune, decode, auto (default:
+all). decode: where the decoding and resizing time of a web-sized image goes, and the squash's
+bilinear resize before / after its rewrite; auto: what ``--precision auto`` picks on this CPU,
+guess-dir with it against float32 and the naive loop, one invoke of each engine. Working sets are
 made once under bench/work/ (git-ignored) from ../shared/datasets/hymenoptera:
   web    the data set as is (398 files, typically 500x375 JPEGs, one placeholder GIF);
   phone  JPEGs re-encoded at 4000x3000 (upscaled, with sensor-like noise so that they weigh
@@ -39,7 +42,8 @@ WORK = REPO / "bench" / "work"
 DATASET = REPO.parent / "shared" / "datasets" / "hymenoptera"
 BACKBONE = "efficientnet_lite0"
 SIZE = 224
-PARTS = ("extract", "retrain", "guessdir", "guess", "rss")
+PARTS = ("extract", "retrain", "guessdir", "guess", "rss", "finetune", "decode", "auto")
+FINETUNE_SET = REPO.parent / "shared" / "datasets" / "cub_songbirds22" / "train"
 
 
 def quiet(*_args, **_kwargs) -> None:
@@ -422,6 +426,207 @@ def bench_rss(sizes: tuple[int, int], dataset: Path) -> dict:
     return out
 
 
+# --- int8 where the CPU has int8 dot products; decoding and resizing ----------------------------
+
+
+def cpu_flags_text() -> str:
+    """The CPU flags that decide the int8 and bf16 speed, present and absent, and what
+    ``--precision auto`` picks here."""
+    from tfguess.runtime import SPEED_FLAGS, auto_precision, cpu_flags
+
+    flags = cpu_flags()
+    have = [f for f in SPEED_FLAGS if f in flags]
+    lack = [f for f in SPEED_FLAGS if f not in flags]
+    decision = auto_precision()
+    return (f"{' '.join(have) or 'none of the listed'} (not: {' '.join(lack) or '-'}); "
+            f"--precision auto: {decision['precision']} for guessing ({decision['reason']})")
+
+
+def _stage_ms(fn, items, repeat: int = 3) -> float:
+    """One thread's CPU ms per item for ``fn(item)``: the least disturbed of ``repeat`` passes."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.thread_time()
+        for item in items:
+            fn(item)
+        best = min(best, time.thread_time() - start)
+    return 1000 * best / len(items)
+
+
+def _plain_squash_bilinear(pixels: np.ndarray, size: int) -> np.ndarray:
+    """The squash's bilinear formula as it was written before (int32 over the whole image)."""
+    from tfguess.images import SUBPIXEL, _bilinear_axis
+
+    h, w = pixels.shape[:2]
+    x0, x1, fx = _bilinear_axis(w, size)
+    y0, y1, fy = _bilinear_axis(h, size)
+    a = pixels.astype(np.int32)
+    fx, fy = fx[None, :, None], fy[:, None, None]
+    top = a[y0][:, x0] * (SUBPIXEL - fx) + a[y0][:, x1] * fx
+    bottom = a[y1][:, x0] * (SUBPIXEL - fx) + a[y1][:, x1] * fx
+    half = SUBPIXEL * SUBPIXEL // 2
+    return ((top * (SUBPIXEL - fy) + bottom * fy + half) // (2 * half)).astype(np.uint8)
+
+
+def bench_decode(dataset: Path) -> dict:
+    """Where ``load_image``'s time goes on the web-sized JPEGs (CPU ms an image, one thread):
+    reading the header, the JPEG decode (Pillow; simplejpeg), EXIF and colour conversion, the
+    resize of the backbone's recipe; and the squash's bilinear resize (the path of images at most
+    2x the input size, and of the centre squares the crop / pad modes make) before / after."""
+    import io
+
+    from PIL import ImageOps
+
+    from tfguess import images
+    from tfguess.backbones import get_backbone
+
+    resize = get_backbone(BACKBONE).resize
+    paths = _jpegs(dataset)
+    datas = [p.read_bytes() for p in paths]
+    sizes = [Image.open(io.BytesIO(d)).size for d in datas]
+    bilinear = sum(images.squash_is_bilinear(w, h, SIZE) for w, h in sizes)
+
+    def decoded(d):
+        im = Image.open(io.BytesIO(d))
+        im.load()
+        return im
+
+    def exif_rgb(d):
+        im = decoded(d)
+        ImageOps.exif_transpose(im, in_place=True)
+        return im.convert("RGB")
+
+    out = {"n": len(paths), "recipe": resize, "bilinear_share": bilinear / len(paths),
+           "median_size": tuple(int(statistics.median(s[i] for s in sizes)) for i in (0, 1))}
+    out["header"] = _stage_ms(lambda d: Image.open(io.BytesIO(d)), datas)
+    out["decode_pillow"] = _stage_ms(decoded, datas)
+    if images._simplejpeg is not None:
+        def simple(d):
+            try:
+                return images._simplejpeg.decode_jpeg(d, colorspace="RGB")
+            except ValueError:  # a JPEG it declines: Pillow then decodes it
+                return decoded(d)
+
+        out["decode_simplejpeg"] = _stage_ms(simple, datas)
+    out["exif_rgb"] = max(0.0, _stage_ms(exif_rgb, datas) - out["decode_pillow"])
+    out["load_image"] = _stage_ms(lambda d: images.load_image("x.jpg", SIZE, resize, data=d), datas)
+    out["resize"] = out["load_image"] - out["decode_pillow"] - out["exif_rgb"]
+    squares = []
+    for d in datas[:120]:
+        a = np.asarray(images.decode_image("x.jpg", data=d, draft_size=SIZE))
+        side = min(a.shape[:2])
+        squares.append(a[:side, :side])
+    out["squash_before"] = _stage_ms(lambda a: _plain_squash_bilinear(a, SIZE), squares)
+    out["squash_after"] = _stage_ms(lambda a: images.squash_bilinear(a, SIZE), squares)
+    out["squash_same"] = all(np.array_equal(_plain_squash_bilinear(a, SIZE), images.squash_bilinear(a, SIZE))
+                             for a in squares)
+    return out
+
+
+def _auto_model(dataset: Path) -> Path:
+    """A model trained with ``--precision auto`` on the data set's train/ (made once): float32
+    features, and the int8 engine guessing runs where the CPU has int8 dot products."""
+    from tfguess.config import TrainConfig
+    from tfguess.train import train
+
+    tf_files = WORK / "auto" / "tf_files"
+    if not (tf_files / "model.keras").exists():
+        data = dataset / "train" if (dataset / "train").is_dir() else dataset
+        train(tf_files, TrainConfig(image_dir=str(data), report=False, views=0, precision="auto",
+                                       resize="squash"),
+              progress=False, log=quiet)
+    return tf_files
+
+
+def bench_auto(dataset: Path, repeat: int) -> dict:
+    """guess-dir on the web-sized set with one ``--precision auto`` model, run as auto picks here
+    and forced to float32, against the naive Keras loop (interleaved); the top-1 agreement of the
+    two; and one invoke of each engine."""
+    import csv
+    import dataclasses
+
+    from tfguess.backbones import get_backbone
+    from tfguess.features import BackboneRef
+    from tfguess.model import read_meta
+    from tfguess.predict import Predictor, guess_dir
+
+    model = _auto_model(dataset)
+    backbone_meta = read_meta(model / "model.keras")["backbone"]
+    backbone = get_backbone(BACKBONE).build()
+    paths = web_set(dataset)
+    rates: dict[str, list[float]] = {"auto": [], "float32": [], "naive": []}
+    # CPU ms an image (this process, all its threads): what other work on the machine changes
+    # least, so the runs compare even where they get different shares of the cores.
+    cpu_ms: dict[str, list[float]] = {"auto": [], "float32": [], "naive": []}
+    labels: dict[str, dict[str, str]] = {}
+    for _ in range(repeat):
+        run = naive(paths, backbone)
+        rates["naive"].append(run["ips"])
+        cpu_ms["naive"].append(run["cpu_ms"])
+        for precision in ("float32", "auto"):
+            predictor = Predictor.load(model, log=quiet, precision=precision)
+            dst = Path(tempfile.mkdtemp(dir=WORK, prefix="guessdir-")) / "out"
+            try:
+                c = cpu_seconds()
+                result = guess_dir(model, dataset, dst, recursive=True, progress=False, log=quiet,
+                                   predictor=predictor)
+                rates[precision].append(result.images_per_second)
+                cpu_ms[precision].append(1000 * (cpu_seconds() - c) / len(paths))
+                with open(result.manifest, newline="") as f:
+                    labels[precision] = {r["source"]: r["label"] for r in csv.DictReader(f)}
+            finally:
+                shutil.rmtree(dst.parent)
+    common = set(labels["auto"]) & set(labels["float32"])
+    agree = sum(labels["auto"][k] == labels["float32"][k] for k in common)
+    ref = BackboneRef.from_meta(backbone_meta)
+    invoke = {"float32": invoke_ms(ref.engine_file)}
+    if backbone_meta.get("guess_calibration"):
+        int8 = dataclasses.replace(ref, precision="int8", calibration=backbone_meta["guess_calibration"])
+        invoke["int8"] = invoke_ms(int8.engine_file)
+    return {"ips": {k: statistics.median(v) for k, v in rates.items()},
+            "cpu_ms": {k: statistics.median(v) for k, v in cpu_ms.items()}, "n": len(common),
+            "agree": agree, "guess_precision": backbone_meta.get("guess_precision", "float32"),
+            "invoke": invoke}
+
+
+def precision_and_decode_rows(res: dict) -> list[tuple[str, str, str, str]]:
+    """The table's rows of the decode and auto parts."""
+    rows = []
+    if "decode" in res:
+        d = res["decode"]
+        w, h = d["median_size"]
+        simple = f" (simplejpeg: {d['decode_simplejpeg']:.2f})" if "decode_simplejpeg" in d else ""
+        rows.append((f"Decode + resize, web-sized JPEG ({d['n']} files, median {w}x{h}), "
+                     f"load_image({SIZE}, {d['recipe']}), one thread",
+                     f"{d['load_image']:.2f} CPU ms: header {d['header']:.2f} + JPEG decode "
+                     f"{d['decode_pillow']:.2f}{simple} + EXIF/colour {d['exif_rgb']:.2f} "
+                     f"+ resize {d['resize']:.2f} ({d['bilinear_share']:.0%} of these images take "
+                     "the bilinear squash, the others the antialiased bicubic)", "", ""))
+        rows.append(("Squash bilinear resize of a web-sized photo's centre square, before / after",
+                     f"{d['squash_before']:.2f} / {d['squash_after']:.2f} CPU ms "
+                     f"({d['squash_before'] / d['squash_after']:.1f}x), same pixels: "
+                     f"{'yes' if d['squash_same'] else '**NO**'}", "", ""))
+    if "auto" in res:
+        a = res["auto"]
+        ips, cpu = a["ips"], a["cpu_ms"]
+        ratio = ips["auto"] / ips["naive"]
+        rows.append((f"guess-dir, web-sized ({a['n']} files), --precision auto model, run as auto "
+                     f"picks here ({a['guess_precision']} engine)",
+                     f"{ips['auto']:.0f} img/s, {cpu['auto']:.1f} CPU ms/img; {ratio:.1f}x the "
+                     f"naive Keras loop ({ips['naive']:.0f} img/s, {cpu['naive']:.1f} CPU ms/img, "
+                     f"same run; {cpu['naive'] / cpu['auto']:.1f}x in CPU time)", ">= 5x naive",
+                     _check(ratio >= 5)))
+        rows.append(("guess-dir, same model forced to float32",
+                     f"{ips['float32']:.0f} img/s, {cpu['float32']:.1f} CPU ms/img; top-1 "
+                     f"agreement with auto: {a['agree']} / {a['n']}", "", ""))
+        inv = a["invoke"]
+        if "int8" in inv:
+            rows.append(("One invoke, int8 / float32 engine (one thread)",
+                         f"{inv['int8']:.2f} / {inv['float32']:.2f} ms "
+                         f"(int8 {inv['float32'] / inv['int8']:.1f}x faster)", "", ""))
+    return rows
+
+
 # --- the table ----------------------------------------------------------------------------------
 
 
@@ -507,11 +712,54 @@ def table(res: dict, load_before: float, load_after: float) -> str:
                          f"{ra['extract_peak_mb']:.0f} / {rb['extract_peak_mb']:.0f} MB "
                          f"(ratio {rb['extract_peak_mb'] / ra['extract_peak_mb']:.2f})", "", ""))
         rows.append((f"Peak RSS ratio {b:,} / {a:,}", f"{ratio:.2f}", "<= 1.5", _check(ratio <= 1.5)))
+    rows += precision_and_decode_rows(res)
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines.append(f"\nLoad average (1 min) before / after: {load_before:.1f} / {load_after:.1f}")
     return "\n".join(lines)
+
+
+def bench_finetune(quick: bool) -> str:
+    """Fine-tuning lite0 (the top 6 blocks) at 224 and 288 on cub_songbirds22 photos: the epochs'
+    images/s with fresh views through the whole backbone (``fine_tune_views=0``) and with cached
+    views through the top blocks (the default), side by side, old and new interleaved. The first
+    epoch, which traces the training step, is left out of the epochs' rate; "all in" counts
+    everything, the cached views and the tracing included: images trained / fine-tuning seconds."""
+    from tfguess.backbones import get_backbone
+    from tfguess.config import TrainConfig
+    from tfguess.finetune import fine_tune
+    from tfguess.runtime import Head
+
+    per_label = 4 if quick else 8
+    items = []
+    for k, folder in enumerate(sorted(p for p in FINETUNE_SET.iterdir() if p.is_dir())):
+        items += [(p, k) for p in sorted(folder.iterdir())[:per_label]]
+    classes = k + 1
+    epochs = 3 if quick else 4
+    rng = np.random.default_rng(0)
+    head = Head(rng.normal(0, 0.01, (1280, classes)).astype(np.float32), np.zeros(classes, np.float32))
+    rows = [("lite0, top 6 blocks", "epochs 2+, images/s (median)", "all in, images/s",
+             "CPU ms / image-epoch")]
+    for size in (224, 288):
+        for views, name in ((0, "fresh views, whole backbone"), (None, "cached views, top blocks")):
+            backbone = get_backbone(BACKBONE, size).build()
+            config = TrainConfig(fine_tune=True, fine_tune_epochs=epochs, fine_tune_views=views)
+            cpu = cpu_seconds()
+            r = fine_tune(backbone, head, items, [], classes, config, size, "squash",
+                          progress=False, log=quiet)
+            cpu = cpu_seconds() - cpu
+            done = len(items) * epochs
+            later = [h["images_per_second"] for h in r.history
+                     if isinstance(h["epoch"], int) and h["epoch"] > 1]
+            rows.append((f"{size} px, {name}", f"{statistics.median(later):.1f}",
+                         f"{done / r.seconds:.1f}", f"{1000 * cpu / done:.0f}"))
+            print(f"  finetune {rows[-1]}", file=sys.stderr, flush=True)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return (f"Fine-tuning, {len(items)} cub_songbirds22 photos, {epochs} epochs:\n"
+            + "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -535,6 +783,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"unknown part(s) {', '.join(sorted(unknown))}: choose from {', '.join(PARTS)}")
     repeat = args.repeat or (1 if args.quick else 2)
     print(f"Machine: {machine()}", flush=True)
+    print(f"CPU flags: {cpu_flags_text()}", flush=True)
     load_before = os.getloadavg()[0]
     res: dict = {}
     for part in PARTS:
@@ -554,11 +803,19 @@ def main(argv: list[str] | None = None) -> int:
             res[part] = bench_guess_sh(args.dataset, 3)
         elif part == "rss":
             res[part] = bench_rss((200, 2000) if args.quick else (1000, 10000), args.dataset)
-    text = table(res, load_before, os.getloadavg()[0])
+        elif part == "finetune":
+            res[part] = bench_finetune(args.quick)
+        elif part == "decode":
+            res[part] = bench_decode(args.dataset)
+        elif part == "auto":
+            res[part] = bench_auto(args.dataset, repeat)
+    text = table({k: v for k, v in res.items() if k != "finetune"}, load_before, os.getloadavg()[0])
+    if "finetune" in res:
+        text = f"{res['finetune']}\n\n{text}"
     print(text)
     results = REPO / "bench" / "results"
     results.mkdir(exist_ok=True)
-    (results / "latest.md").write_text(f"Machine: {machine()}\n\n{text}\n")
+    (results / "latest.md").write_text(f"Machine: {machine()}\nCPU flags: {cpu_flags_text()}\n\n{text}\n")
     return 0
 
 

@@ -4,8 +4,9 @@
 
 Starts a real server process on a free loopback port, sends REQUESTS single-image predict
 requests at each concurrency (one keep-alive client a thread), and prints images/s, p50/p99
-latency, errors and the server's RSS before and after; then times ``guess-dir`` on the same
-images. Stops by itself. Defaults: the hymenoptera data set in ../shared/datasets (a model is
+latency, errors, the server's RSS before and after, and checks that ``/metrics`` counted every
+request sent; then times ``guess-dir`` on the same images. The CPU's instruction sets are
+printed beside the figures. Stops by itself. Defaults: the hymenoptera data set in ../shared/datasets (a model is
 trained on its train/ folder into bench/work/ when TF_FILES is not given) and its val/ images.
 """
 
@@ -41,6 +42,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def predict_count(base: str) -> float:
+    """``POST /api/predict`` answers counted by the server's ``/metrics`` (every status)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(base + "/metrics", timeout=30).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "tfguess_http_requests_total" and s.labels.get("route") == "/api/predict"
+               and s.labels.get("method") == "POST")
+
+
+def cpu_flags() -> str:
+    """The CPU and the instruction sets that change the figures (int8 and float throughput)."""
+    model, flags = "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "?":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{model}; {os.cpu_count()} CPUs; {' '.join(shown) or 'no AVX2'}"
 
 
 def load(url: str, payloads: list[tuple[str, bytes]], requests: int, clients: int) -> dict:
@@ -129,8 +156,11 @@ def main() -> int:
         rss_before = rss_mb(server.pid)
         runs = []
         for c in args.concurrency:
+            counted, rss = predict_count(base), rss_mb(server.pid)
             runs.append(load(base + "/api/predict", payloads, args.requests, c))
+            runs[-1]["server_rss_mb_before"] = round(rss, 1)
             runs[-1]["server_rss_mb"] = round(rss_mb(server.pid), 1)
+            runs[-1]["metrics_counted"] = int(predict_count(base) - counted)
         rss_after = rss_mb(server.pid)
         health = httpx.get(base + "/healthz").json()
     finally:
@@ -149,11 +179,15 @@ def main() -> int:
         "mean_batch": round(health["images"] / max(health["batches"], 1), 2),
         "guess_dir_images_per_s": round(gd.images_per_second, 1), "cpus": os.cpu_count(),
     }
-    print("\n| clients | requests | images/s | p50 ms | p99 ms | errors | server RSS after, MB |")
-    print("|---|---|---|---|---|---|---|")
+    result["cpu"] = cpu_flags()
+    print(f"\nmachine: {result['cpu']}; load average {os.getloadavg()[0]:.1f}")
+    print("\n| clients | requests | images/s | p50 ms | p99 ms | errors | /metrics counted | "
+          "server RSS before, MB | after, MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['clients']} | {r['requests']} | {r['images_per_s']} | {r['p50_ms']} | "
-              f"{r['p99_ms']} | {r['errors']} | {r['server_rss_mb']} |")
+              f"{r['p99_ms']} | {r['errors']} | {r['metrics_counted']} | "
+              f"{r['server_rss_mb_before']} | {r['server_rss_mb']} |")
     rss = result["server_rss_mb"]
     print(f"\nserver RSS: {rss['before']} MB before, {rss['after']} MB after "
           f"({100 * rss['growth']:+.1f} %); mean network batch {result['mean_batch']} images "
@@ -162,8 +196,11 @@ def main() -> int:
     print(f"guess-dir on the same {len(paths)} images: {result['guess_dir_images_per_s']} images/s")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    ok = all(r["errors"] == 0 for r in runs) and rss["growth"] < 0.10
-    print("OK" if ok else "FAILED: errors or RSS growth of 10 % or more")
+    counted = all(r["metrics_counted"] == r["requests"] for r in runs)
+    print("/metrics counted every request sent" if counted else
+          "FAILED: /metrics counts differ from the requests sent")
+    ok = all(r["errors"] == 0 for r in runs) and rss["growth"] < 0.10 and counted
+    print("OK" if ok else "FAILED: errors, RSS growth of 10 % or more, or /metrics miscounted")
     return 0 if ok else 1
 
 

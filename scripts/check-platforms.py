@@ -14,7 +14,8 @@ every manylinux / macOS tag a machine of that kind accepts is listed. pip evalua
 environment markers (`sys_platform`, `platform_machine`, ...) against the interpreter that
 runs it, not against --platform, so pip is run with its marker environment replaced by the
 target's: the project's markers and those of every dependency are then evaluated as on the
-target. Constraint files from the pip configuration of this machine (`constraint =`,
+target. A target that resolves to both `tensorflow` and `tensorflow-cpu` fails: one TensorFlow
+per install. Constraint files from the pip configuration of this machine (`constraint =`,
 PIP_CONSTRAINT) are not applied: the question is whether the declared dependencies resolve
 for a user. Other pip settings (index, proxy, certificates) are.
 
@@ -200,6 +201,8 @@ class ResolveError(Exception):
     """pip found no set of wheels; the message is what pip said."""
 
 
+# At most one of these in any install (tensorflow-cpu and tensorflow are the same modules).
+TENSORFLOWS = {"tensorflow", "tensorflow-cpu"}
 # Installed in every virtual environment, not pinned by the Docker pin files.
 TOOLING = {"pip", "setuptools", "wheel"}
 
@@ -246,6 +249,11 @@ def resolve(target: Target, cache_dir: str | None) -> Result:
     except ResolveError as e:
         return Result(target, False, time.monotonic() - t0, {}, str(e))
     seconds = time.monotonic() - t0
+    both = sorted(TENSORFLOWS & set(versions))
+    if len(both) > 1:
+        return Result(target, False, seconds, versions,
+                      f"installs {' and '.join(both)}: two copies of TensorFlow (is a dependency "
+                      "pulling tf-keras or tensorflow? keep it in an extra)")
     if pins:
         unpinned = sorted(set(versions) - set(pins) - TOOLING)
         if unpinned:

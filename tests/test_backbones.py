@@ -187,6 +187,7 @@ def test_registry_facts():
     assert not next(r for r in rows if r["name"] == "inception_v3")["available"]  # empty KERAS_HOME
 
 
+@pytest.mark.slow
 def test_lite_takes_another_input_size_with_the_same_weights():
     lite0 = get_backbone("efficientnet_lite0")
     big = get_backbone("efficientnet_lite0", 256)

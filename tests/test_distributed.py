@@ -147,7 +147,7 @@ def test_guess_dir_on_ray_equals_local(ray_local, small_run, tmp_path):
     from tfguess.train import train
 
     if not (small_run / "model.keras").exists():
-        train(small_run, TrainConfig(report=False, epochs=20), **QUIET)
+        train(small_run, TrainConfig(report=False, epochs=20, precision="float32"), **QUIET)
     src = tmp_path / "src"
     src.mkdir()
     for p in sorted(TEST_DATA.iterdir())[:12]:

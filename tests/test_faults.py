@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import json
 import os
 import shutil
 import signal
@@ -21,8 +23,10 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +36,29 @@ from conftest import default_sigint
 from PIL import Image
 
 from tfguess.cli import main
+from tfguess.fsutil import path_text
 from tfguess.journal import HEADER, TEMP_PREFIX
+from tfguess.locks import LOCK_FILENAME, FolderBusyError, folder_lock
+
+
+@contextmanager
+def tmpfs(mnt: Path, size: str, fill=None):
+    """A small tmpfs at ``mnt`` (root only, else the test is skipped), filled by ``fill(mnt)``
+    and then remounted read-only when ``fill`` is given; unmounted at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt.mkdir(exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        made = fill(mnt) if fill else None
+        if fill:
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        yield made
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "test_data"
@@ -163,7 +189,8 @@ class World:
             return list(csv.DictReader(f))
 
     def copies(self) -> list[Path]:
-        return sorted(p for p in self.dst.rglob("*") if p.is_file() and not p.name.endswith(".csv"))
+        return sorted(p for p in self.dst.rglob("*") if p.is_file() and not p.name.endswith(".csv")
+                      and p.name != LOCK_FILENAME)
 
 
 @pytest.fixture
@@ -615,26 +642,20 @@ def test_sigint_leaves_only_whole_copies(model, world):
 
 def test_disk_full_during_copy(model, world):
     """A 600 kB tmpfs as DST: the run stops with one line naming DST, no half copy, rows whole."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    world.dst.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(world.dst)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        for i in range(12):
-            photo(world.src / f"p{i:02d}.png", seed=i, size=(400, 300), fmt="PNG")  # ~300 kB each
-        world.seal()
-        r = check(run_cli("guess-dir", model, world.src, world.dst), 2, str(world.dst),
-                  "disk is full")
-        assert r.err.count("\n") == 1
-        rows = {row["destination"]: row for row in world.manifest_rows()}
-        assert sorted(rows) == sorted(str(p) for p in world.copies())
-        assert not list(world.dst.glob(TEMP_PREFIX + "*"))
-    finally:
-        world.verify()
-        world.sealed = None
-        subprocess.run(["umount", str(world.dst)])
+    with tmpfs(world.dst, "600k"):
+        try:
+            for i in range(12):
+                photo(world.src / f"p{i:02d}.png", seed=i, size=(400, 300), fmt="PNG")  # ~300 kB each
+            world.seal()
+            r = check(run_cli("guess-dir", model, world.src, world.dst), 2, str(world.dst),
+                      "disk is full")
+            assert r.err.count("\n") == 1
+            rows = {row["destination"]: row for row in world.manifest_rows()}
+            assert sorted(rows) == sorted(str(p) for p in world.copies())
+            assert not list(world.dst.glob(TEMP_PREFIX + "*"))
+        finally:
+            world.verify()
+            world.sealed = None
 
 
 # guess-dir / guess as an unprivileged user
@@ -789,23 +810,12 @@ def test_image_dir_missing(tmp_path, capsys):
 @pytest.mark.slow
 def test_train_tf_files_read_only(tmp_path):
     """TF_FILES on a read-only file system (a tmpfs remounted read-only: root cannot write either)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        tf = _demo_copy(mnt)
-        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+    with tmpfs(tmp_path / "ro", "20m", _demo_copy) as tf:
         before = tree(tf)
         r = check(run_cli("train", tf, "--epochs", "2", "--no-report", timeout=300), 2, str(tf),
                   "read-only")
         assert r.err.count("\n") == 1
         assert tree(tf) == before
-    finally:
-        subprocess.run(["umount", str(mnt)])
 
 
 @pytest.mark.slow
@@ -920,3 +930,487 @@ def test_no_gpu_probe_chatter_without_a_gpu(model):
     """The Keras engine imports TensorFlow: its device probe says nothing on stderr."""
     r = check(run_cli("guess", "--engine", "keras", model, FACE, timeout=300), 0, "face")
     assert "cuInit" not in r.err and "cuda" not in r.err.lower(), r.err
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs that meet: one writer at a time in DST and TF_FILES, and on the review page
+
+WAITING = "waiting — Ctrl-C to stop"
+_HOLD = """
+import sys
+from tfguess.locks import folder_lock
+with folder_lock(sys.argv[1], sys.argv[2], name=sys.argv[3]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextmanager
+def holding(folder: Path, what: str, name: str = LOCK_FILENAME):
+    """Another process holding ``folder``'s lock for the block (as a run writing there would)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder), what, name],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    assert proc.stdout.readline().strip() == "held"
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.stdin.close()
+            proc.wait(30)
+
+
+def _meet():
+    sys.path.insert(0, str(REPO / "bench"))
+    import concurrency_check
+
+    return concurrency_check
+
+
+def test_lock_no_wait_names_the_run_holding_it(tmp_path):
+    with holding(tmp_path, "guess-dir") as other:
+        with pytest.raises(FolderBusyError) as exc:
+            with folder_lock(tmp_path, "guess-dir", wait=False):
+                pass
+    assert str(exc.value).startswith(f"another guess-dir is writing into {tmp_path} "
+                                     f"(pid {other.pid})")
+    with folder_lock(tmp_path, "guess-dir", wait=False):  # free again once the holder is done
+        pass
+    assert not (tmp_path / LOCK_FILENAME).exists()
+
+
+def test_lock_waiter_says_whom_it_waits_for_then_goes_on(tmp_path):
+    said, order = [], []
+    with holding(tmp_path, "train") as other:
+        def second():
+            with folder_lock(tmp_path, "train", log=said.append):
+                order.append("second")
+
+        t = threading.Thread(target=second)
+        t.start()
+        deadline = time.monotonic() + 10
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.01)
+        order.append("first done")
+    t.join(10)
+    assert said == [f"another train is writing into {tmp_path} (pid {other.pid}); {WAITING}"]
+    assert order == ["first done", "second"]
+
+
+def test_lock_of_a_killed_run_is_taken_over(tmp_path):
+    """flock goes with its process, however it ends: a killed run leaves its lock file, never
+    its lock."""
+    with holding(tmp_path, "guess-dir") as other:
+        other.kill()
+        other.wait()
+        assert (tmp_path / LOCK_FILENAME).read_text().startswith(f"{other.pid} ")
+        said = []
+        with folder_lock(tmp_path, "guess-dir", wait=False, log=said.append):
+            assert (tmp_path / LOCK_FILENAME).read_text() == f"{os.getpid()} guess-dir\n"
+        assert said == [] and not (tmp_path / LOCK_FILENAME).exists()
+
+
+def test_lock_keeps_threads_of_one_process_apart(tmp_path):
+    """Two threads (e.g. two requests to the server) each with their own lock object: one at a
+    time; the same thread may take it again (the command line holds it around train())."""
+    inside, most = [0], [0]
+
+    def work():
+        for _ in range(20):
+            with folder_lock(tmp_path, "train"):
+                with folder_lock(tmp_path, "train"):
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                    time.sleep(0.001)
+                    inside[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert most[0] == 1
+
+
+def test_train_no_wait_exits_2_naming_the_other_run(tmp_path, capsys):
+    tf = _demo_copy(tmp_path, per_label=2)
+    with holding(tf, "train") as other:
+        before = tree(tf)
+        r = check(run_main(capsys, "train", tf, "--no-wait"), 2,
+                  f"another train is writing into {tf} (pid {other.pid})", "--no-wait")
+        assert r.err.count("\n") == 1 and tree(tf) == before
+
+
+def test_review_moves_of_one_image_from_many_editors_are_serialised(tmp_path, monkeypatch):
+    """The server makes an editor per request: 8 requests moving the same image at once, each
+    through its own editor, move it once. The move is slowed down so that unserialised editors
+    would all pass the "is it still there" check (and leave copies behind)."""
+    from tfguess import relabel
+    from tfguess.relabel import DataSetEditor, RelabelError
+
+    data = tmp_path / "data"
+    for label in ("a", "b", "c"):
+        (data / label).mkdir(parents=True)
+    shutil.copy(FACE, data / "a" / "x.jpg")
+    real = relabel._move_no_overwrite
+
+    def slow(*args, **kwargs):
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(relabel, "_move_no_overwrite", slow)
+    results, barrier = [], threading.Barrier(8)
+
+    def request(i: int) -> None:
+        ed = DataSetEditor(tmp_path, data, ["a", "b", "c"])
+        barrier.wait()
+        try:
+            results.append(ed.move(data / "a" / "x.jpg", "b" if i % 2 else "c"))
+        except (RelabelError, OSError) as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    moved = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, RelabelError)]
+    assert len(moved) == 1 and len(refused) == 7, results
+    assert all("no such file" in str(e) for e in refused)
+    files = [p for p in data.rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0] == tmp_path / moved[0].destination
+    assert len(DataSetEditor(tmp_path, data, ["a", "b", "c"]).journal()) == 1
+
+
+def test_review_page_on_a_read_only_tf_files(tmp_path):
+    """TF_FILES on a read-only file system: a move is refused in one line, nothing changes."""
+    from tfguess.relabel import DataSetEditor, RelabelError
+
+    with tmpfs(tmp_path / "ro", "4m", lambda mnt: _demo_copy(mnt, per_label=2)) as tf:
+        before = tree(tf)
+        ed = DataSetEditor(tf, tf / "data", ["face", "not_face"])
+        image = next((tf / "data" / "face").iterdir())
+        with pytest.raises(RelabelError) as exc:
+            ed.move(image, "not_face")
+        assert "read-only" in str(exc.value) and str(tf) in str(exc.value)
+        assert "\n" not in str(exc.value) and ed.journal() == []
+        assert tree(tf) == before
+
+
+def test_relabel_journal_with_a_damaged_row(tmp_path):
+    """A hand-damaged row of relabel-journal.csv is left out; the others still count and the
+    page goes on (it used to answer 500)."""
+    from tfguess.relabel import DataSetEditor
+
+    data = tmp_path / "data"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+    shutil.copy(FACE, data / "a" / "x.jpg")
+    shutil.copy(NOT_FACE, data / "a" / "y.jpg")
+    ed = DataSetEditor(tmp_path, data, ["a", "b"])
+    ed.move(data / "a" / "x.jpg", "b")
+    with open(ed.journal_path, "a") as f:
+        f.write("seven,2026-01-01,move,data/a/q.jpg\n\"unclosed,\n")
+    change = ed.move(data / "a" / "y.jpg", "b")
+    assert [c.id for c in ed.journal()] == [1, change.id] and change.id == 2
+    assert ed.current_path(data / "a" / "y.jpg") == data / "b" / "y.jpg"
+
+
+# guess-dir: the manifest, line by line
+
+
+def _manifest(rows: list[list[str]]) -> str:
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(HEADER)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _row(i: int, source: str | None = None) -> list[str]:
+    return [source or f"/src/p{i}.jpg", f"/dst/face-0.{i:05d}.jpg", "face", f"0.{i:05d}",
+            f"face:0.{i:05d}", f"{i:064x}", "sha256:0123456789abcdef"]
+
+
+def test_manifest_line_starting_with_a_quote_costs_that_line_only(tmp_path):
+    from tfguess.journal import read_manifest
+
+    lines = _manifest([_row(i) for i in range(1, 9)]).split("\n")
+    lines[3] = '"' + lines[3]     # file line 4: the third row
+    lines[6] = "\x00garbage"      # file line 7
+    (tmp_path / "manifest.csv").write_text("\n".join(lines))
+    read = read_manifest(tmp_path / "manifest.csv")
+    assert [e.source for e in read.entries] == [f"/src/p{i}.jpg" for i in (1, 2, 4, 5, 7, 8)]
+    assert [n for n, _ in read.damaged] == [4, 7]
+    assert read.note == "dropped 2 damaged line(s): line 4, 7"
+
+
+def test_manifest_row_of_a_file_name_with_line_breaks_is_one_row(tmp_path):
+    from tfguess.journal import read_manifest
+
+    text = _manifest([_row(1), _row(2, "/src/two\nline,\"name\".jpg"), _row(3)])
+    (tmp_path / "manifest.csv").write_text(text + "/src/torn")
+    read = read_manifest(tmp_path / "manifest.csv")
+    assert [e.source for e in read.entries] == ["/src/p1.jpg", "/src/two\nline,\"name\".jpg",
+                                                "/src/p3.jpg"]
+    assert read.damaged == [] and read.torn_tail
+
+
+def test_file_names_as_text_round_trip():
+    """Names that are not UTF-8 (Latin-1, Shift-JIS, invalid bytes) and a backslash: valid
+    Unicode text with \\xNN escapes (JSON, CSV, web pages) that converts back to the same bytes."""
+    from tfguess.fsutil import path_text, text_path
+
+    for raw in (b"caf\xe9.jpg", b"\x83e\x83X\x83g.jpg", b"bad\xff\xfe.jpg", b"a\\xe9\\\\b.jpg",
+                "été/写真.jpg".encode(), b"plain.jpg"):
+        name = os.fsdecode(raw)
+        text = path_text(name)
+        text.encode("utf-8")  # no surrogates left
+        assert text_path(text) == name
+    assert path_text(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
+    assert path_text("été.jpg") == "été.jpg"
+
+
+# train and serve: stages added since this corpus was written
+
+
+def test_fine_tune_setting_out_of_range_is_refused_before_work(tmp_path, capsys):
+    tf = _demo_copy(tmp_path, per_label=2)
+    before = tree(tf)
+    check(run_main(capsys, "train", tf, "--fine-tune", "--fine-tune-blocks", "-1"), 2,
+          "fine_tune_blocks must be 0 or more")
+    assert tree(tf) == before
+
+
+@pytest.mark.slow
+def test_serve_a_damaged_model(model, tmp_path):
+    tf = tmp_path / "tf"
+    shutil.copytree(model, tf, ignore=shutil.ignore_patterns("bottlenecks"))
+    data = (tf / "model.keras").read_bytes()
+    (tf / "model.keras").write_bytes(data[: len(data) // 2])
+    r = check(run_cli("serve", tf, "--port", "1", timeout=120), 2, "model.keras", "damaged")
+    assert r.err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_export_out_is_a_file(model, tmp_path, capsys):
+    shutil.copytree(model, tmp_path / "tf", ignore=shutil.ignore_patterns("bottlenecks"))
+    (tmp_path / "out").write_text("not a folder")
+    check(run_main(capsys, "export", tmp_path / "tf", "--out", tmp_path / "out"), 2, "out")
+    assert (tmp_path / "out").read_text() == "not a folder"
+
+
+@pytest.mark.slow
+def test_export_into_a_folder_whose_target_exists_keeps_it(model, tmp_path, capsys):
+    tf = tmp_path / "tf"
+    shutil.copytree(model, tf, ignore=shutil.ignore_patterns("bottlenecks"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.tflite").write_bytes(b"an earlier export")
+    check(run_main(capsys, "export", tf, "--out", out), 0,
+          "Kept the previous model.tflite as model.previous.tflite")
+    assert (out / "model.previous.tflite").read_bytes() == b"an earlier export"
+    assert (out / "model.tflite").read_bytes()[4:8] == b"TFL3"
+
+
+# guess-dir: runs that meet in one DST
+
+
+@pytest.mark.slow
+def test_guess_dir_waits_for_the_run_writing_into_dst(model, world):
+    world.dst.mkdir()
+    world.seal()
+    with holding(world.dst, "guess-dir") as other:
+        busy = check(run_cli("guess-dir", model, world.src, world.dst, "--no-wait"), 2,
+                     f"another guess-dir is writing into {world.dst} (pid {other.pid})")
+        assert busy.err.count("\n") == 1 and not world.copies()
+        proc = subprocess.Popen([sys.executable, "-m", "tfguess", "-q", "guess-dir", str(model),
+                                 str(world.src), str(world.dst)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+        line = proc.stdout.readline()
+        assert line.strip() == (f"another guess-dir is writing into {world.dst} "
+                                f"(pid {other.pid}); {WAITING}")
+        time.sleep(0.5)
+        assert not world.copies()  # still waiting
+    out, err = proc.communicate(timeout=120)
+    r = check(Done(proc.returncode, line + out, err), 0, "Copied 2 image(s)")
+    assert r and not (world.dst / LOCK_FILENAME).exists()
+
+
+@pytest.mark.slow
+def test_lock_file_left_by_a_killed_guess_dir_is_taken_over(model, world, capsys):
+    world.dst.mkdir()
+    (world.dst / LOCK_FILENAME).write_text(f"{_dead_pid()} guess-dir\n")
+    world.seal()
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0, "Copied 2 image(s)")
+    assert WAITING not in r.text and not (world.dst / LOCK_FILENAME).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runs,again", [(2, False), (4, False), (2, True), (4, True)])
+def test_concurrent_guess_dir_runs_into_one_dst(model, tmp_path, runs, again):
+    """Runs started together into one new DST (the full 20 tries: bench/concurrency_check.py):
+    every source once (with --again once a run), one well-formed row a copy, one header."""
+    meet = _meet()
+    sources = meet.make_src(tmp_path / "src", 8)
+    for i in range(2):
+        dst = tmp_path / f"dst{i}"
+        results = meet.run_guess_dirs(model, tmp_path / "src", dst, runs, again)
+        assert meet.check_dst(dst, sources, runs if again else 1, results) == []
+        assert sum(WAITING in text for _, text in results) <= runs - 1
+
+
+@pytest.mark.slow
+def test_manifest_quote_line_rerun_copies_nothing_again(model, world, capsys):
+    """A line that begins with a quote used to swallow every row after it, and their sources were
+    copied again. Now it costs that line, and since its copy is still in DST with the digest the
+    line gives, its row is recorded again. A line whose source cannot be told (a comma turned
+    into a semicolon) is dropped: that one source is copied again, its old copy stays."""
+    for i in range(4):
+        photo(world.src / f"p{i}.jpg", seed=i)
+    check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0, "Copied 6 image(s)")
+    m = world.dst / "manifest.csv"
+    lines = m.read_text().split("\n")
+    lines[2] = '"' + lines[2]                          # file line 3
+    lost = dict(zip(HEADER, next(csv.reader([lines[5]]))))
+    lines[5] = lines[5].replace(".jpg,", ".jpg;", 1)  # file line 6
+    m.write_text("\n".join(lines))
+    world.seal()
+    world.sealed[1].pop("manifest.csv")  # repaired: rewritten
+    r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0,
+              "dropped 2 damaged line(s): line 3, 6",
+              "1 of them recorded again from their copies in DST (same digest; not copied twice): "
+              "line 3", "5 image(s) already copied", "Copied 1 image(s)")
+    assert r
+    rows = world.manifest_rows()
+    assert sorted(row["source"] for row in rows) == sorted(str(p) for p in world.src.iterdir())
+    assert m.read_text().count(HEADER_LINE) == 1
+    unrecorded = {str(p) for p in world.copies()} - {row["destination"] for row in rows}
+    assert unrecorded == {lost["destination"]}
+
+
+# train: runs that meet in one TF_FILES, and file names from other systems
+
+
+@pytest.mark.slow
+def test_two_concurrent_trains_on_one_tf_files(tmp_path):
+    """Both end with a loadable model, an intact cache and report; the second says it waited
+    (the 10 tries: bench/concurrency_check.py train)."""
+    meet = _meet()
+    tf = meet.make_tf_files(tmp_path / "tf_files", 6)
+    before = tree(tf / "data")
+    results = meet.run_trains(tf, args=("--epochs", "3"))
+    assert meet.check_tf_files(tf, results) == []
+    assert sum(WAITING in text for _, text in results) == 1
+    assert tree(tf / "data") == before
+
+
+ODD_NAMES = [b"caf\xe9.png", b"\x83e\x83X\x83g.png", b"bad\xff\xfe.png"]  # Latin-1, Shift-JIS, not UTF-8
+
+
+@pytest.fixture(scope="module")
+def odd_tf(tmp_path_factory):
+    """A TF_FILES whose label folders hold names in Latin-1, Shift-JIS and invalid UTF-8 (faces
+    filed under not_face, so they are suspects on the review page) and a non-image with such a
+    name; trained with its report through the command line."""
+    base = tmp_path_factory.mktemp("odd")
+    tf = _demo_copy(base, per_label=8)
+    faces = sorted((DEMO_DATA / "face").iterdir())[40:]
+    for raw, src in zip(ODD_NAMES, faces):
+        shutil.copy(src, os.path.join(os.fsencode(tf / "data" / "not_face"), raw))
+        shutil.copy(src, os.path.join(os.fsencode(tf / "data" / "face"), b"f-" + raw))
+    with open(os.path.join(os.fsencode(tf / "data" / "face"), b"notes-\xe9.txt"), "w") as f:
+        f.write("not an image")
+    r = run_cli("train", tf, "--epochs", "5", timeout=600)
+    return r, tf
+
+
+@pytest.mark.slow
+def test_odd_file_names_train_and_evaluate(odd_tf, capsys):
+    r, tf = odd_tf
+    check(r, 0, "notes-\\xe9.txt", "Report:")
+    check(run_main(capsys, "evaluate", tf), 0, "Report:")
+    page = (tf / "report" / "index.html").read_text(encoding="utf-8")  # valid UTF-8 throughout
+    assert "notes-\\xe9.txt" in page
+    json.loads((tf / "report" / "report.json").read_text(encoding="utf-8"))
+    with open(tf / "report" / "suspects.csv", newline="", encoding="utf-8",
+              errors="surrogateescape") as f:
+        suspects = list(csv.DictReader(f))
+    assert all(os.path.lexists(s["path"]) for s in suspects)  # the names' own bytes
+
+
+@pytest.mark.slow
+def test_odd_file_names_on_the_review_page(odd_tf):
+    """The review page's JSON and thumbnails, and a move and its undo, with names that are not
+    UTF-8: paths travel as text with \\xNN escapes and are turned back into the exact bytes."""
+    from fastapi.testclient import TestClient
+
+    from tfguess.serve import create_app
+
+    _, tf = odd_tf
+    with TestClient(create_app(tf, log=lambda *_: None), base_url="http://127.0.0.1") as client:
+        listed = client.get("/api/review")
+        assert listed.status_code == 200, listed.text
+        paths = [it["path"] for it in listed.json()["items"]]
+        paths += [f"data/not_face/{path_text(os.fsdecode(raw))}" for raw in ODD_NAMES]
+        for path in paths:
+            thumb = client.get("/api/review/image", params={"path": path})
+            assert thumb.status_code == 200, (path, thumb.text)
+            assert thumb.headers["content-type"] == "image/jpeg"
+            with Image.open(io.BytesIO(thumb.content)) as im:
+                assert im.size[0] > 0
+        html = client.get("/review").text
+        headers = {"X-Tfguess-Token": html.split('name="tfguess-token" content="', 1)[1]
+                   .split('"', 1)[0]}
+        raw = ODD_NAMES[0]
+        moved = client.post("/api/review/move", headers=headers, json={
+            "path": f"data/not_face/{path_text(os.fsdecode(raw))}", "label": "face"})
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["destination"] == "data/face/caf\\xe9.png"
+        assert os.path.lexists(os.path.join(os.fsencode(tf / "data" / "face"), raw))
+        listed = client.get("/api/review")
+        assert listed.status_code == 200, listed.text
+        assert [c["destination"] for c in listed.json()["changes"]] == ["data/face/caf\\xe9.png"]
+        assert client.get("/api/review/image",
+                          params={"path": "data/face/caf\\xe9.png"}).status_code == 200
+        back = client.post("/api/review/undo", json={"id": moved.json()["id"]}, headers=headers)
+        assert back.status_code == 200, back.text
+        assert os.path.lexists(os.path.join(os.fsencode(tf / "data" / "not_face"), raw))
+    journal = (tf / "relabel-journal.csv").read_bytes()
+    journal.decode("utf-8")  # valid UTF-8: the names as escapes
+    assert b"caf\\xe9.png" in journal
+
+
+@pytest.mark.slow
+def test_odd_file_names_guess_dir(odd_tf, tmp_path, capsys):
+    _, tf = odd_tf
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    shutil.copytree(tf / "data" / "not_face", src)
+    r = check(run_main(capsys, "guess-dir", tf, src, dst), 0)
+    r.text.encode("utf-8")  # no lone surrogates: whatever names were printed, were escaped
+    with open(dst / "manifest.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        sources = {os.fsencode(row["source"]) for row in csv.DictReader(f)}
+    assert {os.path.join(os.fsencode(src), n) for n in ODD_NAMES} <= sources
+    (src / os.fsdecode(b"x-\xe9.txt")).write_text("not an image")
+    check(run_main(capsys, "guess-dir", tf, src, dst), 1, "x-\\xe9.txt")
+
+
+def test_ray_address_where_nothing_answers_is_one_line_at_once():
+    """`--ray HOST:PORT` with no cluster there: one line naming the address, not minutes of
+    Ray's own retries."""
+    from tfguess.distributed import connect
+    from tfguess.errors import ConfigError
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as exc:
+        connect(f"127.0.0.1:{port}")
+    assert time.monotonic() - start < 10
+    message = str(exc.value)
+    assert f"127.0.0.1:{port}" in message and "ray start --head" in message and "\n" not in message

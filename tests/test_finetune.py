@@ -246,3 +246,67 @@ def test_the_head_only_start_is_kept_only_when_clearly_better():
     start[10:14] = False  # the start misses 4 that the fine-tuned model gets right: 5 to 4 is chance
     assert not clearly_better(start, five_more)
     assert not clearly_better(five_more, right) and not clearly_better(right, right)
+
+
+def test_the_activation_pool_holds_one_view_per_epoch_within_its_budget():
+    from tfguess.finetune import pool_views
+
+    view = 14 * 14 * 112 * 2  # lite0 at 224, float16, the input of the top 6 blocks
+    assert pool_views(None, 10, 582, view) == 10
+    assert pool_views(4, 10, 582, view) == 4
+    assert pool_views(30, 10, 582, view) == 10  # never more views than epochs
+    assert pool_views(None, 10, 10_000, view, budget=10_000 * view * 3) == 3
+    assert pool_views(None, 10, 10_000, view, budget=view) == 0
+
+
+@pytest.mark.slow
+def test_the_top_blocks_on_cached_activations_are_the_whole_classifier():
+    """The cut is exact: the lower blocks (as the TFLite engine that caches them) and then the top
+    blocks give what the whole classifier gives on the same pixels."""
+    import tempfile
+
+    import keras
+
+    from tfguess.backbones import get_backbone
+    from tfguess.finetune import _lower_engine, _top_model, cut_layer, unfreeze_top
+    from tfguess.images import load_image
+    from tfguess.model import build_classifier, set_head
+
+    backbone = get_backbone("efficientnet_lite0").build()
+    rng = np.random.default_rng(0)
+    head = Head(rng.normal(0, 0.05, (1280, 2)).astype(np.float32), np.zeros(2, np.float32))
+    model = build_classifier(backbone, 2)
+    set_head(model, head)
+    unfreeze_top(backbone, 6)
+    cut = cut_layer(backbone, 6)
+    assert cut.name.startswith("block10_")  # lite0: 16 blocks, the top 6 are block10-15
+    assert tuple(cut.input.shape[1:]) == (14, 14, 112)
+    pixels = np.stack([load_image(p, 224, "squash") for p, _ in demo_items(6)])
+    lower = keras.Model(backbone.input, cut.input)
+    upper = keras.Model(cut.input, backbone.output)
+    with tempfile.TemporaryDirectory() as folder:
+        engine = _lower_engine(lower, 224, "CPU", Path(folder))
+        acts = engine(pixels).astype(np.float16).astype(np.float32)  # stored as float16
+    top = _top_model(model, upper, hidden=False)
+    whole = np.asarray(model(pixels.astype(np.float32), training=False))
+    parts = np.asarray(top(acts, training=False))
+    np.testing.assert_allclose(parts, whole, atol=2e-3)
+    assert cut_layer(backbone, 99) is None  # everything trains: no cut
+
+
+@pytest.mark.slow
+def test_a_passed_deadline_keeps_the_head_only_start():
+    import time
+
+    from tfguess.backbones import get_backbone
+    from tfguess.finetune import fine_tune
+
+    backbone = get_backbone("efficientnet_lite0").build()
+    before = [np.array(w) for w in backbone.get_weights()]
+    rng = np.random.default_rng(0)
+    head = Head(rng.normal(0, 0.01, (1280, 2)).astype(np.float32), np.zeros(2, np.float32))
+    config = TrainConfig(fine_tune=True, fine_tune_blocks=2, fine_tune_epochs=3)
+    result = fine_tune(backbone, head, demo_items(8), demo_items(4), 2, config, 224, "squash",
+                       progress=False, log=lambda *_: None, deadline=time.perf_counter())
+    assert result.stopped_early and result.best_epoch == 0 and result.weights_id is None
+    assert all(np.array_equal(a, b) for a, b in zip(before, backbone.get_weights()))

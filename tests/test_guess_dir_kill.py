@@ -123,3 +123,43 @@ def test_guess_dir_survives_sigkill_at_random_moments(demo_trained, big_photos, 
             im.load()
     # Sources untouched.
     assert {p: _sha(p) for p in sorted(src.iterdir())} == sources
+
+
+@pytest.mark.slow
+def test_run_waiting_for_a_killed_one_takes_over(demo_trained, big_photos, tmp_path):
+    """Two runs started together into one DST: one writes, the other waits; the writing one is
+    killed in the middle of its copies. The kernel drops a killed process's lock: the waiting run
+    takes it over, clears what the killed one left unfinished, and copies the rest. Every source
+    once in the end."""
+    from tfguess.locks import LOCK_FILENAME
+
+    src, dst = tmp_path / "src", tmp_path / "sorted"
+    src.mkdir()
+    for p in sorted(big_photos.iterdir())[:96]:
+        os.link(p, src / p.name)
+    sources = {p: _sha(p) for p in sorted(src.iterdir())}
+    args = ["guess-dir", str(demo_trained), str(src), str(dst), "--batch-size", "8"]
+    manifest = dst / "manifest.csv"
+    runs = [_run(args), _run(args)]
+    deadline = time.monotonic() + 120
+    while (not manifest.exists() or manifest.read_text().count("\n") < 3) and \
+            all(r.poll() is None for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    holder = int((dst / LOCK_FILENAME).read_text().split()[0])
+    first = next(r for r in runs if r.pid == holder)
+    second = next(r for r in runs if r.pid != holder)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    recorded = manifest.read_text().count("\n") - 1
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0 and "Traceback" not in err, err
+    assert out.startswith(f"another guess-dir is writing into {dst} (pid {holder}); waiting")
+    assert 0 < recorded < len(sources), "the kill did not land in the middle of the copies"
+    assert f"{recorded} image(s) already copied" in out
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["source"] for r in rows) == sorted(str(p) for p in sources)
+    files = sorted(p for p in dst.iterdir() if p.name != "manifest.csv")
+    assert sorted(r["destination"] for r in rows) == sorted(str(p) for p in files)
+    for r in rows:
+        assert _sha(Path(r["destination"])) == r["sha256"] == sources[Path(r["source"])]

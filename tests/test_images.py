@@ -294,3 +294,67 @@ def test_placeholder_only_flags_image_not_found_gif():
     assert flagged == ["imageNotFound.gif"]
     reason = placeholder_reason(decode_image(root / "train" / "ants" / "imageNotFound.gif"))
     assert reason.startswith("looks like a placeholder, not a photo (33 colours")
+
+
+# --- the decode + squash path keeps its pixels ---------------------------------------------------
+
+def _plain_squash_bilinear(pixels: np.ndarray, size: int) -> np.ndarray:
+    """The squash's formula as written before it was optimised (int32 over the whole image)."""
+    h, w = pixels.shape[:2]
+    x0, x1, fx = images._bilinear_axis(w, size)
+    y0, y1, fy = images._bilinear_axis(h, size)
+    a = pixels.astype(np.int32)
+    s = images.SUBPIXEL
+    fx, fy = fx[None, :, None], fy[:, None, None]
+    top = a[y0][:, x0] * (s - fx) + a[y0][:, x1] * fx
+    bottom = a[y1][:, x0] * (s - fx) + a[y1][:, x1] * fx
+    return ((top * (s - fy) + bottom * fy + s * s // 2) // (s * s)).astype(np.uint8)
+
+
+def test_squash_bilinear_equals_its_plain_formula(cat):
+    rng = np.random.default_rng(0)
+    cases = [cat, cat[:, :300], cat[:1, :1], cat[:2, :300], np.full((448, 447, 3), 255, np.uint8),
+             rng.integers(0, 256, (375, 375, 3), dtype=np.uint8)]
+    for pixels in cases:
+        for size in (96, 224, 288):
+            np.testing.assert_array_equal(squash_bilinear(pixels, size),
+                                          _plain_squash_bilinear(pixels, size))
+
+
+# sha256 (first 16 hex digits) of the concatenated load_image(path, size, "squash") arrays, and of
+# squash_bilinear on each image's top-left square, as tfguess computed them before the decode and
+# squash path was made faster: the features in every bottleneck cache stay valid.
+SQUASH_DIGESTS = {
+    ("test_data", 224): ("73b130b5631aa601", "73b130b5631aa601"),
+    ("test_data", 288): ("72eb4aac59dba38b", "72eb4aac59dba38b"),
+    ("hymenoptera", 224): ("d617a3ca09993fe4", "fc6320dc6ab34788"),
+    ("hymenoptera", 288): ("ee06892a527c8ede", "fa0ee6898bdd68e9"),
+}
+
+
+def _squash_digests(files: list[Path], size: int) -> tuple[str, str]:
+    import hashlib
+
+    loaded, squares = hashlib.sha256(), hashlib.sha256()
+    for f in files:
+        loaded.update(load_image(f, size, "squash").tobytes())
+        pixels = np.asarray(decode_image(f, draft_size=size))
+        side = min(pixels.shape[:2])
+        squares.update(squash_bilinear(pixels[:side, :side], size).tobytes())
+    return loaded.hexdigest()[:16], squares.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("size", [224, 288])
+def test_load_image_pixels_are_unchanged_on_real_photos(size):
+    files = sorted((Path(__file__).resolve().parents[1] / "test_data").glob("*.jpg"))
+    assert len(files) == 20
+    assert _squash_digests(files, size) == SQUASH_DIGESTS["test_data", size]
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+@pytest.mark.parametrize("size", [224, 288])
+def test_load_image_pixels_are_unchanged_on_web_sized_photos(size):
+    files = sorted((require_shared() / "val").rglob("*.jpg"))[::3]  # 51 photos, most 500x375
+    assert len(files) == 51
+    assert _squash_digests(files, size) == SQUASH_DIGESTS["hymenoptera", size]

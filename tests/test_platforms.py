@@ -34,6 +34,26 @@ def test_one_tensorflow_package_everywhere(platform: str) -> None:
     assert len(names(platform) & TF_PACKAGES) == 1
 
 
+def test_tensorflow_hub_is_an_extra() -> None:
+    # tensorflow-hub pulls tf-keras, which pulls the full tensorflow beside tensorflow-cpu.
+    assert not any("tensorflow-hub" in names(p) for p in check.PLATFORMS)
+    extra = {r.name for r in check.project_requirements(check.PLATFORMS["linux-x86_64"].env,
+                                                         ("tfhub",))}
+    assert "tensorflow-hub" in extra
+
+
+@pytest.mark.slow
+def test_a_tfhub_handle_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from tfguess.backbones import tfhub
+    from tfguess.errors import WeightsUnavailableError
+
+    monkeypatch.setitem(sys.modules, "tensorflow_hub", None)  # not installed
+    with pytest.raises(WeightsUnavailableError, match=r"pip install 'tfguess\[tfhub\]'"):
+        tfhub._hub_load("https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5")
+    with pytest.raises(OSError):  # a local folder is TensorFlow's own business: no extra needed
+        tfhub._hub_load(str(tmp_path))
+
+
 def test_tensorflow_cpu_only_where_it_has_wheels() -> None:
     cpu = {p for p in check.PLATFORMS if "tensorflow-cpu" in names(p)}
     assert cpu == {"linux-x86_64", "windows-amd64"}

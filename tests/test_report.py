@@ -304,3 +304,15 @@ def test_hymenoptera_planted_label_errors_are_found(tmp_path):
     assert where, "the placeholder GIF is neither skipped, suspect nor atypical"
     assert "imageNotFound.gif" in page.read_text()
     _assert_page_loads(page, ARTIFACTS / "report-hymenoptera.png")
+
+
+def test_the_weakest_label_is_flagged_only_when_it_is_not_perfect():
+    from tfguess.report.render import _metrics_table
+
+    def metrics(f1_a: float, f1_b: float) -> dict:
+        row = lambda f1: {"precision": f1, "recall": f1, "f1": f1, "support": 5}  # noqa: E731
+        return {"per_label": {"a": row(f1_a), "b": row(f1_b)}, "n": 10, "accuracy": 1.0}
+
+    assert "class='bad'" not in _metrics_table(metrics(1.0, 1.0), ["a", "b"], "a")
+    flagged = _metrics_table(metrics(0.8, 1.0), ["a", "b"], "a")
+    assert "<td class='bad'>a</td>" in flagged

@@ -44,6 +44,60 @@ def test_calibration_choice_ignores_order_and_is_stable():
     assert calibration_digest(chosen) != calibration_digest(digests[1:101])
 
 
+def test_auto_precision_follows_the_cpu_and_is_decided_once_per_machine(tmp_path, monkeypatch):
+    from tfguess import runtime
+    from tfguess.config import TrainConfig
+
+    monkeypatch.setenv("TFGUESS_CACHE", str(tmp_path))
+    assert TrainConfig().precision == "auto"
+    for flags, expected in [({"avx2", "avx512_vnni"}, "int8"), ({"avx2", "fma"}, "float32"),
+                            ({"fp", "asimd", "asimddp"}, "int8"), ({"amx_int8"}, "int8")]:
+        monkeypatch.setattr(runtime, "cpu_flags", lambda f=flags: f)
+        runtime._AUTO = None
+        (tmp_path / runtime.PRECISION_FILE).unlink(missing_ok=True)
+        decision = runtime.auto_precision()
+        assert decision["precision"] == expected, (flags, decision)
+        assert expected == "float32" or sorted(flags & set(runtime.INT8_DOT_FLAGS))[0] in decision["reason"]
+    # decided once: another process on this machine reads the decision from the cache folder
+    runtime._AUTO = None
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: pytest.fail("decided again"))
+    assert runtime.auto_precision()["precision"] == "int8"
+    runtime._AUTO = None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu", ["int8", "float32"])
+def test_auto_precision_trains_float32_features_and_guesses_with_int8(tmp_path, monkeypatch, cpu):
+    """--precision auto: float32 features (int8 ones cost accuracy on some data sets), and on a
+    CPU with int8 dot-product instructions the model carries an int8 engine that guessing runs."""
+    from conftest import DEMO_DATA, TEST_DATA
+
+    from tfguess import predict, train
+    from tfguess.config import TrainConfig
+    from tfguess.model import ENGINE_MEMBER
+    from tfguess.predict import Predictor
+
+    decision = {"precision": cpu, "reason": f"test: {cpu}"}
+    monkeypatch.setattr(train, "auto_precision", lambda: decision)
+    monkeypatch.setattr(predict, "auto_precision", lambda: decision)
+    tf_files = tmp_path / "tf_files"
+    shutil.copytree(DEMO_DATA, tf_files / "data")
+    result = train.train(tf_files, TrainConfig(report=False, epochs=30, views=0), progress=False,
+                         log=lambda *_: None)
+    summary = result.summary
+    assert summary["precision"] == {"setting": "auto", "features": "float32", "guess": cpu,
+                                    "cpu": f"test: {cpu}"}
+    assert summary["backbone"]["precision"] == "float32"
+    with zipfile.ZipFile(tf_files / "model.keras") as archive:
+        assert (ENGINE_MEMBER in archive.namelist()) == (cpu == "int8")
+    images = sorted(TEST_DATA.glob("*.jpg"))
+    auto = list(Predictor.load(tf_files, log=lambda *_: None).predict(images))
+    f32 = list(Predictor.load(tf_files, log=lambda *_: None, precision="float32").predict(images))
+    assert [p.label for p in auto] == [p.label for p in f32]
+    scores = np.array([[s for _, s in p.top] for p in auto]), np.array([[s for _, s in p.top] for p in f32])
+    assert np.array_equal(*scores) == (cpu == "float32")
+
+
 def test_int8_engine_needs_calibration_when_not_cached(tmp_path, monkeypatch):
     from tfguess.errors import ModelError
 
@@ -89,7 +143,7 @@ def test_int8_features_are_close_to_float32(tmp_path):
 PROBE = """
 import sys
 from tfguess.cli import main
-code = main(["-q", "train", sys.argv[1], "--epochs", "40", "--seed", "3"])
+code = main(["-q", "train", sys.argv[1], "--epochs", "40", "--seed", "3", "--precision", "float32"])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "sklearn", "cleanlab"))
 print("HEAVY", heavy[:5], code)
 """

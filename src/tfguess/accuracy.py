@@ -1,7 +1,7 @@
 """The training steps beyond a frozen backbone and a softmax head, as ``train`` calls them.
 
 Augmented views on the frozen path (:mod:`tfguess.augment`), the record of a fine-tuning run
-(:mod:`tfguess.finetune`) and ``--backbone auto``. The hidden-layer head is fitted by
+(:mod:`tfguess.finetune`), ``--backbone auto`` and ``--resize auto``. The hidden-layer head is fitted by
 :mod:`tfguess.head` and applied by :class:`tfguess.runtime.Head`.
 """
 
@@ -18,8 +18,12 @@ from .features import BackboneRef
 
 
 def view_cache_key(ref: BackboneRef, recipe: str) -> str:
-    """The bottleneck cache folder of one fixed-view recipe of ``ref``'s features."""
-    return dataclasses.replace(ref, resize=f"{ref.resize}|{recipe}").cache_key
+    """The bottleneck cache folder of one fixed-view recipe of ``ref``'s features.
+
+    Only view 0 (the mirror image of the resized image) depends on the resize; the random views
+    crop the image themselves, so theirs are shared by every resize (under the squash key)."""
+    resize = ref.resize if recipe.startswith("view0:") else "squash"
+    return dataclasses.replace(ref, resize=f"{resize}|{recipe}").cache_key
 
 
 def with_views(x: np.ndarray, y: np.ndarray, items: list, config, ref: BackboneRef,
@@ -64,6 +68,9 @@ def fine_tune_summary(result) -> dict | None:
         "epochs_run": sum(isinstance(h["epoch"], int) and h["epoch"] > 0 for h in result.history),
         "seconds": round(result.seconds, 1),
         "images_per_second": round(result.images_per_second, 1),
+        "cached_views": getattr(result, "cached_views", 0),
+        "views_seconds": round(getattr(result, "views_seconds", 0.0), 1),
+        "stopped_early": getattr(result, "stopped_early", False),
         "unfrozen_layers": len(result.unfrozen),
         "weights_id": result.weights_id,
         "history": result.history,
@@ -105,7 +112,8 @@ def choose_backbone(image_dir: Path, cache_root: Path, config, progress: bool,
             log(f"  --backbone auto: {name} left out (its weights package is not installed)")
             continue
         t = time.perf_counter()
-        ref = BackboneRef(spec.name, spec.weights_id(), spec.input_size, spec.resize)
+        resize = config.resize if config.resize not in (None, "auto") else spec.resize
+        ref = BackboneRef(spec.name, spec.weights_id(), spec.input_size, resize)
         cache = BottleneckCache(cache_root, ref.cache_key)
         built = {}
 
@@ -115,7 +123,7 @@ def choose_backbone(image_dir: Path, cache_root: Path, config, progress: bool,
             return built["engine"]
 
         feats = compute_features([(it.path, it.digest) for it in scan.items], cache, extractor,
-                                 spec.input_size, spec.resize, workers=config.workers,
+                                 spec.input_size, resize, workers=config.workers,
                                  progress=progress, keep_placeholders=config.keep_placeholders)
         usable = [it for it in items if it.digest in feats.features]
         x = np.stack([feats.features[it.digest] for it in usable])
@@ -133,3 +141,24 @@ def choose_backbone(image_dir: Path, cache_root: Path, config, progress: bool,
     best = max(scores, key=lambda n: (scores[n]["cv_accuracy"], -AUTO_CANDIDATES.index(n)))
     log(f"--backbone auto chose {best}")
     return dataclasses.replace(config, backbone=best), {"chosen": best, "candidates": scores}
+
+
+def choose_resize(scan, log: Callable[[str], None]) -> tuple[str, dict]:
+    """``--resize auto`` (the default): squash or crop by the shapes of the training and
+    validation photos (:func:`images.auto_resize`; headers only, nothing extracted). A rule,
+    not a cross-validation: on the dev sets the cross-validated choice among squash, crop and pad
+    picked the val set's loser on two of five (furniture4, hymenoptera; differences of one to
+    three photos in the folds), and cost one extraction per recipe."""
+    from .images import ImageError, auto_resize, oriented_size
+
+    sizes = []
+    for it in scan.items:
+        if it.split != "test":
+            try:
+                sizes.append(oriented_size(it.path))
+            except (ImageError, OSError):
+                continue
+    resize, facts = auto_resize(sizes)
+    log(f"--resize auto chose {resize} ({facts['portrait']:.0%} of the photos portrait, "
+        f"{facts['landscape']:.0%} landscape)")
+    return resize, {"chosen": resize, **facts}

@@ -10,7 +10,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from .config import DEFAULT_TEST_PCT, TrainConfig  # noqa: E402
+from .config import DEFAULT_TEST_PCT, RESIZE_CHOICES, TrainConfig  # noqa: E402
 
 
 def _train_parser(sub) -> None:
@@ -27,6 +27,11 @@ def _train_parser(sub) -> None:
                    help="input size in pixels: larger than an EfficientNet-Lite's own (224, 240, 260) "
                    "shows it finer detail at (size/own)^2 the time, e.g. 288 for fine-grained labels "
                    "or small objects; required for a TF Hub module without static dims")
+    p.add_argument("--resize", default=TrainConfig.resize, metavar="|".join(RESIZE_CHOICES),
+                   help="how a photo is made square for the backbone: squash (the whole photo, "
+                   "distorted; what MediaPipe does), crop (the central 87.5%%), pad (the whole "
+                   "photo on grey 127), auto (the default: crop when portrait and landscape "
+                   "photos are both common, else squash)")
     p.add_argument("--validation-pct", type=float, default=TrainConfig.validation_pct)
     p.add_argument("--test-pct", type=float, default=None,
                    help=f"share held out as the test split (default {DEFAULT_TEST_PCT:g}; "
@@ -41,9 +46,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--engine", choices=["auto", "tflite", "keras"], default="auto",
                    help="how the frozen backbone runs (keras: the plain Keras path)")
-    p.add_argument("--precision", choices=["float32", "int8"], default=TrainConfig.precision,
+    p.add_argument("--precision", choices=["auto", "float32", "int8"], default=TrainConfig.precision,
                    help="the TFLite engine's arithmetic (int8: calibrated on the training photos, "
-                        f"faster; default {TrainConfig.precision})")
+                        "faster; auto: float32 features, and guessing runs an int8 engine where the "
+                        f"CPU has int8 dot-product instructions; default {TrainConfig.precision})")
     p.add_argument("--summaries-dir", help="write TensorBoard logs of training here")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the HTML evaluation report")
@@ -62,12 +68,27 @@ def _train_parser(sub) -> None:
     g.add_argument("--fine-tune-blocks", type=int, default=TrainConfig.fine_tune_blocks)
     g.add_argument("--fine-tune-epochs", type=int, default=TrainConfig.fine_tune_epochs)
     g.add_argument("--fine-tune-lr", type=float, default=TrainConfig.fine_tune_lr)
+    g.add_argument("--fine-tune-views", type=int, default=None,
+                   help="augmented views an image cached through the frozen lower blocks "
+                        "(default: one per epoch, within memory; 0: fresh views through the whole "
+                        "backbone every epoch, slower)")
+    g.add_argument("--time-limit", metavar="DURATION",
+                   help="pick the most accurate recipe (backbone, size, views, fine-tuning) that "
+                        "fits this time on this machine, e.g. 90s, 10m, 1h30m; the plan is printed "
+                        "first")
     _ray_arguments(p, "extract the bottlenecks")
     p.add_argument("--keep-placeholders", action="store_true",
                    help="use images that look like placeholders (flat background with a little "
                         "text or an icon) instead of skipping them")
     p.add_argument("--follow-links", action="store_true",
                    help="follow links to folders outside a label folder (by default not followed)")
+    _no_wait_argument(p, "TF_FILES")
+
+
+def _no_wait_argument(p, folder: str) -> None:
+    p.add_argument("--no-wait", action="store_true",
+                   help=f"when another run is writing into {folder}, stop (exit 2) instead of "
+                        "waiting for it")
 
 
 def _ray_arguments(p, what: str) -> None:
@@ -120,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow-links", action="store_true",
                    help="follow links to folders outside SRC (by default only those inside SRC)")
     p.add_argument("--tta", action="store_true", help="average in the mirror image's prediction")
+    _no_wait_argument(p, "DST")
 
     p = sub.add_parser("evaluate", help="write the HTML evaluation report of a trained TF_FILES")
     p.add_argument("tf_files")
@@ -134,7 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("backbones", help="list the backbones and where their weights come from")
     _serve_parser(sub)
+    _suggest_parser(sub)
     return parser
+
+
+def _suggest_parser(sub) -> None:
+    p = sub.add_parser("suggest", help="the most informative unlabelled images of DIR, as CSV")
+    p.add_argument("tf_files", help="TF_FILES with photos in data/<label>/ (2 labels at least)")
+    p.add_argument("dir", help="folder of unlabelled photos (only read)")
+    p.add_argument("--n", type=int, default=50, help="how many (default 50)")
+    p.add_argument("--strategy", choices=["margin", "entropy", "kcenter-margin", "random"],
+                   default=None, help="default: the inbox page's (see README, Inbox)")
+    p.add_argument("--out", help="write the CSV here (never over an existing file); default: stdout")
 
 
 def _serve_parser(sub) -> None:
@@ -148,10 +181,26 @@ def _serve_parser(sub) -> None:
     p.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill (default 10)")
     p.add_argument("--queue-size", type=int, help="images in flight; 503 beyond (default 256)")
     p.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per request (default 60)")
+    p.add_argument("--inbox", metavar="DIR",
+                   help="the inbox page (/inbox): sort this folder of unlabelled photos (only read) "
+                        "into TF_FILES/data/<label>/, uncertain ones first")
+    p.add_argument("--inbox-every", type=int, default=20, metavar="N",
+                   help="the inbox re-trains by itself every N labels (0: only on request)")
+    p.add_argument("--api-key", default=os.environ.get("TFGUESS_API_KEY") or None,
+                   help="required on every request and page (Authorization: Bearer KEY); default: "
+                        "$TFGUESS_API_KEY. Needed to listen beyond this machine")
+    p.add_argument("--no-auth", action="store_true",
+                   help="listen beyond this machine without an API key (anyone can change the data set)")
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", default=[],
+                   metavar="ORIGIN", help="a web origin (https://host[:port]) whose pages may call "
+                                          "the API; repeat for several (default: none)")
+    p.add_argument("--access-log", action="store_true", help="print one line per request")
 
 
 def _run(args) -> int:
     progress = not args.quiet
+    from .locks import run_folder_lock
+
     if args.command == "export":  # train imports TensorFlow only when it needs the backbone
         from ._quiet import import_tensorflow
 
@@ -160,12 +209,19 @@ def _run(args) -> int:
         from .train import train
 
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-        result = train(args.tf_files, config, progress=progress)
-        if config.report:
-            from .report import write_report
+        values = {k: v for k, v in vars(args).items() if k in fields}
+        if values.get("time_limit") is not None:
+            from .plan import parse_duration
 
-            write_report(args.tf_files, progress=progress)
+            values["time_limit"] = parse_duration(values["time_limit"])
+        config = TrainConfig(**values)
+        with run_folder_lock(args.tf_files, "train", create=bool(config.image_dir),
+                             wait=not args.no_wait):  # the model and its report: one run at a time
+            result = train(args.tf_files, config, progress=progress)
+            if config.report:
+                from .report import write_report
+
+                write_report(args.tf_files, progress=progress)
         return 0 if result else 1
     if args.command == "guess":
         from .predict import guess
@@ -178,7 +234,8 @@ def _run(args) -> int:
         options = dict(recursive=args.recursive, by_label=args.by_label, min_score=args.min_score,
                        top_k=args.top_k, engine=args.engine, batch_size=args.batch_size,
                        workers=args.workers, progress=progress,
-                       again=args.again, follow_links=args.follow_links, tta=args.tta)
+                       again=args.again, follow_links=args.follow_links, tta=args.tta,
+                       wait=not args.no_wait)
         if args.ray:
             from .distributed import guess_dir_ray
 
@@ -190,7 +247,8 @@ def _run(args) -> int:
     if args.command == "evaluate":
         from .report import write_report
 
-        write_report(args.tf_files, progress=progress)
+        with run_folder_lock(args.tf_files, "evaluate"):  # not while a train writes the model
+            write_report(args.tf_files, progress=progress)
         return 0
     if args.command == "export":
         from .export import export
@@ -205,7 +263,16 @@ def _run(args) -> int:
                  if getattr(args, f.name, None) is not None}
         given.setdefault("max_files", min(ServeLimits.max_files,
                                           given.get("queue_size", ServeLimits.queue_size)))
-        serve(args.model, args.host, args.port, ServeLimits(**given))
+        serve(args.model, args.host, args.port, ServeLimits(**given), api_key=args.api_key,
+              no_auth=args.no_auth, cors_origins=args.cors_origins, access_log=args.access_log,
+              inbox_dir=args.inbox, inbox_every=args.inbox_every)
+        return 0
+    if args.command == "suggest":
+        from .inbox import Inbox, write_suggestions
+
+        inbox = Inbox(args.tf_files, args.dir, progress=progress, log=lambda m: print(m, file=sys.stderr))
+        text = write_suggestions(inbox.suggest(args.n, args.strategy), args.out)
+        print(f"Wrote {args.out}" if args.out else text, end="\n" if args.out else "")
         return 0
     if args.command == "backbones":
         from .backbones import describe_backbones

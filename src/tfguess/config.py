@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
+# --resize: the recipes of images.RESIZES, or auto (squash or crop by the photos' shapes).
+RESIZE_CHOICES = ("squash", "crop", "pad", "auto")
+
 # Share of the photos held out as the test split, unless an --eval-dir folder is the test set.
 DEFAULT_TEST_PCT = 10.0
 
@@ -20,6 +23,8 @@ class TrainConfig:
     tfhub_module: str | None = None     # TF Hub handle or local SavedModel dir (overrides backbone)
     image_size: int | None = None       # input size: EfficientNet-Lite at another than its own (finer
                                         # detail, slower), or a TF Hub module without static dims
+    resize: str | None = "auto"         # squash | crop | pad | auto (by the photos' shapes): how
+                                        # an image is made square; None: the backbone's own
     image_dir: str | None = None        # default: TF_FILES/data
     eval_dir: str | None = None         # an extra labelled folder to evaluate the model on
     validation_pct: float = 10.0
@@ -35,7 +40,9 @@ class TrainConfig:
     class_weights: bool = True
     seed: int = 0
     engine: str = "auto"                # auto | tflite | keras: how the frozen backbone is run
-    precision: str = "float32"          # float32 | int8: the TFLite engine's arithmetic
+    precision: str = "auto"             # auto | float32 | int8: the TFLite engine's arithmetic
+                                        # (auto: float32 features, int8 guessing where the CPU has
+                                        # int8 dot-product instructions; see train.py)
     summaries_dir: str | None = None    # TensorBoard logs of training
     report: bool = True                 # write the evaluation report at the end of training
     workers: int = 0                    # image decoding threads; 0 = one per core
@@ -52,6 +59,9 @@ class TrainConfig:
     fine_tune_blocks: int = 6           # top blocks unfrozen (plus the head convolution)
     fine_tune_epochs: int = 10
     fine_tune_lr: float = 3e-4
+    fine_tune_views: int | None = None  # cached augmented views an image (None: one per epoch
+                                        # within memory; 0: fresh pixels through the whole backbone)
+    time_limit: float | None = None     # seconds: train picks the best recipe that fits (plan.py)
 
     def __post_init__(self) -> None:
         if self.test_pct is None:
@@ -64,8 +74,10 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.learning_rate > 0, "learning_rate must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (self.resize in (None, *RESIZE_CHOICES),
+             f"unknown resize {self.resize!r}: choose one of {', '.join(RESIZE_CHOICES)}"),
             (self.engine in ("auto", "tflite", "keras"), "engine must be auto, tflite or keras"),
-            (self.precision in ("float32", "int8"), "precision must be float32 or int8"),
+            (self.precision in ("auto", "float32", "int8"), "precision must be auto, float32 or int8"),
             (not (self.precision == "int8" and self.engine == "keras"),
              "precision int8 needs the TFLite engine (--engine auto or tflite)"),
             (not (self.precision == "int8" and self.ray),
@@ -78,6 +90,9 @@ class TrainConfig:
             (self.fine_tune_blocks >= 0, "fine_tune_blocks must be 0 or more"),
             (self.fine_tune_epochs >= 1, "fine_tune_epochs must be at least 1"),
             (self.fine_tune_lr > 0, "fine_tune_lr must be positive"),
+            (self.fine_tune_views is None or self.fine_tune_views >= 0,
+             "fine_tune_views must be 0 or more"),
+            (self.time_limit is None or self.time_limit > 0, "time_limit must be positive"),
             (not (self.fine_tune and self.ray),
              "--ray extracts with the stock backbone only: leave out --fine-tune"),
         ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +54,7 @@ def import_ray():
 
 def connect(address: str = "auto"):
     """Join the Ray cluster (``auto``: this machine's, else a new local one). Returns ``ray``."""
+    _check_reachable(address)
     ray = import_ray()
     if ray.is_initialized():
         return ray
@@ -64,6 +66,22 @@ def connect(address: str = "auto"):
                           "`ray start --head` or pass its address (host:6379 or ray://host:10001)"
                           ) from None
     return ray
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A cluster address (``host:port`` or ``ray://host:port``) that nothing answers at is one
+    line at once: Ray itself retries a dead address for minutes before it gives up."""
+    if address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: Ray says what it makes of it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot join the Ray cluster at {address!r}: nothing answers there "
+                          f"({exc.strerror or exc}). Start one with `ray start --head` or pass "
+                          "its address (host:6379 or ray://host:10001)") from None
 
 
 def cluster_workers(ray) -> int:
@@ -316,7 +334,7 @@ class RayPredictor(Predictor):
     def load_ray(cls, model: str | Path, address: str = "auto", workers: int = 0,
                  log: Callable[[str], None] = print) -> RayPredictor:
         from .model import load_classifier, read_head, read_meta, resolve_model_path
-        from .predict import model_identity
+        from .predict import guessing_engine, model_identity
 
         path = resolve_model_path(model)
         if path.suffix.lower() == ".tflite":
@@ -327,6 +345,7 @@ class RayPredictor(Predictor):
         if ref.precision != "float32":
             raise ConfigError(f"--ray runs float32 models only; {path} uses the {ref.precision} "
                               "engine: guess without --ray")
+        ref = guessing_engine(path, meta, ref)  # the engine local guessing runs, int8 included
         engine = engine_bytes(ref, lambda: load_classifier(path).backbone, log)
         connect(address)
         return cls(list(meta["labels"]), ref, read_head(path), engine, address, workers,

@@ -8,6 +8,7 @@ into place). Replacing keeps the old version as ``<stem>.previous<suffix>`` wher
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -156,3 +157,27 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OSError):
         return True
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# File names as text that is always valid Unicode and converts back exactly
+
+
+def path_text(path: str | os.PathLike[str]) -> str:
+    """``path`` as text for JSON, CSV and web pages: valid Unicode whatever the name's bytes, and
+    converted back exactly by :func:`text_path`. Bytes that are not UTF-8 appear as ``\\xe9``
+    escapes (as :func:`display_path` shows them) and a backslash is doubled; a UTF-8 name without
+    a backslash is itself."""
+    return os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+_ESCAPE = re.compile(rb"\\(\\|x[0-9a-fA-F]{2})")
+
+
+def text_path(text: str) -> str:
+    """The file name that :func:`path_text` turned into ``text``."""
+    if "\\" not in text:
+        return text
+    raw = _ESCAPE.sub(lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1)[1:], 16)]),
+                      text.encode("utf-8", "surrogateescape"))
+    return os.fsdecode(raw)

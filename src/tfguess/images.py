@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .fsutil import display_path
 
-try:  # optional (the fast-jpeg extra): libjpeg-turbo's DCT scaling with less overhead
+try:  # a dependency (wheels everywhere), still optional here: DCT scaling with less overhead
     import simplejpeg as _simplejpeg
 except ImportError:  # pragma: no cover - Pillow's draft mode gives the same pixels
     _simplejpeg = None
@@ -431,29 +431,117 @@ def load_image(
 ) -> np.ndarray:
     """A ``uint8 [size, size, 3]`` array of the image at ``path``.
 
-    ``resize="crop"``: the EfficientNet evaluation recipe (shorter side to
-    ``round(size / 0.875)``, centre crop ``size x size``, bicubic), done as one resize of the
-    central box. ``resize="squash"``: the whole image resized to ``size x size``
-    (:func:`squash_bilinear`, or bicubic when it is more than :data:`SQUASH_BILINEAR_MAX` times
-    larger).
+    ``resize`` (one of :data:`RESIZES`): ``"crop"``: the EfficientNet evaluation recipe (shorter
+    side to ``round(size / 0.875)``, centre crop ``size x size``, bicubic), done as one resize of
+    the central box (:func:`crop_box`). ``"squash"``: the whole image resized to ``size x size``
+    (:func:`squash`). ``"pad"``: the image centred on a square of :data:`PAD_VALUE`
+    (:func:`pad_to_square`), then squashed.
     ``reject_placeholders``: raise :class:`ImageError` for images :func:`placeholder_reason`
     flags (costs about 0.1 ms an image).
     """
-    if resize not in ("crop", "squash"):
-        raise ValueError(f"resize must be 'crop' or 'squash', not {resize!r}")
+    if resize not in RESIZES:
+        raise ValueError(f"unknown resize {resize!r}: choose one of {', '.join(RESIZES)}")
     im = decode_image(path, draft_size=size, data=data)
     if reject_placeholders and (reason := placeholder_reason(im)):
         raise ImageError(path, reason)
     w, h = im.size
+    if resize == "pad":
+        return squash(pad_to_square(np.asarray(im)), size)
     if resize == "squash" and squash_is_bilinear(w, h, size):
         return squash_bilinear(np.asarray(im), size)
-    box: tuple[float, float, float, float] = (0.0, 0.0, float(w), float(h))
-    if resize == "crop":
-        scale = round(size / CROP_FRACTION) / min(w, h)  # resized pixels per source pixel
-        side = size / scale  # crop side in source pixels
-        left, top = (w - side) / 2, (h - side) / 2
-        box = (max(left, 0.0), max(top, 0.0), min(left + side, w), min(top + side, h))
+    box = crop_box(w, h, size) if resize == "crop" else (0.0, 0.0, float(w), float(h))
     out = im.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+    return np.array(out, dtype=np.uint8)
+
+
+# --- how an image is made square (--resize) ---------------------------------------------------
+#
+# "squash": the whole image resized to size x size (its aspect ratio is not kept): what MediaPipe
+#   and the Task Library do with a TFLite model, so a TFLite export sees the pixels ``guess`` sees.
+# "crop": the central square, 87.5 % of the shorter side, resized (the EfficientNet evaluation
+#   recipe, and the keras.applications backbones' own): the edges are not seen, nothing is
+#   distorted.
+# "pad": the image centred on a square of PAD_VALUE (side = the longer side), then resized as
+#   "squash" resizes: everything is seen, undistorted, at a smaller scale. A square image is
+#   unchanged.
+RESIZES = ("squash", "crop", "pad")
+# Mid-grey: the EfficientNet-Lite normalisation (x - 127) / 128 maps it to 0, the value the
+# network's own zero padding gives beyond an image's border.
+PAD_VALUE = 127
+# --resize auto: "crop" when at least this share of the photos is portrait (w/h < 0.8) and at
+# least this share landscape (w/h > 1.25), else "squash" (bench/accuracy_table.py --suite, README).
+AUTO_MIXED_SHARE = 0.25
+PORTRAIT_MAX, LANDSCAPE_MIN = 0.8, 1.25
+
+
+def auto_resize(sizes: list[tuple[int, int]]) -> tuple[str, dict]:
+    """``--resize auto``: ``(resize, facts)`` for photos of these ``(width, height)`` sizes.
+
+    Squashing distorts every photo of one orientation the same way, which the head learns; when
+    both orientations are common, the same object arrives stretched one way or the other, and
+    the centre crop, which keeps the geometry, was the more accurate (README, "Export").
+    """
+    n = max(1, len(sizes))
+    portrait = sum(w / h < PORTRAIT_MAX for w, h in sizes) / n
+    landscape = sum(w / h > LANDSCAPE_MIN for w, h in sizes) / n
+    mixed = min(portrait, landscape) >= AUTO_MIXED_SHARE
+    return ("crop" if mixed else "squash"), {
+        "portrait": round(portrait, 3), "landscape": round(landscape, 3), "images": len(sizes),
+        "rule": f"crop when at least {AUTO_MIXED_SHARE:.0%} of the photos are portrait "
+                f"(w/h < {PORTRAIT_MAX}) and at least {AUTO_MIXED_SHARE:.0%} landscape "
+                f"(w/h > {LANDSCAPE_MIN}), else squash"}
+
+
+def oriented_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(width, height)`` of an image as shown, EXIF orientation applied, from its header
+    (ImageError for a file that is not one)."""
+    p = Path(path)
+    im = _open(p, read_image_bytes(p), None)
+    w, h = im.size
+    try:
+        turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: the stored size
+        turned = False
+    return (h, w) if turned else (w, h)
+
+
+def crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """The source box ``(left, top, right, bottom)`` that "crop" resizes to ``size x size``: the
+    centred square of side ``min(w, h) * size / round(size / 0.875)``."""
+    scale = round(size / CROP_FRACTION) / min(width, height)  # resized pixels per source pixel
+    side = size / scale  # crop side in source pixels
+    left, top = (width - side) / 2, (height - side) / 2
+    return (max(left, 0.0), max(top, 0.0), min(left + side, width), min(top + side, height))
+
+
+def pad_offsets(width: int, height: int) -> tuple[int, int, int]:
+    """``(left, top, side)``: "pad" puts a ``width x height`` image at ``(left, top)`` of a square
+    of side ``max(width, height)``; an odd margin puts the extra pixel right of or below it."""
+    side = max(width, height)
+    return (side - width) // 2, (side - height) // 2, side
+
+
+def pad_to_square(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` (``uint8 [h, w, 3]``) centred on a square of :data:`PAD_VALUE` (see
+    :func:`pad_offsets`); a square image is returned as it is."""
+    h, w = pixels.shape[:2]
+    if w == h:
+        return pixels
+    left, top, side = pad_offsets(w, h)
+    out = np.full((side, side, pixels.shape[2]), PAD_VALUE, np.uint8)
+    out[top:top + h, left:left + w] = pixels
+    return out
+
+
+def squash(pixels: np.ndarray, size: int) -> np.ndarray:
+    """``pixels`` (``uint8 [h, w, 3]``) resized whole to ``size x size``, as "squash" does:
+    :func:`squash_bilinear`, or the antialiased bicubic beyond a :data:`SQUASH_BILINEAR_MAX`
+    reduction."""
+    h, w = pixels.shape[:2]
+    if squash_is_bilinear(w, h, size):
+        return squash_bilinear(pixels, size)
+    out = Image.fromarray(np.ascontiguousarray(pixels), "RGB").resize(
+        (size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return np.array(out, dtype=np.uint8)
 
 
@@ -475,13 +563,23 @@ def squash_bilinear(pixels: np.ndarray, size: int) -> np.ndarray:
     h, w = pixels.shape[:2]
     x0, x1, fx = _bilinear_axis(w, size)
     y0, y1, fy = _bilinear_axis(h, size)
-    a = pixels.astype(np.int32)
-    fx, fy = fx[None, :, None], fy[:, None, None]
-    top, bottom = a[y0], a[y1]
-    top = top[:, x0] * (SUBPIXEL - fx) + top[:, x1] * fx
-    bottom = bottom[:, x0] * (SUBPIXEL - fx) + bottom[:, x1] * fx
-    half = SUBPIXEL * SUBPIXEL // 2
-    return ((top * (SUBPIXEL - fy) + bottom * fy + half) // (2 * half)).astype(np.uint8)
+    # The four neighbours of every output pixel are gathered as uint8 first (2 x size rows, then
+    # 2 x size columns of them), so the arithmetic runs on size x size arrays, never on the whole
+    # image, in the narrowest exact types: a horizontal sum is at most 255 * SUBPIXEL (uint16),
+    # a vertical one 255 * SUBPIXEL**2 (uint32). The same integers as the plain formula, 4x faster.
+    corners = pixels[np.concatenate([y0, y1])][:, np.concatenate([x0, x1])].astype(np.uint16)
+    fx = fx.astype(np.uint16)[None, :, None]
+    gx = SUBPIXEL - fx
+    top = corners[:size, :size] * gx
+    top += corners[:size, size:] * fx
+    bottom = corners[size:, :size] * gx
+    bottom += corners[size:, size:] * fx
+    fy = fy.astype(np.uint32)[:, None, None]
+    out = top * (SUBPIXEL - fy)
+    out += bottom * fy
+    out += SUBPIXEL * SUBPIXEL // 2
+    out //= SUBPIXEL * SUBPIXEL
+    return out.astype(np.uint8)
 
 
 # Photos have thousands of distinct colours (even greyscale ones have ~256); icons, "image not

@@ -10,7 +10,12 @@ the end. So after a crash, ``kill -9``, Ctrl-C or a full disk:
 * a copy that got its final name but not its row still has its temporary name beside it (same
   inode): the next run removes both, and copies that source again;
 * a temporary file of a process that is gone is removed by the next run;
-* a last manifest line cut short (power loss, full disk) is dropped by the next run.
+* a last manifest line cut short (power loss, full disk) is dropped by the next run;
+* a damaged line (a hand edit) costs that line alone, and the message gives its number; when the
+  copy it recorded is still in the folder with the digest the line gives, its row is recorded
+  again, so the source is not copied twice.
+
+One run at a time writes into a folder (:func:`locks.folder_lock`, held by :class:`Journal`).
 
 A re-run into the same folder resumes: a source recorded with the same content digest and the
 same model, whose copy is still there, is not copied again.
@@ -23,15 +28,18 @@ import errno
 import hashlib
 import io
 import os
+import re
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from .fsutil import atomic_write, display_path, process_alive
+from .locks import folder_lock
 
 MANIFEST_NAME = "manifest.csv"
 HEADER = ["source", "destination", "label", "score", "top_k", "sha256", "model"]
@@ -107,36 +115,102 @@ def choose_manifest(dst: Path) -> Path:
         n += 1
 
 
-def read_manifest(path: Path) -> tuple[list[Entry], str | None]:
-    """The rows of a manifest, and a note when a damaged tail had to be dropped."""
+MAX_ROW_LINES = 8   # a row spans several lines only when a file name holds line breaks
+_SHA = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
+
+
+@dataclass
+class ManifestRead:
+    """A manifest as read: its whole rows, and what could not be read (file line numbers)."""
+    entries: list[Entry]
+    damaged: list[tuple[int, str]]   # (line number, text) of each line dropped
+    torn_tail: bool = False          # an incomplete last line (an interrupted run) was dropped
+
+    @property
+    def note(self) -> str | None:
+        parts = ["dropped an incomplete last line (an interrupted run)"] if self.torn_tail else []
+        if self.damaged:
+            numbers = [n for n, _ in self.damaged]
+            shown = ", ".join(map(str, numbers[:10])) + (
+                f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
+            parts.append(f"dropped {len(numbers)} damaged line(s): line {shown}")
+        return "; ".join(parts) or None
+
+
+def _parse_row(text: str) -> list[str] | None:
+    """The one CSV record ``text`` holds, or None (a quote left open, two records, garbage)."""
+    if '"' not in text and "\r" not in text and "\n" not in text and "\0" not in text:
+        return text.split(",")  # what the csv module makes of it, 3x faster (most rows)
+    try:
+        rows = list(csv.reader(io.StringIO(text + "\n", newline=""), strict=True))
+    except csv.Error:
+        return None
+    return rows[0] if len(rows) == 1 else None
+
+
+def _plausible(row: list[str]) -> bool:
+    """A row of several lines must look like one of ours end to end (digest, model identity)."""
+    return bool(_SHA.fullmatch(row[5])) and row[6].startswith("sha256:") and "\n" not in row[6]
+
+
+def read_manifest(path: Path) -> ManifestRead:
+    """The rows of a manifest, line by line: a damaged line costs that line alone (a stray
+    quote does not swallow the rows after it); a row spans several lines only where a quoted
+    file name holds line breaks and the whole row is well-formed."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return [], None
+        return ManifestRead([], [])
     text = raw.decode(**_ENCODING)
-    note = None
-    if text and not text.endswith("\n"):
+    torn = bool(text) and not text.endswith("\n")
+    if torn:
         text = text[: text.rfind("\n") + 1]
-        note = "dropped an incomplete last line (an interrupted run)"
     if not text.startswith(_header_line()):
-        return [], note
-    entries, bad = [], 0
-    reader = csv.reader(io.StringIO(text[len(_header_line()):], newline=""), strict=True)
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error:
-            bad += 1
-            break
-        if len(row) == len(HEADER):
-            entries.append(Entry(*row))
+        return ManifestRead([], [], torn)
+    lines = text[len(_header_line()):].split("\n")[:-1]
+    entries, damaged, i = [], [], 0
+    while i < len(lines):
+        for span in range(1, min(MAX_ROW_LINES, len(lines) - i) + 1):
+            row = _parse_row("\n".join(lines[i:i + span]))
+            if row is not None and len(row) == len(HEADER) and (span == 1 or _plausible(row)):
+                entries.append(Entry(*row))
+                i += span
+                break
         else:
-            bad += 1
-    if bad:
-        note = (note + "; " if note else "") + f"dropped {bad} damaged line(s)"
-    return entries, note
+            damaged.append((i + 2, lines[i]))  # file line numbers: the header is line 1
+            i += 1
+    return ManifestRead(entries, damaged, torn)
+
+
+def _salvage(line: str, unrecorded: dict[str, Path]) -> Entry | None:
+    """The row a damaged line was, when its copy is still in DST with the digest the line gives
+    and its source can be read from it: the copy's name appears in the line, and the fields
+    around it are read leniently."""
+    shas = _SHA.findall(line)
+    if not shas:
+        return None
+    sha = shas[-1]
+    for name in sorted(unrecorded, key=len, reverse=True):
+        at = line.find(name)
+        if at < 0:
+            continue
+        try:
+            if file_digest(unrecorded[name]) != sha:
+                continue
+        except OSError:
+            continue
+        source = _lenient(line[:at].rstrip('"').rstrip(","))
+        middle = line[at + len(name):line.rfind(sha)].strip('",')
+        label, score, top_k = ((_parse_row(middle) or []) + ["", "", ""])[:3]
+        model = _lenient(line[line.rfind(sha) + len(sha):].lstrip('",'))
+        if model and os.path.isfile(source):  # else the source cannot be told from the line
+            return Entry(source, name, label, score, top_k, sha, model)
+    return None
+
+
+def _lenient(field_text: str) -> str:
+    row = _parse_row(field_text)
+    return row[0] if row is not None and len(row) == 1 else field_text.replace('"', "")
 
 
 def _temp_pid(name: str) -> int | None:
@@ -149,7 +223,20 @@ def _temp_pid(name: str) -> int | None:
 class Journal:
     """The manifest of one destination folder, open for appending (see the module docstring)."""
 
-    def __init__(self, dst: Path, log: Callable[[str], None] = print) -> None:
+    def __init__(self, dst: Path, log: Callable[[str], None] = print, wait: bool = True) -> None:
+        """Open ``dst``'s manifest, holding ``dst``'s lock until :meth:`close`: a second run into
+        the same folder waits for this one (or, with ``wait=False``, stops with a message)."""
+        self._lock = ExitStack()
+        self._locked = self._lock.enter_context(folder_lock(
+            dst, "guess-dir", wait=wait, log=log,
+            hint="leave out --no-wait to wait for it")) is not None
+        try:
+            self._open(dst, log)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, dst: Path, log: Callable[[str], None]) -> None:
         self.dst = dst
         self.log = log
         self.manifest = choose_manifest(dst)
@@ -157,10 +244,15 @@ class Journal:
             log(f"note: {display_path(dst / MANIFEST_NAME)} is not a manifest of this tfguess "
                 f"version (its header differs): left as it is; this run records into "
                 f"{display_path(self.manifest)}")
-        self.entries, note = read_manifest(self.manifest)
-        if note:
+        read = read_manifest(self.manifest)
+        self.entries = read.entries
+        if read.note:
+            recovered = self._salvage(read.damaged)
             atomic_write(self.manifest, lambda p: self._write_all(p), fsync=True)
-            log(f"note: repaired {display_path(self.manifest)}: {note}")
+            log(f"note: repaired {display_path(self.manifest)}: {read.note}"
+                + (f"; {len(recovered)} of them recorded again from their copies in DST (same "
+                   f"digest; not copied twice): line {', '.join(map(str, recovered))}"
+                   if recovered else ""))
         self.destinations = {Path(e.destination) for e in self.entries}
         self._index: dict[tuple[str, str, str], list[Entry]] = {}
         for e in self.entries:
@@ -180,6 +272,25 @@ class Journal:
         self._n = 0
         self._folders: set[Path] = {dst}
 
+    def _salvage(self, damaged: list[tuple[int, str]]) -> list[int]:
+        """Take back the rows of damaged lines whose copies are still in DST, unrecorded, with the
+        digest the line gives; returns their line numbers."""
+        if not damaged:
+            return []
+        recorded = {e.destination for e in self.entries}
+        folders = [self.dst] + [p for p in self.dst.iterdir() if p.is_dir() and not p.is_symlink()]
+        unrecorded = {str(p): p for folder in folders for p in folder.iterdir()
+                      if str(p) not in recorded and not p.name.startswith(".") and p.is_file()
+                      and not p.is_symlink()}
+        recovered = []
+        for number, line in damaged:
+            entry = _salvage(line, unrecorded)
+            if entry is not None:
+                self.entries.append(entry)
+                unrecorded.pop(entry.destination)
+                recovered.append(number)
+        return recovered
+
     def _write_all(self, path: Path) -> None:
         with open(path, "w", newline="", **_ENCODING) as f:
             w = csv.writer(f, lineterminator="\n")
@@ -188,13 +299,16 @@ class Journal:
 
     def _clean_temp_files(self) -> int:
         """Remove the temporary copies of runs that are gone (and a final name that never got its
-        manifest row: it shares the temporary file's inode)."""
+        manifest row: it shares the temporary file's inode). Holding the folder's lock, every
+        other process's copy is one of a run that is gone: the lock passes on as soon as its
+        holder dies, before its parent may have noticed (a zombie still answers to its pid)."""
         removed = 0
         folders = [self.dst] + [p for p in self.dst.iterdir() if p.is_dir() and not p.is_symlink()]
         for folder in folders:
             temps = [p for p in folder.iterdir() if _temp_pid(p.name) is not None]
             for tmp in temps:
-                if process_alive(_temp_pid(tmp.name)):
+                pid = _temp_pid(tmp.name)
+                if pid == os.getpid() or (not self._locked and process_alive(pid)):
                     continue
                 st = tmp.stat()
                 if st.st_nlink > 1:
@@ -244,7 +358,7 @@ class Journal:
                 shutil.copystat(source, tmp)
             except OSError:
                 pass
-            target = _claim(tmp, folder, stem, ext)
+            target = claim_name(tmp, folder, stem, ext)
             entry = fields(target, h.hexdigest())
             try:
                 self._writer.writerow(entry.row())
@@ -272,14 +386,17 @@ class Journal:
         self._synced_at = time.monotonic()
 
     def close(self) -> None:
-        if self._file.closed:
-            return
         try:
-            self._sync()
-            for folder in self._folders:
-                _fsync_dir(folder)
+            if self._file.closed:
+                return
+            try:
+                self._sync()
+                for folder in self._folders:
+                    _fsync_dir(folder)
+            finally:
+                self._file.close()
         finally:
-            self._file.close()
+            self._lock.close()
 
 
 def _same_inode(path: Path, st: os.stat_result) -> bool:
@@ -325,7 +442,7 @@ class _InterruptAfter:
             self.previous(*self.held)  # Python's default handler raises KeyboardInterrupt
 
 
-def _claim(tmp: Path, folder: Path, stem: str, ext: str) -> Path:
+def claim_name(tmp: Path, folder: Path, stem: str, ext: str) -> Path:
     """Give ``tmp`` the first free name of ``stem+ext``, ``stem-1+ext``...: a hard link fails
     when the name is taken, so nothing is replaced, even by a run beside this one."""
     n = 0

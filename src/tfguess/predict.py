@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -15,7 +16,7 @@ from .errors import ConfigError, DatasetError
 from .fsutil import display_path
 from .journal import Entry
 from .pipeline import iter_batches, iter_loaded
-from .runtime import TFLiteClassifier
+from .runtime import TFLiteClassifier, auto_precision
 
 MANIFEST_FILENAME = "manifest.csv"  # see tfguess.journal: another name when one is not ours
 UNKNOWN_LABEL = "unknown"
@@ -36,6 +37,20 @@ class Prediction:
         return self.top[0][1] if self.top else None
 
 
+def guessing_engine(path: Path, meta: dict, ref, precision: str = "auto"):
+    """The backbone ref that guessing runs for the float32 model at ``path``: with ``precision``
+    ``auto``, the int8 engine the model carries (trained with ``--precision auto``) where the CPU
+    has int8 dot-product instructions (README "Speed": its agreement with float32), else ``ref``.
+    Local guessing and the Ray cluster's both choose here, so they give the same answers."""
+    from .model import install_engine
+
+    calibration = meta["backbone"].get("guess_calibration")
+    if precision != "auto" or not calibration or auto_precision()["precision"] != "int8":
+        return ref
+    int8 = dataclasses.replace(ref, precision="int8", calibration=calibration)
+    return int8 if install_engine(path, int8) else ref
+
+
 class Predictor:
     """Pixels -> class probabilities for one model, built once and reused for every image."""
 
@@ -51,12 +66,14 @@ class Predictor:
 
     @classmethod
     def load(cls, model: str | Path, engine: str = "auto", log: Callable = print,
-             tta: bool = False) -> Predictor:
+             tta: bool = False, precision: str = "auto") -> Predictor:
         """Load a tfguess model (the ``.keras`` file or its folder) or an exported ``.tflite``.
 
         A model whose backbone's TFLite twin is cached runs without importing TensorFlow: the
         head is read from the file and the engine from the cache.
 
+        ``precision``: ``auto`` runs the int8 engine a float32 model carries where the CPU has
+        int8 dot-product instructions (:func:`runtime.auto_precision`); ``float32`` never does.
         ``tta``: average in the prediction of the mirrored image (test-time augmentation);
         refused for a model trained with ``no_flip`` (mirroring changes the meaning there).
         """
@@ -76,6 +93,8 @@ class Predictor:
         head = read_head(path)
         if ref.precision != "float32" and engine != "keras":
             install_engine(path, ref)
+        elif engine != "keras":
+            ref = guessing_engine(path, meta, ref, precision)
         extractor = make_extractor(ref, lambda: load_classifier(path).backbone, engine, log)
 
         def probabilities(pixels: np.ndarray) -> np.ndarray:
@@ -192,6 +211,7 @@ def guess_dir(
     log: Callable[[str], None] = print,
     predictor: Predictor | None = None,
     tta: bool = False,
+    wait: bool = True,
 ) -> GuessDirResult:
     """Copy every image of ``src`` into ``dst`` as ``<label>-<score>.<ext>``.
 
@@ -204,6 +224,9 @@ def guess_dir(
     ``unknown`` (``_unknown`` when the model has a label of that name). An extensionless source's
     copy gets the extension of its format. ``predictor``: one already loaded (e.g. the Ray
     cluster's, :class:`distributed.RayPredictor`) instead of loading ``model``.
+
+    One run at a time writes into ``dst`` (a lock file in it, held for the run): a second one
+    waits for the first, saying so, or with ``wait=False`` stops with :class:`locks.FolderBusyError`.
     """
     from .dataset import walk
     from .images import FORMAT_EXTENSIONS, ImageError, open_regular, sniff
@@ -222,7 +245,7 @@ def guess_dir(
     predictor = predictor or Predictor.load(model, engine, log, tta=tta)
     start = time.perf_counter()
     dst.mkdir(parents=True, exist_ok=True)
-    journal = Journal(dst, log)
+    journal = Journal(dst, log, wait=wait)
     try:
         # DST inside SRC: DST is not scanned. SRC inside DST: the copies DST holds are not.
         outputs = {p.resolve() for p in journal.destinations} | {journal.manifest}

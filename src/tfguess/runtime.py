@@ -8,6 +8,7 @@ which one this process uses, and run summaries record it.
   interpreter per core.
 - :class:`TFLiteClassifier`: an exported ``.tflite`` classifier that carries its labels.
 - :func:`softmax` and :class:`Head`: the trained head applied to features in numpy.
+- :func:`auto_precision`: the engine arithmetic ``--precision auto`` picks on this machine.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from ._quiet import quiet_stderr
+from .cachedir import cache_dir
 from .errors import ModelError
+from .fsutil import atomic_write
 from .pipeline import default_workers
 from .tflite_metadata import DESCRIPTION_FILE, read_metadata
 
@@ -61,6 +64,84 @@ def runtime_name() -> str:
 def new_interpreter(**kwargs):
     with quiet_stderr():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
         return interpreter_class()[0](**kwargs)
+
+
+# CPU features with int8 dot-product instructions, which XNNPACK's int8 kernels use (x86:
+# /proc/cpuinfo flags; arm64: its "Features" line). Without them the int8 engine is no faster than
+# float32 (measured on an AVX2-only core: 13.2 vs 14.0 CPU ms an image); with AVX-512 VNNI an
+# int8 invoke takes 0.4x the float32 one (bench/benchmark.py).
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+# Flags printed beside speed figures: the int8 ones and the bf16 ones.
+SPEED_FLAGS = INT8_DOT_FLAGS + ("avx512_bf16", "amx_bf16", "avx2", "avx512f", "bf16")
+PRECISION_FILE = "precision.json"   # in the cache folder: the decision, per machine
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as the kernel lists them (empty where there is no /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return set(value.split())
+    return set()
+
+
+def _machine_key() -> str:
+    import platform
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith(("model name", "cpu part")):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}|{platform.system()}|{platform.machine()}|{model}"
+
+
+def _decide_precision() -> dict:
+    import platform
+
+    found = sorted(cpu_flags() & set(INT8_DOT_FLAGS))
+    if found:
+        return {"precision": "int8", "reason": f"the CPU has int8 dot-product instructions ({', '.join(found)})"}
+    if platform.system() == "Darwin" and platform.machine() == "arm64":  # every Apple M chip
+        return {"precision": "int8", "reason": "Apple silicon (int8 dot-product instructions)"}
+    return {"precision": "float32",
+            "reason": f"no int8 dot-product instructions ({', '.join(INT8_DOT_FLAGS)}) on this CPU"}
+
+
+_AUTO: dict | None = None
+
+
+def auto_precision() -> dict:
+    """What ``--precision auto`` runs on this machine: ``{"precision": "int8" | "float32",
+    "reason": ...}``. Decided once per machine (kept in the cache folder, keyed by host name and
+    CPU model, so a cache folder shared by several machines holds each one's decision)."""
+    global _AUTO
+    if _AUTO is not None:
+        return _AUTO
+    key = _machine_key()
+    path = cache_dir() / PRECISION_FILE
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    decision = known.get(key)
+    if not (isinstance(decision, dict) and decision.get("precision") in ("int8", "float32")):
+        decision = _decide_precision()
+        try:
+            atomic_write(path, json.dumps({**known, key: decision}, indent=1))
+        except OSError:
+            pass  # a read-only cache folder: decided again next time, the same way
+    _AUTO = decision
+    return decision
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -35,9 +35,10 @@ from .features import (
 )
 from .fsutil import atomic_write, display_path
 from .head import fit_head
+from .locks import locked_run
 from .pipeline import iter_loaded
 from .runfolder import RunFolder
-from .runtime import Head, runtime_name
+from .runtime import Head, auto_precision, runtime_name
 
 
 @dataclass
@@ -189,6 +190,7 @@ def _tensorboard_writer(summaries_dir: str | None):
     return on_epoch, writer.close
 
 
+@locked_run("train")  # one run at a time writes the cache, the model and the summary
 def train(
     tf_files: str | Path,
     config: TrainConfig | None = None,
@@ -206,6 +208,12 @@ def train(
     timings: dict[str, float] = {}
     run = RunFolder.at(tf_files)
     auto_backbone = None
+    time_plan = None
+    if config.time_limit:  # the recipe that fits the budget, said before any heavy work
+        from .plan import plan_run
+
+        config, time_plan = plan_run(config, Path(config.image_dir).expanduser().resolve()
+                                     if config.image_dir else run.data, run.summary, log)
     if config.backbone == "auto":  # tries the offline backbones on cached features
         from .accuracy import choose_backbone
 
@@ -248,7 +256,16 @@ def train(
     for note in scan.notes:
         log(f"  note: {note}")
 
-    ref = BackboneRef(spec.name, weights_id, spec.input_size, spec.resize, config.precision)
+    resize, auto_resize = config.resize or spec.resize, None
+    if resize == "auto":  # squash or crop, by the shapes of the photos
+        from .accuracy import choose_resize
+
+        t = time.perf_counter()
+        resize, auto_resize = choose_resize(scan, log)
+        timings["choose_resize"] = time.perf_counter() - t
+    # "auto" extracts float32 features; its int8 engine is for guessing only (_guess_engine).
+    ref = BackboneRef(spec.name, weights_id, spec.input_size, resize,
+                      "int8" if config.precision == "int8" else "float32")
     calibration, calibration_images = None, []
     if config.precision == "int8":
         calibration_images = _calibration_images(run, scan, ref)
@@ -305,8 +322,16 @@ def train(
         def pairs(split: str) -> list[tuple[Path, int]]:
             return [(it.path, index[it.label]) for it in splits[split]]
 
+        deadline = None
+        if time_plan:
+            from .plan import fine_tune_deadline
+
+            per_image = (feats.seconds / feats.computed if feats.computed >= 20
+                         else time_plan.chosen.recipe.extract_cost / time_plan.speed.extract)
+            deadline = fine_tune_deadline(t0, config.time_limit, len(usable) + time_plan.eval_images,
+                                          per_image, time_plan.speed.slowdown)
         fine_tuned = fine_tune(backbone(), head, pairs("train"), pairs("validation"), len(labels),
-                               config, ref.input_size, ref.resize, progress, log)
+                               config, ref.input_size, ref.resize, progress, log, deadline=deadline)
         head = fine_tuned.head
         timings["fine_tune"] = time.perf_counter() - t
         if fine_tuned.weights_id:
@@ -336,6 +361,7 @@ def train(
             f"(n={metrics['eval_dir']['n']})")
 
     t = time.perf_counter()
+    guess_ref, precision = _guess_engine(scan, ref, backbone, config, log)
     backbone_meta = {
         "name": spec.name, "input_size": ref.input_size, "resize": ref.resize,
         "preprocessing": spec.preprocessing, "feature_dim": head.feature_dim,
@@ -343,7 +369,12 @@ def train(
         "weights_source": spec.weights_source + (", fine-tuned" if ref.weights_id != weights_id else ""),
         "precision": ref.precision, "calibration": ref.calibration,
     }
-    model_path = _save_model(run, ref, backbone, head, labels, config, backbone_meta, metrics, log)
+    if guess_ref is not None:
+        backbone_meta.update(guess_precision=guess_ref.precision,
+                             guess_calibration=guess_ref.calibration)
+    timings["guess_engine"] = time.perf_counter() - t
+    model_path = _save_model(run, ref, backbone, head, labels, config, backbone_meta, metrics, log,
+                             guess_ref)
     timings["backbone"] = backbone.seconds
     atomic_write(run.labels, "".join(f"{label}\n" for label in labels))
     _write_history(run.history, fit.history)
@@ -355,9 +386,12 @@ def train(
         "config": config.to_dict(),
         "mode": config.mode,
         "fine_tune": accuracy.fine_tune_summary(fine_tuned),
+        "time_limit": time_plan.summary() if time_plan else None,
         "auto_backbone": auto_backbone,
+        "auto_resize": auto_resize,
         "backbone": backbone_meta,
         "engine": "tflite (ray)" if config.ray and feats.computed else extractor.name,
+        "precision": precision,
         "runtime": runtime_name(),
         "bottleneck_key": cache.key,
         "calibration_images": calibration_images,
@@ -384,15 +418,60 @@ def train(
     log(f"Mode: {config.mode}")
     log(f"Accuracy: train {acc['train']}, validation {acc['validation']}, test {acc['test']} "
         f"(test n={metrics['test']['n']})")
+    if not config.fine_tune and not config.time_limit:
+        from .plan import weak_features_hint
+
+        hint = weak_features_hint(acc["train"], acc["validation"], len(usable), len(splits["train"]),
+                                  run.summary)
+        if hint:
+            log(hint)
     log(f"Wrote {model_path}, {run.labels}, {run.summary.name}, {run.history.name} "
         f"in {timings['total']:.1f} s")
     sys.stdout.flush()
     return TrainResult(model_path, labels, metrics, summary, summary_path)
 
 
+def _guess_engine(scan: DatasetScan, ref: BackboneRef, backbone: _LazyBackbone,
+                  config: TrainConfig, log: Callable[[str], None]) -> tuple[BackboneRef | None, dict]:
+    """``--precision auto``: the features stay float32 (int8 features cost accuracy on some data
+    sets, README "Speed"); where the CPU has int8 dot-product instructions the model also carries
+    an int8 engine, calibrated on 100 training photos (the smallest content digests), which
+    ``guess``, ``guess-dir`` and ``serve`` run. Returns that engine's ref (or None) and what the
+    run summary records."""
+    info = {"setting": config.precision, "features": ref.precision, "guess": ref.precision}
+    if config.precision != "auto":
+        return None, info
+    decision = auto_precision()
+    info["cpu"] = decision["reason"]
+    if decision["precision"] != "int8" or config.engine == "keras" or config.ray or config.fine_tune:
+        return None, info
+    digests = choose_calibration([it.digest for it in scan.items if it.split == "train"])
+    int8 = dataclasses.replace(ref, precision="int8", calibration=calibration_digest(digests))
+    if not int8.engine_file.exists():
+        from .features import make_extractor
+
+        try:
+            make_extractor(int8, backbone, "tflite", log, _calibration_pixels(scan, digests, int8))
+        except Exception as exc:  # noqa: BLE001 - a converter failure costs only the faster guessing
+            log(f"  note: no int8 engine for guessing ({exc.__class__.__name__}: {exc}); "
+                "guessing runs float32")
+            return None, info
+    return int8, {**info, "guess": "int8"}
+
+
+def _guess_calibration(model: Path) -> str | None:
+    """The calibration of the int8 guessing engine the model at ``model`` carries, if any."""
+    from .model import read_meta
+
+    try:
+        return read_meta(model)["backbone"].get("guess_calibration")
+    except Exception:  # noqa: BLE001 - no previous model, or a damaged one: saved afresh
+        return "unreadable"
+
+
 def _save_model(run: RunFolder, ref: BackboneRef, backbone: _LazyBackbone, head: Head,
                 labels: list[str], config: TrainConfig, backbone_meta: dict, metrics: dict,
-                log: Callable[[str], None]) -> Path:
+                log: Callable[[str], None], guess_ref: BackboneRef | None = None) -> Path:
     """Save the model; when the run folder's previous model has the same backbone (a fine-tuned
     one has its own weights id) and head layout (hidden layer included) and the backbone was not
     needed, the new file is the previous one with the new head (no
@@ -412,7 +491,10 @@ def _save_model(run: RunFolder, ref: BackboneRef, backbone: _LazyBackbone, head:
         "metrics": {s: {"accuracy": m.get("accuracy"), "n": m.get("n")} for s, m in metrics.items()},
     }
     engine = ref.engine_file if ref.precision == "int8" and ref.engine_file.exists() else None
-    if not backbone.built and same_layout(run.model, ref, len(labels), config):
+    if guess_ref is not None and engine is None:
+        engine = guess_ref.engine_file
+    if (not backbone.built and same_layout(run.model, ref, len(labels), config)
+            and _guess_calibration(run.model) == backbone_meta.get("guess_calibration")):
         previous = save_classifier_with_head(run.model, run.model, head, labels, meta)
     else:
         classifier = build_classifier(backbone(), len(labels), config.dropout, config.l2,

@@ -169,11 +169,12 @@ def _lite_available(name: str) -> bool:
         return False
 
 
+# ``resize`` is a backbone's own way of making an image square (images.RESIZES); ``--resize``
+# (TrainConfig.resize) overrides it per run, and the model records what it was trained with.
 # The EfficientNet-Lite models squash the whole image to the input size (not the 87.5 % centre
-# crop of their ImageNet evaluation): as accurate after transfer (bench/resize_check.py:
-# hymenoptera 95.0 % vs 94.3 %, cub_songbirds22 85.6 % vs 85.9 %, means of 3 seeds), and it is
-# what metadata-driven TFLite clients (MediaPipe, the Task Library) do, so they give the same
-# answers as ``guess``.
+# crop of their ImageNet evaluation): what metadata-driven TFLite clients (MediaPipe, the Task
+# Library) do, so they give the same answers as ``guess``. On photos of mixed shapes the crop or
+# the pad can be more accurate (README, "Export").
 for _name, (_w, _d, _size, _module, _cls) in _lite.VARIANTS.items():
     register_backbone(
         Backbone(

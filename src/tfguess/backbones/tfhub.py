@@ -3,6 +3,10 @@
 ``hub.KerasLayer`` only works with tf_keras, so the module is wrapped in a small Keras 3 layer
 whose config stores the handle (a saved model re-loads the module from it). TF Hub image
 modules take float pixels in [0, 1]: the model divides 0..255 pixels by 255 first.
+
+A local SavedModel folder is loaded with TensorFlow alone; a handle (URL or hub name) needs
+``tensorflow-hub``, the ``tfhub`` extra (not a default dependency: it pulls ``tf-keras`` and with
+it the full ``tensorflow`` wheel beside ``tensorflow-cpu``).
 """
 
 from __future__ import annotations
@@ -15,13 +19,32 @@ import keras
 
 from ._common import RANDOM, WeightsUnavailableError, file_fingerprint
 
+INSTALL_HINT = "pip install 'tfguess[tfhub]'"
+
+
+def _hub_load(handle: str):
+    """``hub.load`` for a handle; a local folder needs only TensorFlow (the same SavedModel load)."""
+    if os.path.isdir(handle):
+        import tensorflow as tf
+
+        return tf.saved_model.load(handle)
+    try:
+        import tensorflow_hub as hub
+    except ImportError:
+        raise WeightsUnavailableError(
+            f"the TF Hub handle {handle} needs tensorflow-hub: {INSTALL_HINT}, or download the "
+            "module (a SavedModel .tar.gz from its model page), unpack it into a folder and pass "
+            "that folder instead of the handle"
+        ) from None
+    return hub.load(handle)
+
 
 @lru_cache(maxsize=8)
 def load_module(handle: str):
-    import tensorflow_hub as hub
-
     try:
-        return hub.load(handle)
+        return _hub_load(handle)
+    except WeightsUnavailableError:
+        raise
     except Exception as e:
         if os.path.isdir(handle) or "://" not in handle and os.path.exists(handle):
             raise ValueError(f"{handle}: not a TF2 SavedModel image module ({e})") from e

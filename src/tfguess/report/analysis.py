@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,7 +20,7 @@ from .. import hygiene
 from ..bottlenecks import BottleneckCache
 from ..errors import ReportError
 from ..features import BackboneRef
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, display_path
 from ..model import read_head, read_meta
 from ..runfolder import RunFolder
 
@@ -41,7 +42,8 @@ def _load_features(rows: list[Row], cache: BottleneckCache, run: RunFolder) -> n
     for row in rows:
         hit = cache.get(row.digest)
         if not isinstance(hit, np.ndarray):
-            raise ReportError(f"cached features of {row.path} are missing (in {cache.dir}); "
+            raise ReportError(f"cached features of {display_path(row.path)} are missing (in "
+                              f"{display_path(cache.dir)}); "
                               f"train again to rebuild them: tfguess train {run.root}")
         feats.append(hit.astype(np.float32))
     return np.stack(feats) if feats else np.zeros((0, 1), np.float32)
@@ -131,8 +133,8 @@ def _cached_hygiene(run: RunFolder, rows: list[Row], x: np.ndarray, y: np.ndarra
     """:func:`_data_hygiene`, remembered in ``bottlenecks/hygiene.json`` under a digest of
     everything it depends on (features, labels, paths, splits, settings)."""
     h = hashlib.sha256(f"v{HYGIENE_VERSION}|{folds}|{threshold}|{labels}".encode())
-    for r in rows:
-        h.update(f"{r.path}|{r.label}|{r.digest}|{r.split}\n".encode())
+    for r in rows:  # a file name's own bytes, whether UTF-8 or not
+        h.update(os.fsencode(r.path) + f"|{r.label}|{r.digest}|{r.split}\n".encode())
     h.update(np.ascontiguousarray(x).tobytes())
     key = h.hexdigest()
     path = run.bottlenecks / HYGIENE_FILENAME

@@ -115,7 +115,7 @@ class Thumbs:
     def tag(self, path: str | Path, digest: str | None = None) -> str:
         name = _thumb_name(Path(path), digest)
         if self.ok.get(name):
-            alt = html.escape(Path(path).name)
+            alt = _e(Path(path).name)
             return f'<img class="thumb" src="{name}" alt="{alt}" loading="eager">'
         return '<div class="thumb none">no preview</div>'
 
@@ -139,8 +139,8 @@ figure{margin:8px 0} figure img{max-width:100%;background:#fff;border:1px solid 
 """
 
 
-def _e(value) -> str:
-    return html.escape(str(value))
+def _e(value) -> str:  # bytes of a file name that are not UTF-8 shown as \xNN
+    return html.escape(os.fsencode(str(value)).decode("utf-8", "backslashreplace"))
 
 
 def _n(count: int, word: str) -> str:
@@ -172,7 +172,9 @@ def _metrics_table(m: dict, labels: list[str], worst: str | None) -> str:
     for label in labels:
         p = m["per_label"].get(label)
         if p:
-            cls = " class='bad'" if label == worst and len(labels) > 1 else ""
+            # A label is flagged only when it is weaker than perfect: at F1 1.000 nothing is wrong.
+            flag = label == worst and len(labels) > 1 and p["f1"] < 1
+            cls = " class='bad'" if flag else ""
             out.append(f"<tr><td{cls}>{_e(label)}</td><td class='num'>{p['precision']:.3f}</td>"
                        f"<td class='num'>{p['recall']:.3f}</td><td class='num'>{p['f1']:.3f}</td>"
                        f"<td class='num'>{p['support']}</td></tr>")
@@ -348,7 +350,7 @@ def render_html(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> str:
 
 def write_suspects_csv(path: Path, suspects: list[dict]) -> None:
     fields = ["rank", "path", "given", "suggested", "self_confidence", "suggested_prob", "split", "digest"]
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(suspects)
@@ -358,7 +360,7 @@ def summary_lines(data: dict, page: Path) -> list[str]:
     m = data["metrics"]
     near = data["near_duplicates"]
     lines = [f"Report: {data['eval_split']} accuracy {_pct(m.get('accuracy'))} (n={m.get('n', 0)})"]
-    if data["worst_label"] and m.get("per_label"):
+    if data["worst_label"] and m.get("per_label") and m["per_label"][data["worst_label"]]["f1"] < 1:
         lines[0] += f"; weakest label {data['worst_label']} (F1 {m['per_label'][data['worst_label']]['f1']:.2f})"
     lines.append(f"  {_n(len(data['suspects']), 'suspected label error')}, "
                  f"{_n(len(data['exact_duplicates']), 'exact duplicate')}, "

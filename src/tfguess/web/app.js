@@ -1,32 +1,52 @@
-// The tfguess page: pick or drop photos, see the model's top labels for each.
+// The tfguess page: pick, drop or photograph images (or a whole folder), see the model's labels.
 "use strict";
-const CHUNK = 16;  // images per request
-const SHOWN = 3;   // labels shown per image
+const SHOWN = 3;        // labels shown per image
+const PARALLEL = 2;     // requests in flight at once
+const PART_OVERHEAD = 1024;  // multipart headers of one file, bytes (a generous bound)
+const IMAGE_TYPES = /\.(jpe?g|png|gif|bmp|webp|tiff?|heic|heif|avif)$/i;
 
 const pct = (v) => (100 * v).toFixed(1) + " %";
+const mb = (bytes) => (bytes / 2 ** 20).toFixed(bytes < 10 * 2 ** 20 ? 1 : 0) + " MB";
 
+// What the server accepts (GET /api/model publishes it); the page builds its requests by it.
+let limits = { max_upload_bytes: 32 * 2 ** 20, max_files: 16 };
+let labels = [];
+const rows = [];   // one per image, in the order chosen: {n, name, tile, result}
+
+function unknownLabel() {
+  return labels.includes("unknown") ? "_unknown" : "unknown";
+}
+
+function minScore() {
+  return Number($("min-score").value);
+}
 
 async function loadCard() {
   const facts = $("card-facts");
   try {
     const r = await fetch("/api/model");
     const m = await r.json();
+    if (!r.ok) throw new Error(m.detail || `HTTP ${r.status}`);
+    if (m.limits) limits = m.limits;
+    labels = m.labels;
     $("model-name").textContent = m.name;
     $("report-link").hidden = !m.report;
     $("review-link").hidden = !m.review;
     const rows = [
       ["labels", m.labels.join(", ")],
-      ["backbone", m.backbone ? `${m.backbone.name} (${m.input_size} px, ${m.resize})` : `${m.input_size} px`],
+      ["backbone", m.backbone ? `${m.backbone.name} (${m.input_size} px, ${m.resize})` : (m.input_size ? `${m.input_size} px` : "–")],
       ["mode", m.mode || "–"],
       ["test accuracy", m.test_accuracy == null ? "–" :
         `${pct(m.test_accuracy)} (n=${m.metrics && m.metrics.test ? m.metrics.test.n : "?"})`],
-      ["trained", new Date(m.date).toLocaleString()],
+      ["trained", m.date ? new Date(m.date).toLocaleString() : "not yet: label photos on the inbox page"],
       ["engine", m.engine],
+      ["weights", m.digest ? m.digest.slice(0, 19) + "…" : "–"],
+      ["uploads", `up to ${mb(m.limits.max_upload_bytes)} a photo`],
     ];
     facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-fact": k }, v)]));
     if (m.report) facts.append(el("dt", {}, "report"), el("dd", {}, el("a", { href: "/report/" }, "evaluation report")));
   } catch (e) {
-    facts.replaceChildren(el("dt", {}, "error"), el("dd", { class: "error-text" }, String(e)));
+    facts.replaceChildren(el("dt", {}, "error"), el("dd", { class: "error-text" }, String(e.message || e)));
   }
 }
 
@@ -39,71 +59,216 @@ function bars(predictions) {
   });
 }
 
-function show(tile, result) {
+// The label shown for a result: the best one, or "unknown" below the threshold (guess-dir --min-score).
+function shownLabel(result) {
+  const best = result.predictions[0];
+  return best.score < minScore() ? unknownLabel() : best.label;
+}
+
+function render(row) {
+  const { tile, result } = row;
+  if (!result) return;
+  tile.classList.remove("pending");
   const top = tile.querySelector(".top");
+  tile.querySelectorAll(".bar").forEach((b) => b.remove());
   if (result.error) {
     tile.classList.add("error");
     top.textContent = result.error;
     return;
   }
   const best = result.predictions[0];
+  const label = shownLabel(result);
   tile.dataset.label = best.label;
   tile.dataset.score = best.score;
-  top.textContent = best.label;
+  tile.dataset.shown = label;
+  tile.classList.toggle("unknown", label !== best.label);
+  top.textContent = label;
   tile.append(...bars(result.predictions));
 }
 
-async function classify(files) {
-  files = [...files];
-  if (!files.length) return;
-  const status = $("status");
-  const tiles = files.map((f) => {
-    const img = el("img", { alt: f.name });
-    if (f.type.startsWith("image/")) img.src = URL.createObjectURL(f);
-    const tile = el("article", { class: "result pending" }, img,
-      el("div", { class: "name" }, f.name), el("div", { class: "top" }, "classifying…"));
-    $("results").prepend(tile);
-    return tile;
-  });
-  status.textContent = `classifying ${files.length} photo(s)…`;
-  let failed = 0;
-  for (let i = 0; i < files.length; i += CHUNK) {
-    const part = files.slice(i, i + CHUNK), partTiles = tiles.slice(i, i + CHUNK);
-    const form = new FormData();
-    for (const f of part) form.append("files", f, f.name);
-    let results;
-    try {
-      const r = await fetch("/api/predict?top_k=" + SHOWN, { method: "POST", body: form });
-      const body = await r.json().catch(() => ({ detail: `HTTP ${r.status}` }));
-      if (Array.isArray(body)) results = body;
-      else if (body.results) results = body.results;
-      else results = part.map(() => ({ error: body.detail || `HTTP ${r.status}` }));
-    } catch (e) {
-      results = part.map(() => ({ error: "no answer from the server: " + e }));
+function renderTable() {
+  const body = $("results-table").tBodies[0];
+  body.replaceChildren(...rows.map((row) => {
+    const r = row.result;
+    const cells = [el("td", { class: "num" }, String(row.n)), el("td", { class: "file" }, row.name)];
+    if (!r) cells.push(el("td", { class: "muted" }, "classifying…"), el("td"), el("td"));
+    else if (r.error) cells.push(el("td", { class: "error-text", colspan: "3" }, r.error));
+    else {
+      cells.push(el("td", {}, shownLabel(r)), el("td", { class: "num" }, pct(r.predictions[0].score)),
+        el("td", { class: "muted" }, r.predictions.slice(1, SHOWN).map((p) => `${p.label} ${pct(p.score)}`).join(", ")));
     }
-    results.forEach((res, j) => {
-      partTiles[j].classList.remove("pending");
-      failed += res.error ? 1 : 0;
-      show(partTiles[j], res);
-    });
+    return el("tr", {}, ...cells);
+  }));
+  const done = rows.some((row) => row.result);
+  $("download-csv").disabled = !done;
+  $("clear").disabled = !rows.length;
+}
+
+function csvCell(value) {
+  let text = value == null ? "" : String(value);
+  if (/^[=+\-@\t\r]/.test(text)) text = "'" + text;   // a spreadsheet must not run it as a formula
+  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function downloadCsv() {
+  const lines = [["file", "label", "score", "best_label", "top_labels", "error", "model_digest"]];
+  for (const row of rows) {
+    const r = row.result;
+    if (!r) continue;
+    if (r.error) lines.push([row.name, "", "", "", "", r.error, ""]);
+    else {
+      lines.push([row.name, shownLabel(r), r.predictions[0].score.toFixed(6), r.predictions[0].label,
+        r.predictions.slice(0, SHOWN).map((p) => `${p.label}:${p.score.toFixed(4)}`).join(" "), "", r.model_digest || ""]);
+    }
   }
-  status.textContent = `${files.length - failed} classified` + (failed ? `, ${failed} not readable` : "");
+  const text = lines.map((l) => l.map(csvCell).join(",")).join("\r\n") + "\r\n";
+  const a = el("a", { href: URL.createObjectURL(new Blob([text], { type: "text/csv" })), download: "tfguess-results.csv" });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+
+// Requests that the server accepts: at most max_files images and max_upload_bytes each.
+function plan(items) {
+  const budget = limits.max_upload_bytes - 4096;
+  const groups = [];
+  let group = [], bytes = 0;
+  for (const item of items) {
+    const size = item.file.size + PART_OVERHEAD + 3 * item.file.name.length;
+    if (size > budget) {
+      item.row.result = { error: `${mb(item.file.size)}: larger than the server accepts (${mb(budget - PART_OVERHEAD)} a photo)`, predictions: [] };
+      render(item.row);
+      continue;
+    }
+    if (group.length && (group.length >= limits.max_files || bytes + size > budget)) {
+      groups.push(group);
+      group = [];
+      bytes = 0;
+    }
+    group.push(item);
+    bytes += size;
+  }
+  if (group.length) groups.push(group);
+  return groups;
+}
+
+async function send(group) {
+  const form = new FormData();
+  for (const { file } of group) form.append("files", file, file.name);
+  let results;
+  try {
+    const r = await fetch("/api/predict?top_k=" + Math.max(SHOWN, labels.length), { method: "POST", body: form });
+    const body = await r.json().catch(() => ({ detail: `HTTP ${r.status}` }));
+    if (Array.isArray(body)) results = body;
+    else if (body.results) results = body.results;
+    else {
+      const why = r.status === 413 ? "too large for the server" : r.status === 401 ? "the server needs its API key: reload the page" : (body.detail || `HTTP ${r.status}`);
+      results = group.map(() => ({ error: why, predictions: [] }));
+    }
+  } catch (e) {
+    results = group.map(() => ({ error: "no answer from the server: " + e.message, predictions: [] }));
+  }
+  group.forEach((item, j) => {
+    item.row.result = results[j] || { error: "no answer for this file", predictions: [] };
+    render(item.row);
+  });
+  renderTable();
+}
+
+async function classify(fileList, onlyImages = false) {
+  let files = [...fileList];
+  const skipped = onlyImages ? files.filter((f) => !(f.type.startsWith("image/") || IMAGE_TYPES.test(f.name))).length : 0;
+  if (onlyImages) files = files.filter((f) => f.type.startsWith("image/") || IMAGE_TYPES.test(f.name));
+  if (!files.length) {
+    if (skipped) $("status").textContent = `no images among the ${skipped} file(s) chosen`;
+    return;
+  }
+  const status = $("status");
+  const t0 = performance.now();
+  const items = files.map((file) => {
+    const img = el("img", { alt: file.name });
+    if (file.type.startsWith("image/")) img.src = URL.createObjectURL(file);
+    img.onerror = () => img.classList.add("no-preview");
+    const name = file.webkitRelativePath || file.name;
+    const tile = el("article", { class: "result pending" }, img,
+      el("div", { class: "name" }, name), el("div", { class: "top" }, "classifying…"));
+    const row = { n: rows.length + 1, name, tile, result: null };
+    rows.push(row);
+    $("results").append(tile);   // in the order chosen
+    return { file, row };
+  });
+  renderTable();
+  status.textContent = `classifying ${files.length} photo(s)…`;
+  const queue = plan(items);
+  await Promise.all(Array.from({ length: Math.min(PARALLEL, queue.length) }, async () => {
+    while (queue.length) await send(queue.shift());
+  }));
+  const failed = items.filter((i) => i.row.result && i.row.result.error).length;
+  const seconds = ((performance.now() - t0) / 1000).toFixed(1);
+  status.textContent = `${files.length - failed} classified` + (failed ? `, ${failed} not classified` : "") +
+    (skipped ? `, ${skipped} non-image file(s) skipped` : "") + ` in ${seconds} s`;
+  status.dataset.done = String(files.length - failed);
+  renderTable();
+}
+
+function setView(table) {
+  $("results").hidden = table;
+  $("table-view").hidden = !table;
+  $("view-tiles").setAttribute("aria-pressed", String(!table));
+  $("view-table").setAttribute("aria-pressed", String(table));
 }
 
 function setup() {
   loadCard();
-  for (const id of ["pick", "camera"]) {
-    $(id).addEventListener("change", (e) => { classify(e.target.files); e.target.value = ""; });
+  for (const id of ["pick", "camera", "folder"]) {
+    $(id).addEventListener("change", (e) => { classify(e.target.files, id === "folder"); e.target.value = ""; });
   }
+  if (!("webkitdirectory" in $("folder"))) $("folder-button").hidden = true;
+  const threshold = $("min-score");
+  threshold.addEventListener("input", () => {
+    $("min-score-shown").textContent = Math.round(100 * minScore()) + " %";
+    rows.forEach(render);
+    renderTable();
+  });
+  $("view-tiles").onclick = () => setView(false);
+  $("view-table").onclick = () => setView(true);
+  $("download-csv").onclick = downloadCsv;
+  $("clear").onclick = () => {
+    rows.length = 0;
+    $("results").replaceChildren();
+    $("status").textContent = "";
+    renderTable();
+  };
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (e) => {
+  drop.addEventListener("drop", async (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    classify(e.dataTransfer.files);
+    const entries = [...e.dataTransfer.items].map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
+    if (entries.some((x) => x.isDirectory)) classify(await readEntries(entries), true);
+    else classify(e.dataTransfer.files);
   });
   document.addEventListener("paste", (e) => classify(e.clipboardData.files));
+}
+
+// The files of dropped folders (and their sub-folders).
+async function readEntries(entries) {
+  const files = [];
+  const walk = async (entry) => {
+    if (entry.isFile) files.push(await new Promise((ok, fail) => entry.file(ok, fail)));
+    else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      for (;;) {
+        const batch = await new Promise((ok, fail) => reader.readEntries(ok, fail));
+        if (!batch.length) break;
+        for (const child of batch) await walk(child);
+      }
+    }
+  };
+  for (const entry of entries) await walk(entry);
+  return files;
 }
 
 document.addEventListener("DOMContentLoaded", setup);

@@ -22,15 +22,14 @@ function pendingChanges() {
     (!state.generated || c.time >= state.generated));
 }
 
+let retraining = false;
+
+// The banner shows while changes wait for a re-training (or one is running), never otherwise.
 function renderBanner() {
   const n = pendingChanges().length;
-  const banner = $("banner");
-  if (n) {
-    banner.hidden = false;
-    $("banner-text").textContent = `${n} change(s) since the report. Re-train to update the model (seconds: features are cached).`;
-  } else if (!$("retrain-status").textContent) {
-    banner.hidden = true;
-  }
+  $("banner").hidden = !n && !retraining;
+  $("banner-text").textContent = retraining ? "re-training…" :
+    `${n} change(s) since the report. Re-train to update the model (seconds: features are cached).`;
 }
 
 function itemNode(item) {
@@ -95,7 +94,11 @@ async function load() {
     $("summary").textContent = `${s} suspected label error(s), ${state.items.length - s} misclassified ${state.split} image(s); ` +
       `${state.split} accuracy ${pct(state.accuracy)} (report of ${new Date(state.generated).toLocaleString()}).`;
   }
-  $("items").replaceChildren(...state.items.map(itemNode));
+  if (state.report && !state.items.length) {
+    $("items").replaceChildren(el("p", { class: "empty" }, "Nothing to review: the report found no suspected label errors and no misclassified images."));
+  } else {
+    $("items").replaceChildren(...state.items.map(itemNode));
+  }
   renderJournal();
   renderBanner();
 }
@@ -114,8 +117,10 @@ async function act(fn) {
 async function retrain() {
   const status = $("retrain-status");
   $("retrain").disabled = true;
+  retraining = true;
+  renderBanner();
   status.className = "";
-  status.textContent = "re-training…";
+  status.textContent = "";
   try {
     let s = await post("/api/review/retrain");
     while (s.state === "running") {
@@ -133,6 +138,7 @@ async function retrain() {
     status.className = "error-text";
     status.textContent = "re-training failed: " + e.message;
   }
+  retraining = false;
   $("retrain").disabled = false;
   await load();
 }

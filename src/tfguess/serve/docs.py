@@ -1,0 +1,95 @@
+"""``/docs``: Swagger UI served from the ``swagger-ui-bundle`` package (offline), and an OpenAPI
+description it renders.
+
+The bundled Swagger UI (4.15) renders OpenAPI 2.0 and 3.0.x only, while FastAPI writes 3.1;
+:func:`openapi_3_0` rewrites the few 3.1 constructs FastAPI emits into their 3.0 spelling.
+"""
+
+from typing import Any
+
+from .context import ServeContext
+
+OPENAPI_VERSION = "3.0.3"
+
+
+def _schema_3_0(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_schema_3_0(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _schema_3_0(v) for k, v in node.items()}
+    for key in ("anyOf", "oneOf"):
+        options = out.get(key)
+        if isinstance(options, list) and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            del out[key]
+            if len(rest) == 1:
+                out.update({k: v for k, v in rest[0].items() if k not in out})
+            else:
+                out[key] = rest
+            out["nullable"] = True
+    if isinstance(out.get("type"), list):  # type: [X, "null"]
+        types = [t for t in out["type"] if t != "null"]
+        if len(types) < len(out["type"]):
+            out["nullable"] = True
+        out["type"] = types[0] if len(types) == 1 else types
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    if isinstance(out.get("examples"), list) and "type" in out:  # a schema's examples list
+        examples = out.pop("examples")
+        if examples:
+            out["example"] = examples[0]
+    if out.get("contentMediaType") == "application/octet-stream" or "contentEncoding" in out:
+        out.pop("contentMediaType", None)
+        out.pop("contentEncoding", None)
+        out["format"] = "binary"
+    for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), (int, float)) and not isinstance(out[bound], bool):
+            out[flag] = out[bound]
+            out[bound] = True
+    return out
+
+
+def openapi_3_0(spec: dict) -> dict:
+    """``spec`` (OpenAPI 3.1 as FastAPI writes it) in OpenAPI 3.0 terms."""
+    out = _schema_3_0(spec)
+    out["openapi"] = OPENAPI_VERSION
+    out.pop("webhooks", None)
+    out.pop("jsonSchemaDialect", None)
+    out.get("info", {}).pop("summary", None)
+    return out
+
+
+def register(app, ctx: ServeContext) -> None:
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.openapi.utils import get_openapi
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                               routes=app.routes)
+            if ctx.api_key:
+                spec.setdefault("components", {})["securitySchemes"] = {
+                    "apiKey": {"type": "http", "scheme": "bearer",
+                               "description": "the server's API key (--api-key)"}}
+                spec["security"] = [{"apiKey": []}]
+            app.openapi_schema = openapi_3_0(spec)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="tfguess API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    try:  # Swagger UI's files from the swagger-ui-bundle package: /docs works offline
+        from swagger_ui_bundle import swagger_ui_path
+
+        app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    except ImportError:  # pragma: no cover - the serve extra installs it
+        pass

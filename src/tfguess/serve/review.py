@@ -1,0 +1,219 @@
+"""The review page (``/review``) and its API: suspected label errors and misclassified images,
+moves to another label, take-outs, undo, and re-training in place."""
+
+import io
+import os
+import threading
+import time
+from pathlib import Path
+
+from ..errors import TfguessError
+from ..fsutil import path_text
+from ..images import ImageError
+from ..runfolder import RunFolder
+from .context import ServeContext
+from .model_card import ServedModel
+
+THUMB_PX = 320  # the page shows 160 px tiles: twice that for high-density screens
+
+
+class Retrainer:
+    """Re-trains TF_FILES in a worker thread with the settings of its last run, then reloads."""
+
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+        self.lock = threading.Lock()
+        self.state: dict = {"state": "idle"}
+
+    def start(self) -> bool:
+        with self.lock:
+            if self.state.get("state") == "running":
+                return False
+            self.state = {"state": "running", "started": time.time(),
+                          "accuracy_before": self.served.card.get("test_accuracy")}
+        threading.Thread(target=self._work, name="tfguess-retrain", daemon=True).start()
+        return True
+
+    def _work(self) -> None:
+        from ..config import TrainConfig
+        from ..locks import run_folder_lock
+        from ..report import write_report
+        from ..train import train
+
+        tf_files = self.served.tf_files
+        run = RunFolder.at(tf_files)
+        t0 = time.perf_counter()
+        lines: list[str] = []
+        try:
+            config = TrainConfig.from_dict(run.read_summary().get("config", {}))
+            # The model and its report are written under one hold of the TF_FILES lock, so a
+            # shell `train` or `evaluate` cannot slip in between them.
+            with run_folder_lock(tf_files, "train", log=lines.append):
+                result = train(tf_files, config, progress=False, log=lines.append)
+                if config.report or run.report.is_dir():
+                    write_report(tf_files, progress=False, log=lines.append)
+            self.served.reload()
+            state = {"state": "done", "accuracy": result.metrics.get("test", {}).get("accuracy"),
+                     "n_test": result.metrics.get("test", {}).get("n")}
+        except Exception as exc:  # shown on the page; the served model stays the old one
+            state = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        with self.lock:
+            self.state = {**self.state, **state, "seconds": round(time.perf_counter() - t0, 2),
+                          "log": lines[-12:]}
+
+
+_THUMBS: dict[tuple[str, int], bytes] = {}
+_THUMBS_LOCK = threading.Lock()
+
+
+def thumbnail(path: Path, mtime_ns: int, size: int = THUMB_PX) -> bytes:
+    """A JPEG preview of ``path``, cached in memory (a few hundred at most)."""
+    from PIL import Image
+
+    from ..images import decode_image
+
+    key = (str(path), mtime_ns)
+    with _THUMBS_LOCK:
+        cached = _THUMBS.get(key)
+    if cached is not None:
+        return cached
+    try:
+        im = decode_image(path, draft_size=size)
+    except ImageError:
+        im = Image.new("RGB", (size, size), (228, 231, 235))
+    im.thumbnail((size, size), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    im.convert("RGB").save(out, "JPEG", quality=85)
+    with _THUMBS_LOCK:
+        if len(_THUMBS) > 500:
+            _THUMBS.clear()
+        _THUMBS[key] = out.getvalue()
+    return _THUMBS[key]
+
+
+def register(app, ctx: ServeContext) -> None:
+    """``/review`` and its API; without a TF_FILES folder, ``/review`` says what it needs."""
+    from fastapi import HTTPException, Request
+    from fastapi.responses import Response
+    from pydantic import BaseModel
+
+    from ..relabel import DataSetEditor, RelabelError
+
+    served = ctx.served
+    if served.tf_files is None:
+        @app.get("/review", include_in_schema=False)
+        def no_review() -> Response:
+            return Response("The review page needs a TF_FILES folder: tfguess serve TF_FILES\n",
+                            404, media_type="text/plain")
+        return
+
+    retrainer = Retrainer(served)
+    app.state.retrainer = retrainer
+    tf_files = served.tf_files
+    run = RunFolder.at(tf_files)
+
+    def editor() -> DataSetEditor:
+        try:
+            summary = run.read_summary()
+        except TfguessError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return DataSetEditor(tf_files, run.image_dir(summary), summary["labels"])
+
+    @app.get("/review", include_in_schema=False)
+    def review():
+        return ctx.page("review.html")
+
+    @app.get("/api/review", summary="what the review page lists (needs a report)")
+    def review_items() -> dict:
+        ed = editor()
+        report_json = run.report / "report.json"
+        if not report_json.is_file():
+            return {"report": False, "labels": ed.labels, "items": [], "changes": [],
+                    "hint": f"no evaluation report yet: tfguess evaluate {tf_files}"}
+        from ..report import load_report
+
+        data = load_report(tf_files)
+        items, seen = [], set()
+        rows = [("suspect", s, s["given"], s["suggested"], s["suggested_prob"])
+                for s in data.get("suspects", [])]
+        rows += [("misclassified", m, m["label"], m["predicted"], m["score"])
+                 for m in data.get("misclassified", [])]
+        for kind, row, given, suggested, score in rows:
+            if row["path"] in seen:
+                continue
+            seen.add(row["path"])
+            now = ed.current_path(row["path"])
+            where = "gone"
+            if now.is_file():
+                where = "removed" if ed.removed_dir in now.parents else "data"
+            label = ed.label_of(now) if where == "data" else None
+            items.append({"kind": kind, "original": path_text(row["path"]), "path": ed._rel(now),
+                          "name": path_text(now.name), "given": given, "label": label, "where": where,
+                          "suggested": suggested, "score": score, "split": row.get("split"),
+                          "digest": row.get("digest")})
+        changes = [vars(c) for c in ed.journal()]
+        undone = {c["undoes"] for c in changes if c["action"] == "undo"}
+        for c in changes:
+            c["undone"] = c["id"] in undone
+        return {"report": True, "labels": ed.labels, "items": items, "changes": changes,
+                "generated": data.get("generated"), "accuracy": data.get("metrics", {}).get("accuracy"),
+                "split": data.get("eval_split")}
+
+    def data_file(path: str) -> Path:
+        """``path`` (relative to TF_FILES or absolute) when it is a file of the data set or of
+        ``removed/``; else 404."""
+        ed = editor()
+        p = Path(os.path.abspath(ed._abs(path)))
+        inside = any(root == p.resolve() or root in p.resolve().parents
+                     for root in (ed.image_dir, ed.removed_dir))
+        if not inside or not p.is_file():
+            raise HTTPException(404, "not an image of this data set")
+        return p
+
+    @app.get("/api/review/image", summary="a thumbnail of an image of the data set (or taken out of it)")
+    def review_image(path: str) -> Response:
+        p = data_file(path)
+        return Response(thumbnail(p, p.stat().st_mtime_ns), media_type="image/jpeg",
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/review/file", summary="an image of the data set as it is on disk (the report links to it)")
+    def review_file(path: str) -> Response:
+        from fastapi.responses import FileResponse
+
+        return FileResponse(data_file(path), headers={"Cache-Control": "no-cache"})
+
+    class Move(BaseModel):
+        path: str
+        label: str | None = None   # None: take the image out of the data set
+
+    class Undo(BaseModel):
+        id: int
+
+    @app.post("/api/review/move", summary="move an image to another label, or take it out")
+    def review_move(body: Move, request: Request) -> dict:
+        ctx.check_write(request)
+        ed = editor()
+        try:
+            change = ed.move(body.path, body.label) if body.label else ed.remove(body.path)
+        except (RelabelError, OSError) as exc:
+            raise HTTPException(409, str(exc)) from None
+        return vars(change)
+
+    @app.post("/api/review/undo", summary="undo one change of the journal")
+    def review_undo(body: Undo, request: Request) -> dict:
+        ctx.check_write(request)
+        try:
+            return vars(editor().undo(body.id))
+        except (RelabelError, OSError) as exc:
+            raise HTTPException(409, str(exc)) from None
+
+    @app.post("/api/review/retrain", summary="re-train with the last run's settings (worker thread)")
+    def review_retrain(request: Request) -> dict:
+        ctx.check_write(request)
+        if not retrainer.start():
+            raise HTTPException(409, "a re-training is already running")
+        return retrainer.state
+
+    @app.get("/api/review/retrain", summary="the state of the last re-training")
+    def review_retrain_state() -> dict:
+        return {**retrainer.state, "test_accuracy": served.card.get("test_accuracy")}
