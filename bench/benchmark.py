@@ -22,6 +22,7 @@ better than every core spending that sum on each image.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -74,6 +75,21 @@ def machine() -> str:
 
 def web_set(dataset: Path) -> list[Path]:
     return sorted(p for p in dataset.rglob("*") if p.is_file())
+
+
+@functools.cache
+def default_resize(dataset: Path) -> str:
+    """What ``--resize auto`` picks for the data set's photos: how a model trained on them, and
+    so every extraction row here, makes a photo square."""
+    from tfguess.images import ImageError, auto_resize, oriented_size
+
+    sizes = []
+    for path in web_set(dataset):
+        try:
+            sizes.append(oriented_size(path))
+        except (ImageError, OSError):
+            continue
+    return auto_resize(sizes)[0]
 
 
 def _jpegs(dataset: Path) -> list[Path]:
@@ -137,7 +153,7 @@ def digests(paths: list[Path], salt: str = "") -> list[tuple[Path, str]]:
     return [(p, hashlib.sha256(salt.encode() + p.read_bytes()).hexdigest()) for p in paths]
 
 
-def extract(items: list[tuple[Path, str]], backbone, key, engine: str) -> dict:
+def extract(items: list[tuple[Path, str]], backbone, key, engine: str, resize: str) -> dict:
     """Bottleneck extraction with tfguess into an empty cache (the engine's TFLite file cached)."""
     from tfguess.bottlenecks import BottleneckCache, compute_features
     from tfguess.features import make_extractor
@@ -147,7 +163,7 @@ def extract(items: list[tuple[Path, str]], backbone, key, engine: str) -> dict:
         cache = BottleneckCache(root, "bench")
         c = cpu_seconds()
         result = compute_features(
-            items, cache, lambda: make_extractor(key, lambda: backbone, engine, quiet), SIZE, "crop",
+            items, cache, lambda: make_extractor(key, lambda: backbone, engine, quiet), SIZE, resize,
             progress=False,
         )
         cpu = cpu_seconds() - c
@@ -186,7 +202,7 @@ def naive(paths: list[Path], model, batch_size: int = 32) -> dict:
     return {"ips": len(paths) / seconds, "cpu_ms": 1000 * (cpu_seconds() - c) / len(paths)}
 
 
-def int8_ref(key, paths: list[Path]):
+def int8_ref(key, paths: list[Path], resize: str):
     """The int8 engine of ``key`` calibrated on the web set as training would (the 100 smallest
     content digests), converted once and cached."""
     import dataclasses
@@ -201,7 +217,7 @@ def int8_ref(key, paths: list[Path]):
     def calibration():
         for d in chosen:
             try:
-                yield load_image(by_digest[d], SIZE, "crop", reject_placeholders=True)
+                yield load_image(by_digest[d], SIZE, resize, reject_placeholders=True)
             except Exception:  # noqa: BLE001 - as in training: unusable images are left out
                 continue
 
@@ -229,14 +245,14 @@ def invoke_ms(tflite: Path, seconds: float = 3.0) -> float:
     return best
 
 
-def decode_ms(paths: list[Path]) -> float:
+def decode_ms(paths: list[Path], resize: str) -> float:
     """One thread's CPU time per image for decoding and resizing as tfguess does (no inference)."""
     from tfguess.images import load_image
 
     start, n = time.process_time(), 0
     for path in paths:
         try:
-            load_image(path, SIZE, "crop")
+            load_image(path, SIZE, resize)
             n += 1
         except Exception:  # noqa: BLE001 - the placeholder GIF and the like: not counted
             continue
@@ -253,7 +269,8 @@ def bench_extraction(dataset: Path, quick: bool, repeat: int) -> dict:
     t = time.perf_counter()
     make_extractor(key, lambda: backbone, "tflite", quiet)  # converts once when not cached
     convert_s = time.perf_counter() - t
-    key8, calibration = int8_ref(key, web_set(dataset))
+    resize = default_resize(dataset)
+    key8, calibration = int8_ref(key, web_set(dataset), resize)
     t = time.perf_counter()
     make_extractor(key8, lambda: backbone, "tflite", quiet, calibration)
     convert8_s = time.perf_counter() - t
@@ -268,13 +285,13 @@ def bench_extraction(dataset: Path, quick: bool, repeat: int) -> dict:
                 if row == "naive":
                     r = naive(paths, backbone)
                 elif row == "int8":
-                    r = extract(items, backbone, key8, "tflite")
+                    r = extract(items, backbone, key8, "tflite", resize)
                 else:
-                    r = extract(items, backbone, key, row)
+                    r = extract(items, backbone, key, row, resize)
                 runs.setdefault((name, row), []).append(r)
     # What the cores allow at best: each image's decoding plus one invoke, on every core at once.
     ceiling = {"invoke": {"float32": invoke_ms(key.engine_file), "int8": invoke_ms(key8.engine_file)},
-               "decode": {name: decode_ms(paths) for name, paths in sets.items()}}
+               "decode": {name: decode_ms(paths, resize) for name, paths in sets.items()}}
     return {"runs": runs, "n": {k: len(v) for k, v in sets.items()}, "convert_s": convert_s,
             "convert8_s": convert8_s, "ceiling": ceiling}
 
@@ -395,7 +412,7 @@ def rss_child(n: int, dataset: Path) -> None:
     try:
         result = compute_features(
             items, BottleneckCache(root, "bench"), lambda: make_extractor(key, lambda: backbone, "auto", quiet),
-            SIZE, "crop", progress=False,
+            SIZE, default_resize(dataset), progress=False,
         )
     finally:
         shutil.rmtree(root)
@@ -478,9 +495,8 @@ def bench_decode(dataset: Path) -> dict:
     from PIL import ImageOps
 
     from tfguess import images
-    from tfguess.backbones import get_backbone
 
-    resize = get_backbone(BACKBONE).resize
+    resize = default_resize(dataset)
     paths = _jpegs(dataset)
     datas = [p.read_bytes() for p in paths]
     sizes = [Image.open(io.BytesIO(d)).size for d in datas]
@@ -510,7 +526,18 @@ def bench_decode(dataset: Path) -> dict:
         out["decode_simplejpeg"] = _stage_ms(simple, datas)
     out["exif_rgb"] = max(0.0, _stage_ms(exif_rgb, datas) - out["decode_pillow"])
     out["load_image"] = _stage_ms(lambda d: images.load_image("x.jpg", SIZE, resize, data=d), datas)
-    out["resize"] = out["load_image"] - out["decode_pillow"] - out["exif_rgb"]
+    out["decode_used"] = out.get("decode_simplejpeg", out["decode_pillow"])
+    out["resize"] = max(0.0, out["load_image"] - out["decode_used"] - out["exif_rgb"])
+
+    def before(d):
+        """Preprocessing version 3: Pillow's decode, bicubic for reductions beyond 2x."""
+        im = exif_rgb(d)
+        if resize == "squash" and images.squash_is_bilinear(*im.size, SIZE):
+            return images.squash_bilinear(np.asarray(im), SIZE)
+        box = images.crop_box(*im.size, SIZE) if resize == "crop" else None
+        return np.array(im.resize((SIZE, SIZE), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0))
+
+    out["load_before"] = _stage_ms(before, datas)
     squares = []
     for d in datas[:120]:
         a = np.asarray(images.decode_image("x.jpg", data=d, draft_size=SIZE))
@@ -599,9 +626,13 @@ def precision_and_decode_rows(res: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"Decode + resize, web-sized JPEG ({d['n']} files, median {w}x{h}), "
                      f"load_image({SIZE}, {d['recipe']}), one thread",
                      f"{d['load_image']:.2f} CPU ms: header {d['header']:.2f} + JPEG decode "
-                     f"{d['decode_pillow']:.2f}{simple} + EXIF/colour {d['exif_rgb']:.2f} "
+                     f"{d['decode_pillow']:.2f} Pillow{simple} + EXIF/colour {d['exif_rgb']:.2f} "
                      f"+ resize {d['resize']:.2f} ({d['bilinear_share']:.0%} of these images take "
-                     "the bilinear squash, the others the antialiased bicubic)", "", ""))
+                     "the bilinear squash, the others the antialiased bilinear)", "", ""))
+        rows.append(("Decode + resize, web-sized, before (preprocessing 3: Pillow's decode, "
+                     "bicubic beyond 2x) / after",
+                     f"{d['load_before']:.2f} / {d['load_image']:.2f} CPU ms "
+                     f"({d['load_before'] / d['load_image']:.2f}x)", "", ""))
         rows.append(("Squash bilinear resize of a web-sized photo's centre square, before / after",
                      f"{d['squash_before']:.2f} / {d['squash_after']:.2f} CPU ms "
                      f"({d['squash_before'] / d['squash_after']:.1f}x), same pixels: "

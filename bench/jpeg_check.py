@@ -2,10 +2,13 @@
 
 Usage: .venv/bin/python bench/jpeg_check.py   (needs ``pip install simplejpeg``)
 
-tfguess uses simplejpeg for big JPEGs when it is installed (the fast-jpeg extra); here
-``load_image`` is made to use Pillow alone. Both decode with libjpeg-turbo at 1/2, 1/4 or 1/8 scale; the check prints the largest pixel
-difference of the 224x224 crops and the CPU time per image (one thread, runs interleaved) on
-web-sized photos (hymenoptera) and phone-sized ones (the benchmark's 4000x3000 set).
+tfguess decodes JPEGs with simplejpeg when it is installed (a default dependency), big ones at
+a reduced DCT scale; here ``load_image`` is made to use Pillow alone. Both decode with
+libjpeg-turbo at full, 1/2, 1/4 or 1/8 scale; the check prints the largest pixel difference of
+the 224x224 crops and the CPU time per image (one thread, runs interleaved) on web-sized photos
+(hymenoptera) and phone-sized ones (the benchmark's 4000x3000 set), then how many JPEGs of every
+data set in ../shared/datasets ``decode_image`` decodes to other pixels with simplejpeg than with
+Pillow (full size and drafted for 224).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tfguess import images  # noqa: E402
 from tfguess.images import CROP_FRACTION, DRAFT_MARGIN, load_image  # noqa: E402
 
 images._simplejpeg = None  # load_image below: Pillow's draft mode only
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 SIZE = 224
 
@@ -67,7 +71,29 @@ def main() -> int:
         print(f"{name} ({len(paths)} files): max pixel difference {diff}; CPU ms/img "
               + ", ".join(f"{k} {min(v):.2f}" for k, v in ms.items())
               + f"; load average {os.getloadavg()[0]:.1f}")
+    every_jpeg()
     return 0
+
+
+def decoded(path: Path, fast: bool, draft: int | None) -> np.ndarray | None:
+    images._simplejpeg = simplejpeg if fast else None
+    try:
+        return np.asarray(images.decode_image(path, draft_size=draft))
+    except images.ImageError:
+        return None
+    finally:
+        images._simplejpeg = None
+
+
+def every_jpeg() -> None:
+    """``decode_image`` with simplejpeg against Pillow alone, on every JPEG of the data sets."""
+    paths = sorted(p for p in DATASETS.rglob("*") if p.is_file() and images.sniff(p) == "JPEG")
+    for draft in (None, SIZE):
+        differ = [p for p in paths
+                  if not np.array_equal(*(decoded(p, fast, draft) for fast in (True, False)))]
+        print(f"every JPEG of {DATASETS} ({len(paths)}), decoded "
+              f"{'drafted for ' + str(draft) if draft else 'at full size'}: "
+              f"{len(differ)} with other pixels" + (f", e.g. {differ[0]}" if differ else ""))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from tfguess.errors import ConfigError
 from tfguess.plan import (
     HEADROOM,
     RECIPES,
+    REFERENCE,
     Speed,
     candidates,
     choose,
@@ -95,7 +96,7 @@ def test_settings_map_onto_the_config():
 def test_speed_from_history_and_from_load():
     idle = Speed.estimate(2, 0.5)
     loaded = Speed.estimate(2, 8.0)
-    assert loaded.extract < idle.extract and idle.extract == pytest.approx(95.0)
+    assert loaded.extract < idle.extract and idle.extract == pytest.approx(REFERENCE["extract"])
     summary = {"backbone": {"name": "efficientnet_lite0", "input_size": 224},
                "features": {"computed": 200}, "timings_s": {"features": 4.0},
                "fine_tune": {"images_per_second": 40.0, "cached_views": 10}}

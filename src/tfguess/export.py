@@ -249,7 +249,7 @@ def _resize_text(classifier) -> str:
     if classifier.resize == "crop":
         return (f"shorter side to {round(classifier.input_size / CROP_FRACTION)}, centre crop, "
                 "bicubic")
-    squash = (f"bilinear as OpenCV's warpAffine (what MediaPipe does); antialiased bicubic for "
+    squash = (f"bilinear as OpenCV's warpAffine (what MediaPipe does); antialiased bilinear for "
               f"images over {SQUASH_BILINEAR_MAX:g}x the input size")
     if classifier.resize == "pad":
         return (f"whole image centred on a square of grey {PAD_VALUE} (letterbox; side = the "
@@ -553,9 +553,10 @@ def _pad_to_square_tf(image):
 
 
 def _resize_like_load_image(image, size: int, resize: str):
-    """``images.load_image``'s resize in TensorFlow ops: "crop" by :func:`_resize_like_pil`,
-    "pad" by :func:`_pad_to_square_tf` then as "squash": :func:`_squash_bilinear_tf` where
-    ``load_image`` squashes bilinearly, else :func:`_resize_like_pil`."""
+    """``images.load_image``'s resize in TensorFlow ops: "crop" by :func:`_resize_like_pil`
+    (bicubic), "pad" by :func:`_pad_to_square_tf` then as "squash": :func:`_squash_bilinear_tf`
+    where ``load_image`` squashes bilinearly, else :func:`_resize_like_pil` (antialiased
+    bilinear)."""
     import tensorflow as tf
 
     if resize == "crop":
@@ -565,45 +566,50 @@ def _resize_like_load_image(image, size: int, resize: str):
     shape = tf.shape(image)
     return tf.cond(tf.cast(tf.reduce_max(shape[:2]), tf.float32) <= SQUASH_BILINEAR_MAX * size,
                    lambda: _squash_bilinear_tf(image, size),
-                   lambda: _resize_like_pil(image, size, False))
+                   lambda: _resize_like_pil(image, size, False, "bilinear"))
 
 
 # Pillow's resampling weights are fixed-point numbers with this many fractional bits (Resample.c).
 PILLOW_PRECISION_BITS = 22
 
 
-def _pillow_bicubic_weights(in_size, in0, in1, size: int):
-    """Pillow's bicubic weights of one axis as a ``[size, in_size]`` float64 matrix of its
+def _pillow_weights(in_size, in0, in1, size: int, kernel: str = "bicubic"):
+    """Pillow's bicubic or bilinear weights of one axis as a ``[size, in_size]`` float64 matrix of its
     fixed-point integers (``precompute_coeffs`` and ``normalize_coeffs_8bpc`` of Resample.c, in
     the same float64 operations): output ``i`` reads the source interval ``in0..in1`` at
-    ``in0 + (i + 0.5) * scale`` with the Keys (a = -0.5) kernel, widened by the reduction
-    (antialiasing), taps outside the image left out and the rest normalised."""
+    ``in0 + (i + 0.5) * scale`` with the Keys (a = -0.5) kernel or the triangle, widened by the
+    reduction (antialiasing), taps outside the image left out and the rest normalised. Both
+    kernels are continuous, so a last-bit difference in how a graph computes ``scale`` (a
+    division by a constant made a multiplication) moves no weight."""
     import tensorflow as tf
 
     f64 = tf.float64
     scale = (in1 - in0) / size
     filterscale = tf.maximum(scale, 1.0)
-    support = 2.0 * filterscale
+    support = (2.0 if kernel == "bicubic" else 1.0) * filterscale
     inv = 1.0 / filterscale
     center = in0 + (tf.range(size, dtype=f64) + 0.5) * scale
     xmin = tf.maximum(tf.floor(center - support + 0.5), 0.0)[:, None]
     xmax = tf.minimum(tf.floor(center + support + 0.5), tf.cast(in_size, f64))[:, None]
     j = tf.cast(tf.range(in_size), f64)[None, :]
     x = tf.abs((j - center[:, None] + 0.5) * inv)
-    a = -0.5
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
-    w = tf.where(x < 1.0, near, tf.where(x < 2.0, far, tf.zeros_like(x)))
+    if kernel == "bilinear":
+        w = tf.where(x < 1.0, 1.0 - x, tf.zeros_like(x))
+    else:
+        a = -0.5
+        near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+        w = tf.where(x < 1.0, near, tf.where(x < 2.0, far, tf.zeros_like(x)))
     w = tf.where((j >= xmin) & (j < xmax), w, tf.zeros_like(w))
     ww = tf.reduce_sum(w, axis=1, keepdims=True)
     k = tf.where(ww != 0.0, w / tf.where(ww != 0.0, ww, 1.0), w) * float(1 << PILLOW_PRECISION_BITS)
     return tf.where(k < 0, tf.math.ceil(k - 0.5), tf.floor(k + 0.5))
 
 
-def _resize_like_pil(image, size: int, crop: bool):
-    """``images.load_image``'s bicubic resize in TensorFlow ops, as Pillow computes it: the same
+def _resize_like_pil(image, size: int, crop: bool, kernel: str = "bicubic"):
+    """``images.load_image``'s Pillow resize in TensorFlow ops, as Pillow computes it: the same
     source box (:func:`images.crop_box`, or the whole image; passed to Pillow as float32), the
-    same fixed-point weights (:func:`_pillow_bicubic_weights`), one pass per axis, each rounded
+    same fixed-point weights (:func:`_pillow_weights`), one pass per axis, each rounded
     and clipped to 0..255, in Pillow's order (13.0: vertical first when
     ``h > max(size, 2 * w - size)``, for the whole image and for a crop box alike; measured on
     2,000 shapes from 16 to 1,400 pixels, none differing). Pillow's extra box reduction for
@@ -622,8 +628,8 @@ def _resize_like_pil(image, size: int, crop: bool):
         box = [tf.cast(tf.cast(v, tf.float32), f64) for v in box]  # Pillow's box is float32
     else:
         box = [tf.constant(0.0, f64), tf.constant(0.0, f64), w, h]
-    kx = _pillow_bicubic_weights(shape[1], box[0], box[2], size)
-    ky = _pillow_bicubic_weights(shape[0], box[1], box[3], size)
+    kx = _pillow_weights(shape[1], box[0], box[2], size, kernel)
+    ky = _pillow_weights(shape[0], box[1], box[3], size, kernel)
     half, one = float(1 << (PILLOW_PRECISION_BITS - 1)), float(1 << PILLOW_PRECISION_BITS)
 
     def rounded(x):

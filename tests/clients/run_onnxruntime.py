@@ -1,7 +1,7 @@
 """ONNX Runtime on tfguess's ``model.onnx`` (see _common.py). The labels and the resize recipe
 come from the model's metadata properties; the image is resized as they say (and the README):
-OpenCV's bilinear warp with the corners aligned for "squash" up to 3x the input size, else
-Pillow's bicubic."""
+OpenCV's bilinear warp with the corners aligned for "squash" up to 2x the input size, Pillow's
+antialiased bilinear beyond; Pillow's bicubic for "crop"."""
 
 import json
 
@@ -23,7 +23,7 @@ def pixels(path, size, resize):
 
     image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
     w, h = image.size
-    if resize == "squash" and max(w, h) <= 3 * size:
+    if resize == "squash" and max(w, h) <= 2 * size:
         import cv2
 
         corners = cv2.getAffineTransform(np.float32([[0, 0], [w, 0], [w, h]]),
@@ -31,11 +31,11 @@ def pixels(path, size, resize):
         out = cv2.warpAffine(np.asarray(image), corners, (size, size), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REPLICATE)
         return out.astype(np.float32)[None]
-    box = (0.0, 0.0, float(w), float(h))
-    if resize == "crop":
-        side = min(w, h) * size / round(size / 0.875)
-        left, top = (w - side) / 2, (h - side) / 2
-        box = (max(left, 0.0), max(top, 0.0), min(left + side, w), min(top + side, h))
+    if resize == "squash":
+        return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float32)[None]
+    side = min(w, h) * size / round(size / 0.875)
+    left, top = (w - side) / 2, (h - side) / 2
+    box = (max(left, 0.0), max(top, 0.0), min(left + side, w), min(top + side, h))
     image = image.resize((size, size), Image.BICUBIC, box=box, reducing_gap=3.0)
     return np.asarray(image, dtype=np.float32)[None]
 
