@@ -16,6 +16,7 @@ from tfguess.plan import (
     RECIPES,
     REFERENCE,
     Speed,
+    busy_cores,
     candidates,
     choose,
     estimate,
@@ -94,15 +95,37 @@ def test_settings_map_onto_the_config():
 
 
 def test_speed_from_history_and_from_load():
-    idle = Speed.estimate(2, 0.5)
+    idle = Speed.estimate(2, 0.0)
     loaded = Speed.estimate(2, 8.0)
     assert loaded.extract < idle.extract and idle.extract == pytest.approx(REFERENCE["extract"])
+    # two cores busy elsewhere leave this run half of them
+    assert Speed.estimate(2, 2.0).extract == pytest.approx(REFERENCE["extract"] / 2)
     summary = {"backbone": {"name": "efficientnet_lite0", "input_size": 224},
                "features": {"computed": 200}, "timings_s": {"features": 4.0},
                "fine_tune": {"images_per_second": 40.0, "cached_views": 10}}
     measured = Speed.estimate(2, 8.0, summary)
     assert measured.extract == pytest.approx(50.0) and measured.fine_tune == pytest.approx(40.0)
     assert "last run" in measured.source
+
+
+def test_busy_cores_sees_a_busy_core():
+    """The planner's view of the machine: another process spinning on a core shows up now,
+    not a minute later as in the load average."""
+    import os
+
+    if not os.path.exists("/proc/stat"):
+        assert busy_cores() is None
+        return
+    quiet = busy_cores(0.3)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = busy_cores(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert 0.0 <= quiet <= os.cpu_count()
+    assert busy >= 0.7, f"a spinning process and {busy:.2f} busy cores (before: {quiet:.2f})"
 
 
 def test_the_hint_only_when_the_features_are_weak():

@@ -6,7 +6,9 @@ sets (validation accuracy of cub_songbirds22 and hymenoptera, the README's accur
 recipe's value is the mean of the two. Its time is estimated from the number of images and this
 machine's throughput (:class:`Speed`): the previous run's figures in the same TF_FILES when there
 are any (the cache's history), else reference rates measured on a 2-core machine, scaled by the
-cores this process may use and by the share of them the current load leaves.
+cores this process may use and by the share of them the rest of the machine leaves (the cores
+it keeps busy now, sampled from /proc/stat for half a second: the one-minute load average still
+counts a run that has just ended).
 
 :func:`choose` takes the best recipe whose estimate fits :data:`HEADROOM` of the budget, with
 fewer fine-tuning epochs when that is what fits; the training run then enforces the limit (the
@@ -19,6 +21,7 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,11 +37,11 @@ MIN_FINE_TUNE_EPOCHS = 3
 # of one image or view; the cached views of fine-tuning (augmenting + the lower blocks); one
 # fine-tuning epoch on them.
 REFERENCE_CORES = 2
-REFERENCE = {"extract": 110.0, "views": 145.0, "fine_tune": 105.0}
+REFERENCE = {"extract": 110.0, "views": 145.0, "fine_tune": 85.0}
 # Seconds, whatever the data: importing TensorFlow, building and converting the backbone, fitting
 # the head, saving; fine-tuning adds converting its lower blocks and the fine-tuned backbone.
 FIXED_SECONDS = 25.0
-FINE_TUNE_FIXED_SECONDS = 30.0
+FINE_TUNE_FIXED_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -113,16 +116,17 @@ class Speed:
     views: float
     fine_tune: float
     source: str
-    slowdown: float = 1.0  # the fixed costs' factor: 1 / the share of the cores the load leaves
+    slowdown: float = 1.0  # the fixed costs' factor: 1 / the share of the cores left to this run
 
     @classmethod
-    def estimate(cls, cores: int, load: float | None = None, summary: dict | None = None) -> Speed:
+    def estimate(cls, cores: int, busy: float | None = None, summary: dict | None = None) -> Speed:
         """From the previous run's summary (``run_summary.json``) where it measured something,
-        else the reference rates scaled by ``cores`` and the share of them ``load`` leaves."""
-        share = 1.0 if load is None else min(1.0, cores / max(load, 1e-9))
+        else the reference rates scaled by ``cores`` and the share of them this run gets beside
+        other work keeping ``busy`` cores busy: ``cores / (cores + busy)``."""
+        share = 1.0 if not busy else cores / (cores + max(0.0, busy))
         scale = max(0.05, cores / REFERENCE_CORES * share)
         rates = {k: v * scale for k, v in REFERENCE.items()}
-        source = f"reference rates x {scale:.2f} ({cores} cores, load {load or 0:.1f})"
+        source = f"reference rates x {scale:.2f} ({cores} cores, {busy or 0:.1f} busy elsewhere)"
         measured = _history_rates(summary or {})
         if measured:
             rates.update(measured)
@@ -309,7 +313,33 @@ def fine_tune_hint(train_accuracy: float | None, val_accuracy: float | None, ima
 def _speed(summary_path: Path) -> Speed:
     from .pipeline import default_workers
 
-    return Speed.estimate(default_workers(), os.getloadavg()[0], read_summary(summary_path))
+    busy = busy_cores()
+    if busy is None and hasattr(os, "getloadavg"):  # no /proc/stat (macOS): the load average
+        busy = os.getloadavg()[0]
+    return Speed.estimate(default_workers(), busy, read_summary(summary_path))
+
+
+def busy_cores(seconds: float = 0.5) -> float | None:
+    """How many cores the rest of the machine keeps busy now: the share of CPU time that was not
+    idle over ``seconds`` (this process sleeps meanwhile), from /proc/stat, times the cores it
+    counts; None where there is no /proc/stat."""
+
+    def sample() -> tuple[float, float, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            lines = f.read().splitlines()
+        times = [float(x) for x in lines[0].split()[1:]]
+        cpus = sum(1 for line in lines if re.match(r"cpu\d", line))
+        return sum(times[:8]), times[3] + times[4], cpus  # idle + iowait
+
+    try:
+        total0, idle0, cpus = sample()
+        time.sleep(seconds)
+        total1, idle1, _ = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return max(0.0, 1.0 - (idle1 - idle0) / (total1 - total0)) * cpus
 
 
 def plan_run(config, image_dir: Path, summary_path: Path, log=print):
