@@ -92,9 +92,12 @@ def phone_photos(tmp_path_factory) -> list[Path]:
 
 
 def _wait(driver, condition, timeout: float = 60):
+    """Until ``condition(driver)``; an element the page re-rendered meanwhile is looked up again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+    return WebDriverWait(driver, timeout, poll_frequency=0.2,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(condition)
 
 
 def _screenshot(driver, name: str) -> Path:

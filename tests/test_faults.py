@@ -355,14 +355,15 @@ def test_jpeg_with_broken_exif_is_used_unrotated(model, world, capsys):
 
 
 def test_exif_rotation_failure_falls_back_to_unrotated_pixels(model, world, capsys, monkeypatch):
-    """Pillow 13 reads every broken EXIF block tried here; older ones raised from
-    exif_transpose: that failure is simulated to check the fallback."""
-    from PIL import ImageOps
+    """Pillow 13 reads every broken EXIF block tried here; older ones raised when reading it:
+    that failure is simulated to check the fallback, whichever decodes the JPEG (simplejpeg
+    hands such a file to Pillow, whose rotation then fails the same way)."""
+    from PIL import Image
 
     def broken(*a, **k):
         raise SyntaxError("not a TIFF file (header b'\\x00\\x00' not valid)")
 
-    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    monkeypatch.setattr(Image.Image, "getexif", broken)
     world.seal()
     r = check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0, "a.jpg",
               "EXIF orientation unreadable", "used without rotation")

@@ -77,9 +77,12 @@ def server(tmp_path):
 
 
 def _wait(driver, condition, timeout: float = 60, what: str = ""):
+    """Until ``condition(driver)``; an element the page re-rendered meanwhile is looked up again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+    return WebDriverWait(driver, timeout, poll_frequency=0.2,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: condition(d), message=what)
 
 
