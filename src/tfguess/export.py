@@ -574,13 +574,14 @@ PILLOW_PRECISION_BITS = 22
 
 
 def _pillow_weights(in_size, in0, in1, size: int, kernel: str = "bicubic"):
-    """Pillow's bicubic or bilinear weights of one axis as a ``[size, in_size]`` float64 matrix of its
-    fixed-point integers (``precompute_coeffs`` and ``normalize_coeffs_8bpc`` of Resample.c, in
-    the same float64 operations): output ``i`` reads the source interval ``in0..in1`` at
-    ``in0 + (i + 0.5) * scale`` with the Keys (a = -0.5) kernel or the triangle, widened by the
-    reduction (antialiasing), taps outside the image left out and the rest normalised. Both
-    kernels are continuous, so a last-bit difference in how a graph computes ``scale`` (a
-    division by a constant made a multiplication) moves no weight."""
+    """Pillow's bicubic or bilinear weights of one axis as a ``[size, in_size]`` float64 matrix
+    of its fixed-point integers (``precompute_coeffs`` and ``normalize_coeffs_8bpc`` of
+    Resample.c, in the same float64 operations): output ``i`` reads the source interval
+    ``in0..in1`` at ``in0 + (i + 0.5) * scale`` with the Keys (a = -0.5) kernel or the triangle,
+    widened by the reduction (antialiasing), taps outside the image left out and the rest
+    normalised. Both kernels are continuous, so where a graph computes ``scale`` a last bit
+    differently (a division by a constant made a multiplication), no tap comes or goes whole (a
+    box filter's would, at its edges)."""
     import tensorflow as tf
 
     f64 = tf.float64
