@@ -81,15 +81,9 @@ def web_set(dataset: Path) -> list[Path]:
 def default_resize(dataset: Path) -> str:
     """What ``--resize auto`` picks for the data set's photos: how a model trained on them, and
     so every extraction row here, makes a photo square."""
-    from tfguess.images import ImageError, auto_resize, oriented_size
+    from tfguess.images import auto_resize_of
 
-    sizes = []
-    for path in web_set(dataset):
-        try:
-            sizes.append(oriented_size(path))
-        except (ImageError, OSError):
-            continue
-    return auto_resize(sizes)[0]
+    return auto_resize_of(web_set(dataset))[0]
 
 
 def _jpegs(dataset: Path) -> list[Path]:

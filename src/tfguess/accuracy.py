@@ -149,16 +149,9 @@ def choose_resize(scan, log: Callable[[str], None]) -> tuple[str, dict]:
     not a cross-validation: on the dev sets the cross-validated choice among squash, crop and pad
     picked the val set's loser on two of five (furniture4, hymenoptera; differences of one to
     three photos in the folds), and cost one extraction per recipe."""
-    from .images import ImageError, auto_resize, oriented_size
+    from .images import auto_resize_of
 
-    sizes = []
-    for it in scan.items:
-        if it.split != "test":
-            try:
-                sizes.append(oriented_size(it.path))
-            except (ImageError, OSError):
-                continue
-    resize, facts = auto_resize(sizes)
+    resize, facts = auto_resize_of(it.path for it in scan.items if it.split != "test")
     log(f"--resize auto chose {resize} ({facts['portrait']:.0%} of the photos portrait, "
         f"{facts['landscape']:.0%} landscape)")
     return resize, {"chosen": resize, **facts}

@@ -453,7 +453,7 @@ def load_image(
     if resize == "squash":
         if squash_is_bilinear(w, h, size):
             return squash_bilinear(np.asarray(im), size)
-        return np.array(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+        return _reduce(im, size)
     out = im.resize((size, size), Image.Resampling.BICUBIC, box=crop_box(w, h, size),
                     reducing_gap=3.0)
     return np.array(out, dtype=np.uint8)
@@ -495,6 +495,18 @@ def auto_resize(sizes: list[tuple[int, int]]) -> tuple[str, dict]:
         "rule": f"crop when at least {AUTO_MIXED_SHARE:.0%} of the photos are portrait "
                 f"(w/h < {PORTRAIT_MAX}) and at least {AUTO_MIXED_SHARE:.0%} landscape "
                 f"(w/h > {LANDSCAPE_MIN}), else squash"}
+
+
+def auto_resize_of(paths) -> tuple[str, dict]:
+    """:func:`auto_resize` of the photos at ``paths``, from their headers (files that are not
+    images are left out)."""
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(oriented_size(path))
+        except (ImageError, OSError):
+            continue
+    return auto_resize(sizes)
 
 
 def oriented_size(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -545,9 +557,13 @@ def squash(pixels: np.ndarray, size: int) -> np.ndarray:
     h, w = pixels.shape[:2]
     if squash_is_bilinear(w, h, size):
         return squash_bilinear(pixels, size)
-    out = Image.fromarray(np.ascontiguousarray(pixels), "RGB").resize(
-        (size, size), Image.Resampling.BILINEAR)
-    return np.array(out, dtype=np.uint8)
+    return _reduce(Image.fromarray(np.ascontiguousarray(pixels), "RGB"), size)
+
+
+def _reduce(im: Image.Image, size: int) -> np.ndarray:
+    """"squash" beyond a :data:`SQUASH_BILINEAR_MAX` reduction: Pillow's antialiased bilinear
+    (the exports reproduce it: ``export._resize_like_pil``)."""
+    return np.array(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def squash_is_bilinear(width: int, height: int, size: int) -> bool:

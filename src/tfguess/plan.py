@@ -31,6 +31,9 @@ from .errors import ConfigError
 # the limit plus 10 %).
 HEADROOM = 0.8
 MIN_FINE_TUNE_EPOCHS = 3
+# The frozen features are weak (the end of a run says what fine-tuning would add) when validation
+# accuracy is this far below the training accuracy.
+WEAK_GAP = 0.05
 
 # Reference throughput of lite0 at 224 on 2 idle cores (x86, AVX-512; the run summaries of the
 # recipes below on cub_songbirds22, converted by each recipe's costs), images/s: frozen features
@@ -51,12 +54,24 @@ class Recipe:
     views: int
     fine_tune: bool
     scores: tuple[float, float]  # val accuracy on (cub_songbirds22, hymenoptera)
-    extract_cost: float        # time of one frozen extraction, relative to lite0 at 224
-    fine_tune_cost: float = 1.0  # time of one fine-tuning image-epoch, relative to lite0 at 224
     fine_tune_blocks: int = 6
     fine_tune_epochs: int = 10
     base: tuple[float, float] | None = None  # the scores without fine-tuning (fewer epochs)
-    views_cost: float | None = None  # one cached fine-tuning view, relative (None: extract_cost)
+
+    @property
+    def extract_cost(self) -> float:
+        """Time of one frozen extraction, relative to lite0 at 224 (:func:`costs`)."""
+        return costs(self.backbone, self.image_size)[0]
+
+    @property
+    def views_cost(self) -> float:
+        """Time of one cached fine-tuning view, relative to lite0 at 224."""
+        return costs(self.backbone, self.image_size)[1]
+
+    @property
+    def fine_tune_cost(self) -> float:
+        """Time of one fine-tuning image-epoch, relative to lite0 at 224."""
+        return costs(self.backbone, self.image_size)[2]
 
     @property
     def value(self) -> float:
@@ -87,12 +102,6 @@ class Recipe:
 
 _L0 = "efficientnet_lite0"
 _L2 = "efficientnet_lite2"
-
-
-def _recipe(backbone: str, size: int, views: int, fine_tune: bool, scores, base=None) -> Recipe:
-    extract, views_cost, fine_tune_cost = costs(backbone, size)
-    return Recipe(backbone, size, views, fine_tune, scores, extract, fine_tune_cost, base=base,
-                  views_cost=views_cost)
 
 
 def parse_duration(text: str) -> float:
@@ -155,28 +164,22 @@ def costs(backbone: str, size: int) -> tuple[float, float, float]:
 # 0.9136, 320 px x 15 epochs 0.9091, lite2 at 300 px 0.9136, mixup of the activations 0.9076), so
 # a bigger budget buys the same recipe.
 RECIPES = (
-    _recipe(_L0, 224, 0, False, (0.8621, 0.9542)),
-    _recipe(_L0, 224, 2, False, (0.8712, 0.9542)),
-    _recipe(_L0, 288, 2, False, (0.8758, 0.9542)),
-    _recipe(_L2, 260, 2, False, (0.8833, 0.9542)),
-    _recipe(_L0, 224, 2, True, (0.8985, 0.9412), base=(0.8712, 0.9542)),
-    _recipe(_L2, 260, 2, True, (0.9045, 0.9477), base=(0.8833, 0.9542)),
-    _recipe(_L0, 288, 2, True, (0.9160, 0.9510), base=(0.8758, 0.9542)),
+    Recipe(_L0, 224, 0, False, (0.8621, 0.9542)),
+    Recipe(_L0, 224, 2, False, (0.8712, 0.9542)),
+    Recipe(_L0, 288, 2, False, (0.8758, 0.9542)),
+    Recipe(_L2, 260, 2, False, (0.8833, 0.9542)),
+    Recipe(_L0, 224, 2, True, (0.8985, 0.9412), base=(0.8712, 0.9542)),
+    Recipe(_L2, 260, 2, True, (0.9045, 0.9477), base=(0.8833, 0.9542)),
+    Recipe(_L0, 288, 2, True, (0.9160, 0.9510), base=(0.8758, 0.9542)),
 )
-
-
-def _cost(summary: dict) -> tuple[float, float]:
-    """The (extraction, fine-tuning epoch) cost factors of the recipe a summary's run used."""
-    backbone = summary.get("backbone") or {}
-    extract, _views, fine_tune = costs(backbone.get("name", _L0), backbone.get("input_size") or 224)
-    return extract, fine_tune
 
 
 def _history_rates(summary: dict) -> dict:
     """Rates measured by an earlier run, converted to lite0 at 224."""
     out = {}
     try:
-        extract_cost, ft_cost = _cost(summary)
+        backbone = summary.get("backbone") or {}
+        extract_cost, _, ft_cost = costs(backbone.get("name", _L0), backbone.get("input_size") or 224)
         computed = (summary.get("features") or {}).get("computed") or 0
         seconds = (summary.get("timings_s") or {}).get("features") or 0
         if computed >= 50 and seconds > 0:
@@ -214,9 +217,8 @@ def estimate(recipe: Recipe, images: int, train_images: int, eval_images: int, s
     ft = after = 0.0
     if recipe.fine_tune:
         epochs = recipe.fine_tune_epochs
-        views_cost = recipe.extract_cost if recipe.views_cost is None else recipe.views_cost
         ft = train_images * (epochs * recipe.fine_tune_cost / speed.fine_tune
-                             + epochs * views_cost / speed.views)
+                             + epochs * recipe.views_cost / speed.views)
         after = (images + eval_images) * extract + FINE_TUNE_FIXED_SECONDS * speed.slowdown
         seconds += ft + after
     return Estimate(recipe, seconds, ft, after)
@@ -291,7 +293,7 @@ def fine_tune_hint(train_accuracy: float | None, val_accuracy: float | None, ima
                    train_images: int, speed: Speed) -> str | None:
     """What fine-tuning would likely add when the frozen features are weak (validation accuracy
     well below the training accuracy), and how long it would take; None otherwise."""
-    if train_accuracy is None or val_accuracy is None or train_accuracy - val_accuracy < 0.05:
+    if not _weak(train_accuracy, val_accuracy):
         return None
     default = next(r for r in RECIPES if not r.fine_tune and r.image_size == 224 and r.views == 2)
     ft = next(r for r in RECIPES if r.fine_tune and r.backbone == _L0 and r.image_size == 224)
@@ -368,9 +370,15 @@ def fine_tune_deadline(start: float, limit: float, images: int, seconds_per_imag
     return start + limit - 1.25 * (FINE_TUNE_FIXED_SECONDS * slowdown + images * seconds_per_image)
 
 
+def _weak(train_accuracy: float | None, val_accuracy: float | None) -> bool:
+    return (train_accuracy is not None and val_accuracy is not None
+            and train_accuracy - val_accuracy >= WEAK_GAP)
+
+
 def weak_features_hint(train_accuracy, val_accuracy, images: int, train_images: int,
                        summary_path: Path) -> str | None:
-    """:func:`fine_tune_hint` with this machine's throughput."""
-    if train_accuracy is None or val_accuracy is None:
+    """:func:`fine_tune_hint` with this machine's throughput (measured only when the features are
+    weak: it samples the machine for half a second)."""
+    if not _weak(train_accuracy, val_accuracy):
         return None
     return fine_tune_hint(train_accuracy, val_accuracy, images, train_images, _speed(summary_path))
