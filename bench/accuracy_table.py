@@ -50,7 +50,7 @@ def load_average() -> float:
 
 
 def config_for(mode: str, data: Path, backbone: str, views: int, hidden: int, overrides: dict):
-    from tfguess.config import TrainConfig
+    from tfguess.core.config import TrainConfig
 
     extra = {"views": views if "views" in mode else 0, **overrides}
     if "hidden" in mode:
@@ -72,8 +72,8 @@ def score(predictor, images) -> tuple[float, list[str]]:
 
 
 def run(args) -> None:
-    from tfguess.config import TrainConfig
-    from tfguess.train import train
+    from tfguess.core.config import TrainConfig
+    from tfguess.training.train import train
 
     data = DATASETS / args.dataset
     work = Path(args.work).resolve()
@@ -91,7 +91,7 @@ def run(args) -> None:
                "load_before": load_average()}
         t = time.perf_counter()
         if mode in ("tta", "export"):
-            from tfguess.predict import Predictor
+            from tfguess.guess.predict import Predictor
 
             of = args.tta_of if mode == "tta" else args.export_of
             source = work / f"{args.dataset}-{args.backbone}-{of.replace('+', '_')}{tag}"

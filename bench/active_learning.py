@@ -5,7 +5,7 @@ set; the true labels are the oracle), the features are extracted once through th
 cache (``bottlenecks.compute_features`` with ``features.make_extractor``, efficientnet_lite0, the
 default backbone) into ``WORK/bottlenecks``. Then, per strategy and seed: 2 labelled photos per
 label drawn at random, and rounds of 20 labels chosen by the strategy; each round is what the
-inbox does on "re-train" (:func:`tfguess.active.refit`: the product's head fitted on the labelled
+inbox does on "re-train" (:func:`tfguess.curate.active.refit`: the product's head fitted on the labelled
 features, the pool scored, the cross-validated accuracy and the estimate of the mistakes left),
 timed, then the val accuracy of that head. The full-data accuracy is the same fit on all of
 ``train/``.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")   # small matrices: one thread is fastest (tfguess.active.refit)
+    os.environ.setdefault(_var, "1")   # small matrices: one thread is fastest (tfguess.curate.active.refit)
 
 import numpy as np  # noqa: E402
 
@@ -49,11 +49,11 @@ def features(work: Path, name: str):
     if out.exists():
         d = np.load(out, allow_pickle=False)
         return d["xt"], d["yt"], d["xv"], d["yv"], list(d["labels"])
-    from tfguess.backbones import get_backbone
-    from tfguess.bottlenecks import BottleneckCache, compute_features
-    from tfguess.dataset import walk
-    from tfguess.features import BackboneRef, make_extractor
-    from tfguess.journal import file_digest
+    from tfguess.data.dataset import walk
+    from tfguess.engine.backbones import get_backbone
+    from tfguess.engine.bottlenecks import BottleneckCache, compute_features
+    from tfguess.engine.features import BackboneRef, make_extractor
+    from tfguess.guess.journal import file_digest
 
     spec = get_backbone("efficientnet_lite0")
     ref = BackboneRef(spec.name, spec.weights_id(), spec.input_size, spec.resize)
@@ -89,7 +89,7 @@ def session(xt, yt, xv, yv, k: int, strategy: str, seed: int, max_labels: int, s
     """One simulated session: rows ``{labels, val_accuracy, seconds, cv_accuracy, remaining}``.
     It ends when the pool is empty, at ``max_labels``, or :data:`ROUNDS_AFTER` rounds after the
     val accuracy first reached ``stop_at`` (the highest target of the set)."""
-    from tfguess.active import refit, select
+    from tfguess.curate.active import refit, select
 
     rng = np.random.default_rng(seed)
     labelled = np.concatenate([rng.choice(np.flatnonzero(yt == c), START_PER_LABEL, replace=False)
@@ -119,7 +119,7 @@ def labels_to(rows: list[dict], target: float) -> int | None:
 
 
 def run(args) -> None:
-    from tfguess.active import STRATEGIES, fit
+    from tfguess.curate.active import STRATEGIES, fit
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -258,7 +258,7 @@ def plot(work: Path, path: Path) -> None:
 
 def time_1000(work: Path) -> None:
     """Seconds of the inbox's re-train with 1,000 labelled photos (instruments10)."""
-    from tfguess.active import refit
+    from tfguess.curate.active import refit
 
     xt, yt, _, _, labels = features(work, "instruments10")
     rng = np.random.default_rng(0)

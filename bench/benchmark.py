@@ -65,7 +65,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    from tfguess.pipeline import default_workers
+    from tfguess.data.pipeline import default_workers
 
     return f"{model}, {default_workers()} cores, load average {os.getloadavg()[0]:.1f}"
 
@@ -81,7 +81,7 @@ def web_set(dataset: Path) -> list[Path]:
 def default_resize(dataset: Path) -> str:
     """What ``--resize auto`` picks for the data set's photos: how a model trained on them, and
     so every extraction row here, makes a photo square."""
-    from tfguess.images import auto_resize_of
+    from tfguess.data.images import auto_resize_of
 
     return auto_resize_of(web_set(dataset))[0]
 
@@ -149,8 +149,8 @@ def digests(paths: list[Path], salt: str = "") -> list[tuple[Path, str]]:
 
 def extract(items: list[tuple[Path, str]], backbone, key, engine: str, resize: str) -> dict:
     """Bottleneck extraction with tfguess into an empty cache (the engine's TFLite file cached)."""
-    from tfguess.bottlenecks import BottleneckCache, compute_features
-    from tfguess.features import make_extractor
+    from tfguess.engine.bottlenecks import BottleneckCache, compute_features
+    from tfguess.engine.features import make_extractor
 
     root = Path(tempfile.mkdtemp(dir=WORK, prefix="cache-"))
     try:
@@ -201,8 +201,8 @@ def int8_ref(key, paths: list[Path], resize: str):
     content digests), converted once and cached."""
     import dataclasses
 
-    from tfguess.features import calibration_digest, choose_calibration
-    from tfguess.images import load_image
+    from tfguess.data.images import load_image
+    from tfguess.engine.features import calibration_digest, choose_calibration
 
     by_digest = {d: p for p, d in digests(paths)}
     chosen = choose_calibration(list(by_digest))
@@ -220,7 +220,7 @@ def int8_ref(key, paths: list[Path], resize: str):
 
 def invoke_ms(tflite: Path, seconds: float = 3.0) -> float:
     """One thread's time per image for the engine's ``invoke`` alone (no decoding)."""
-    from tfguess.runtime import new_interpreter
+    from tfguess.engine.runtime import new_interpreter
 
     interpreter = new_interpreter(model_path=str(tflite), num_threads=1)
     interpreter.allocate_tensors()
@@ -241,7 +241,7 @@ def invoke_ms(tflite: Path, seconds: float = 3.0) -> float:
 
 def decode_ms(paths: list[Path], resize: str) -> float:
     """One thread's CPU time per image for decoding and resizing as tfguess does (no inference)."""
-    from tfguess.images import load_image
+    from tfguess.data.images import load_image
 
     start, n = time.process_time(), 0
     for path in paths:
@@ -254,8 +254,8 @@ def decode_ms(paths: list[Path], resize: str) -> float:
 
 
 def bench_extraction(dataset: Path, quick: bool, repeat: int) -> dict:
-    from tfguess.backbones import get_backbone
-    from tfguess.features import BackboneRef, make_extractor
+    from tfguess.engine.backbones import get_backbone
+    from tfguess.engine.features import BackboneRef, make_extractor
 
     spec = get_backbone(BACKBONE)
     backbone = spec.build()
@@ -338,8 +338,8 @@ def trained_model(dataset: Path, precision: str = "float32") -> Path:
 
 def bench_guess_dir(dataset: Path, repeat: int) -> dict:
     """guess-dir with a float32 and an int8 model, and the naive Keras loop, interleaved."""
-    from tfguess.backbones import get_backbone
-    from tfguess.predict import guess_dir
+    from tfguess.engine.backbones import get_backbone
+    from tfguess.guess.predict import guess_dir
 
     models = {p: trained_model(dataset, p) for p in ("float32", "int8")}
     backbone = get_backbone(BACKBONE).build()
@@ -383,9 +383,9 @@ def bench_guess_sh(dataset: Path, repeat: int) -> dict:
 def rss_child(n: int, dataset: Path) -> None:
     """Extract ``n`` images (the web set repeated, each copy under its own cache entry) and print
     the peak RSS before and after, as JSON. Runs in its own process."""
-    from tfguess.backbones import get_backbone
-    from tfguess.bottlenecks import BottleneckCache, compute_features
-    from tfguess.features import BackboneRef, make_extractor
+    from tfguess.engine.backbones import get_backbone
+    from tfguess.engine.bottlenecks import BottleneckCache, compute_features
+    from tfguess.engine.features import BackboneRef, make_extractor
 
     spec = get_backbone(BACKBONE)
     backbone = spec.build()
@@ -443,7 +443,7 @@ def bench_rss(sizes: tuple[int, int], dataset: Path) -> dict:
 def cpu_flags_text() -> str:
     """The CPU flags that decide the int8 and bf16 speed, present and absent, and what
     ``--precision auto`` picks here."""
-    from tfguess.runtime import SPEED_FLAGS, auto_precision, cpu_flags
+    from tfguess.engine.runtime import SPEED_FLAGS, auto_precision, cpu_flags
 
     flags = cpu_flags()
     have = [f for f in SPEED_FLAGS if f in flags]
@@ -466,7 +466,7 @@ def _stage_ms(fn, items, repeat: int = 3) -> float:
 
 def _plain_squash_bilinear(pixels: np.ndarray, size: int) -> np.ndarray:
     """The squash's bilinear formula as it was written before (int32 over the whole image)."""
-    from tfguess.images import SUBPIXEL, _bilinear_axis
+    from tfguess.data.images import SUBPIXEL, _bilinear_axis
 
     h, w = pixels.shape[:2]
     x0, x1, fx = _bilinear_axis(w, size)
@@ -488,7 +488,7 @@ def bench_decode(dataset: Path) -> dict:
 
     from PIL import ImageOps
 
-    from tfguess import images
+    from tfguess.data import images
 
     resize = default_resize(dataset)
     paths = _jpegs(dataset)
@@ -547,8 +547,8 @@ def bench_decode(dataset: Path) -> dict:
 def _auto_model(dataset: Path) -> Path:
     """A model trained with ``--precision auto`` on the data set's train/ (made once): float32
     features, and the int8 engine guessing runs where the CPU has int8 dot products."""
-    from tfguess.config import TrainConfig
-    from tfguess.train import train
+    from tfguess.core.config import TrainConfig
+    from tfguess.training.train import train
 
     tf_files = WORK / "auto" / "tf_files"
     if not (tf_files / "model.keras").exists():
@@ -566,10 +566,10 @@ def bench_auto(dataset: Path, repeat: int) -> dict:
     import csv
     import dataclasses
 
-    from tfguess.backbones import get_backbone
-    from tfguess.features import BackboneRef
-    from tfguess.model import read_meta
-    from tfguess.predict import Predictor, guess_dir
+    from tfguess.engine.backbones import get_backbone
+    from tfguess.engine.features import BackboneRef
+    from tfguess.engine.model import read_meta
+    from tfguess.guess.predict import Predictor, guess_dir
 
     model = _auto_model(dataset)
     backbone_meta = read_meta(model / "model.keras")["backbone"]
@@ -694,7 +694,7 @@ def table(res: dict, load_before: float, load_after: float) -> str:
         rows.append(("Bottlenecks, phone-sized, naive Keras baseline", naive_phone_s, "", ""))
         rows.append(("Speed-up over the naive baseline, phone-sized, float32 / int8",
                      f"{phone / naive_phone:.1f}x / {phone8 / naive_phone:.1f}x", "", ""))
-        from tfguess.pipeline import default_workers
+        from tfguess.data.pipeline import default_workers
 
         ceiling, cores = ex["ceiling"], default_workers()
         fastest = min(ceiling["invoke"].values())
@@ -751,10 +751,10 @@ def bench_finetune(quick: bool) -> str:
     views through the top blocks (the default), side by side, old and new interleaved. The first
     epoch, which traces the training step, is left out of the epochs' rate; "all in" counts
     everything, the cached views and the tracing included: images trained / fine-tuning seconds."""
-    from tfguess.backbones import get_backbone
-    from tfguess.config import TrainConfig
-    from tfguess.finetune import fine_tune
-    from tfguess.runtime import Head
+    from tfguess.core.config import TrainConfig
+    from tfguess.engine.backbones import get_backbone
+    from tfguess.engine.runtime import Head
+    from tfguess.training.finetune import fine_tune
 
     per_label = 4 if quick else 8
     items = []
@@ -818,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
         if part == "extract":
             res[part] = bench_extraction(args.dataset, args.quick, repeat)
         elif part == "retrain":
-            from tfguess.config import TrainConfig
+            from tfguess.core.config import TrainConfig
 
             res[part] = {**bench_retrain(args.dataset, TrainConfig.precision),
                          "precision": TrainConfig.precision}

@@ -79,8 +79,8 @@ def run_guess_dirs(model: Path, src: Path, dst: Path, runs: int, again: bool,
 def check_dst(dst: Path, sources: dict[str, str], copies_each: int,
               results: list[tuple[int, str]]) -> list[str]:
     """What is wrong with ``dst`` after runs that met there (an empty list: nothing)."""
-    from tfguess.journal import HEADER, TEMP_PREFIX
-    from tfguess.locks import LOCK_FILENAME
+    from tfguess.core.locks import LOCK_FILENAME
+    from tfguess.guess.journal import HEADER, TEMP_PREFIX
 
     problems = [f"a run exited {rc}: {text.strip()[-300:]}" for rc, text in results if rc != 0]
     problems += ["a run printed a traceback" for _, text in results if "Traceback" in text]
@@ -167,9 +167,9 @@ def run_trains(tf_files: Path, runs: int = 2, timeout: float = 900,
 
 def check_tf_files(tf_files: Path, results: list[tuple[int, str]]) -> list[str]:
     """What is wrong with TF_FILES after train runs that met there (an empty list: nothing)."""
-    from tfguess.fsutil import TMP_SUFFIX
-    from tfguess.locks import LOCK_FILENAME
-    from tfguess.predict import Predictor
+    from tfguess.core.fsutil import TMP_SUFFIX
+    from tfguess.core.locks import LOCK_FILENAME
+    from tfguess.guess.predict import Predictor
 
     problems = [f"a run exited {rc}: {text.strip()[-300:]}" for rc, text in results if rc != 0]
     problems += ["a run printed a traceback" for _, text in results if "Traceback" in text]

@@ -21,7 +21,7 @@ HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
 
 
 def labelled_images(folder: Path, labels: list[str]) -> tuple[list[Path], np.ndarray]:
-    from tfguess.dataset import list_image_files
+    from tfguess.data.dataset import list_image_files
 
     paths, y = [], []
     for i, label in enumerate(labels):
@@ -36,11 +36,11 @@ def size_of(path: Path) -> int:
 
 
 def check(tf_files: Path, val_dir: Path, out_dir: Path) -> list[dict]:
+    from tfguess.data.images import load_image
+    from tfguess.engine.model import load_classifier
+    from tfguess.engine.runtime import TFLiteClassifier
     from tfguess.export import export
-    from tfguess.images import load_image
-    from tfguess.model import load_classifier
-    from tfguess.predict import Predictor
-    from tfguess.runtime import TFLiteClassifier
+    from tfguess.guess.predict import Predictor
 
     quiet = lambda *_: None  # noqa: E731
     classifier = load_classifier(tf_files)
@@ -89,8 +89,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tf_files = args.tf_files
         if tf_files is None:
-            from tfguess.config import TrainConfig
-            from tfguess.train import train
+            from tfguess.core.config import TrainConfig
+            from tfguess.training.train import train
 
             tf_files = Path(tmp) / "tf_files"
             train(tf_files, TrainConfig(image_dir=str(HYMENOPTERA / "train"), report=False),

@@ -4,7 +4,7 @@
 
 For each data set (default: ../shared/datasets/hymenoptera and cub_songbirds22): trains a model
 on train/ (default settings) in a temporary folder, exports every format, runs each client in its
-own environment (scripts/client-envs.sh; tests/clients/run_*.py) on the val/ images and prints
+own environment (scripts/client-envs.sh; tests/export/clients/run_*.py) on the val/ images and prints
 client x format -> loads, labels (the client names the model's labels), top-1 agreement with
 `tfguess guess` on the model, and for TFLite files also with `tfguess guess FILE`.
 """
@@ -24,7 +24,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
-CLIENTS = REPO / "tests" / "clients"
+CLIENTS = REPO / "tests" / "export" / "clients"
 ENVS = Path(os.environ.get("TFGUESS_CLIENT_ENVS", REPO / ".client-envs"))
 TFLITE_VARIANTS = ("none", "float16", "dynamic", "int8")
 SAVED_MODEL_BATCH = 128
@@ -43,14 +43,14 @@ def env_python(name: str) -> Path:
 
 
 def val_images(data: Path) -> list[Path]:
-    from tfguess.dataset import list_image_files
+    from tfguess.data.dataset import list_image_files
 
     return [p for d in sorted((data / "val").iterdir()) if d.is_dir() for p in list_image_files(d)]
 
 
 def guess_top1(model: Path, paths: list[Path]) -> dict[str, str]:
     """What `tfguess guess MODEL` prints first for each image."""
-    from tfguess.predict import Predictor
+    from tfguess.guess.predict import Predictor
 
     predictor = Predictor.load(model, log=lambda *_: None)
     return {str(p.path): p.label for p in predictor.predict(paths) if p.label is not None}
@@ -121,7 +121,7 @@ def compare(name: str, fmt: str, outcome: dict, labels: list[str], reference: di
 
 
 def check(tf_files: Path, paths: list[Path], work: Path) -> list[dict]:
-    from tfguess.model import read_meta
+    from tfguess.engine.model import read_meta
 
     labels = read_meta(tf_files)["labels"]
     files = export_all(tf_files, work / "export")
@@ -161,8 +161,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     datasets = args.data or [SHARED / "hymenoptera", SHARED / "cub_songbirds22"]
-    from tfguess.config import TrainConfig
-    from tfguess.train import train
+    from tfguess.core.config import TrainConfig
+    from tfguess.training.train import train
 
     everything = {}
     for data in datasets:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfguess.backbones import get_backbone
-from tfguess.images import load_image
+from tfguess.data.images import load_image
+from tfguess.engine.backbones import get_backbone
 
 LABELS = {"ants": 310, "bees": 309}
 

@@ -27,11 +27,11 @@ def main() -> None:
     p.add_argument("work")
     p.add_argument("datasets", nargs="+")
     args = p.parse_args()
-    from tfguess.config import TrainConfig
-    from tfguess.model import read_meta
-    from tfguess.predict import Predictor
-    from tfguess.runtime import auto_precision
-    from tfguess.train import train
+    from tfguess.core.config import TrainConfig
+    from tfguess.engine.model import read_meta
+    from tfguess.engine.runtime import auto_precision
+    from tfguess.guess.predict import Predictor
+    from tfguess.training.train import train
 
     print(f"this machine: {auto_precision()}")
     for name in args.datasets:

@@ -26,8 +26,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark as B  # noqa: E402
 
-from tfguess import images  # noqa: E402
-from tfguess.images import CROP_FRACTION, DRAFT_MARGIN, load_image  # noqa: E402
+from tfguess.data import images  # noqa: E402
+from tfguess.data.images import CROP_FRACTION, DRAFT_MARGIN, load_image  # noqa: E402
 
 images._simplejpeg = None  # load_image below: Pillow's draft mode only
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"

@@ -98,12 +98,12 @@ def main() -> None:
 
     import ray
 
-    from tfguess.backbones import get_backbone
-    from tfguess.bottlenecks import BottleneckCache, compute_features
-    from tfguess.dataset import scan_dataset
-    from tfguess.distributed import compute_features_ray
-    from tfguess.features import BackboneRef, make_extractor
-    from tfguess.runtime import TFLiteEngine
+    from tfguess.data.dataset import scan_dataset
+    from tfguess.engine.backbones import get_backbone
+    from tfguess.engine.bottlenecks import BottleneckCache, compute_features
+    from tfguess.engine.features import BackboneRef, make_extractor
+    from tfguess.engine.runtime import TFLiteEngine
+    from tfguess.guess.distributed import compute_features_ray
 
     spec = get_backbone("efficientnet_lite0")
     ref = BackboneRef(spec.name, spec.weights_id(None), spec.input_size, spec.resize)

@@ -26,15 +26,15 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfguess import backbones  # noqa: E402
-from tfguess.config import TrainConfig  # noqa: E402
-from tfguess.images import RESIZES  # noqa: E402
+from tfguess.core.config import TrainConfig  # noqa: E402
+from tfguess.data.images import RESIZES  # noqa: E402
+from tfguess.engine import backbones  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def val_accuracy(data: Path, backbone: str, resize: str, seed: int, views: int, tf_files: Path) -> float:
-    from tfguess.train import train
+    from tfguess.training.train import train
 
     config = TrainConfig(backbone=backbone, image_dir=str(data / "train"), resize=resize,
                          eval_dir=str(data / "val"), report=False, seed=seed, views=views)
@@ -45,8 +45,8 @@ def val_accuracy(data: Path, backbone: str, resize: str, seed: int, views: int, 
 def agreement(folders: list[Path]) -> None:
     import numpy as np
 
-    from tfguess.images import ImageError, load_image
-    from tfguess.predict import Predictor
+    from tfguess.data.images import ImageError, load_image
+    from tfguess.guess.predict import Predictor
 
     pooled: dict[str, list[int]] = {}
     print(f"{'model':40} {'resize':6} {'n':>5} {'squash-fed agrees':>18} {'accuracy own / squashed':>24}")

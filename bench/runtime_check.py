@@ -26,7 +26,7 @@ DATA = REPO.parent / "shared" / "datasets" / "hymenoptera" / "val"
 CHILD = """
 import json, sys, time
 import numpy as np
-from tfguess.runtime import TFLiteEngine, runtime_name
+from tfguess.engine.runtime import TFLiteEngine, runtime_name
 pixels = np.load(sys.argv[1])
 engine = TFLiteEngine(sys.argv[2])
 engine(pixels[:2])  # warm-up: interpreters created
@@ -43,9 +43,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from tfguess.backbones import get_backbone
-    from tfguess.features import BackboneRef, make_extractor
-    from tfguess.images import load_image
+    from tfguess.data.images import load_image
+    from tfguess.engine.backbones import get_backbone
+    from tfguess.engine.features import BackboneRef, make_extractor
 
     spec = get_backbone("efficientnet_lite0")
     ref = BackboneRef(spec.name, spec.weights_id(), spec.input_size, spec.resize)

@@ -123,13 +123,13 @@ def main() -> int:
     else:
         tf_files = REPO / "bench" / "work" / "serve-hymenoptera"
         if not (tf_files / "model.keras").exists():
-            from tfguess.config import TrainConfig
-            from tfguess.train import train
+            from tfguess.core.config import TrainConfig
+            from tfguess.training.train import train
 
             print(f"training {tf_files} on {HYMENOPTERA / 'train'} (once)", flush=True)
             train(tf_files, TrainConfig(image_dir=str(HYMENOPTERA / "train"), report=False),
                   progress=False, log=lambda *_: None)
-    from tfguess.images import IMAGE_EXTENSIONS
+    from tfguess.data.images import IMAGE_EXTENSIONS
 
     paths = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     payloads = [(p.name, p.read_bytes()) for p in paths]
@@ -167,7 +167,7 @@ def main() -> int:
         server.terminate()
         server.wait(30)
 
-    from tfguess.predict import guess_dir
+    from tfguess.guess.predict import guess_dir
 
     with tempfile.TemporaryDirectory() as dst:
         gd = guess_dir(tf_files, images, Path(dst) / "out", recursive=True, progress=False,

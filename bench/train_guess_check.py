@@ -16,9 +16,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfguess.config import TrainConfig  # noqa: E402
-from tfguess.predict import guess_dir  # noqa: E402
-from tfguess.train import train  # noqa: E402
+from tfguess.core.config import TrainConfig  # noqa: E402
+from tfguess.guess.predict import guess_dir  # noqa: E402
+from tfguess.training.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

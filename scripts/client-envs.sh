@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Third-party clients of the exported models, each in its own virtual environment (their
-# dependencies conflict with TensorFlow 2 and with each other). tests/test_export_clients.py and
-# bench/export_clients.py run tests/clients/run_*.py with them.
+# dependencies conflict with TensorFlow 2 and with each other). tests/export/test_export_clients.py and
+# bench/export_clients.py run tests/export/clients/run_*.py with them.
 #
 #   bash scripts/client-envs.sh [NAME...]     (default: all; NAME: tf1 mediapipe tflite-support onnxruntime)
 #

@@ -49,8 +49,8 @@ def hymenoptera() -> Path:
 @pytest.fixture(scope="session")
 def demo_trained(tmp_path_factory) -> Path:
     """A TF_FILES folder with a copy of the demo data, trained once for the session."""
-    from tfguess.config import TrainConfig
-    from tfguess.train import train
+    from tfguess.core.config import TrainConfig
+    from tfguess.training.train import train
 
     tf_files = tmp_path_factory.mktemp("demo") / "tf_files"
     shutil.copytree(DEMO_DATA, tf_files / "data")
@@ -64,8 +64,8 @@ def demo_trained(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def hymenoptera_trained(tmp_path_factory, hymenoptera) -> Path:
     """A TF_FILES folder trained (default settings) on hymenoptera/train, evaluated on val."""
-    from tfguess.config import TrainConfig
-    from tfguess.train import train
+    from tfguess.core.config import TrainConfig
+    from tfguess.training.train import train
 
     tf_files = tmp_path_factory.mktemp("hymenoptera") / "tf_files"
     config = TrainConfig(image_dir=str(hymenoptera / "train"), eval_dir=str(hymenoptera / "val"),

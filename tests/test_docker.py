@@ -302,7 +302,7 @@ def test_engine_cache_persists_between_docker_runs(trained: Path, workdir: Path,
     import pwd
     import zipfile
 
-    from tfguess.model import ENGINE_MEMBER
+    from tfguess.engine.model import ENGINE_MEMBER
 
     with zipfile.ZipFile(trained / "model.keras") as archive:
         carried = ENGINE_MEMBER in archive.namelist()

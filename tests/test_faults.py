@@ -36,9 +36,9 @@ from conftest import default_sigint
 from PIL import Image
 
 from tfguess.cli import main
-from tfguess.fsutil import path_text
-from tfguess.journal import HEADER, TEMP_PREFIX
-from tfguess.locks import LOCK_FILENAME, FolderBusyError, folder_lock
+from tfguess.core.fsutil import path_text
+from tfguess.core.locks import LOCK_FILENAME, FolderBusyError, folder_lock
+from tfguess.guess.journal import HEADER, TEMP_PREFIX
 
 
 @contextmanager
@@ -102,9 +102,9 @@ def run_main(capsys, *args: str) -> Done:
 
 _DROP = r"""
 import os, sys
-from tfguess.predict import Predictor
+from tfguess.guess.predict import Predictor
 Predictor.load(os.environ["TFGUESS_WARM_MODEL"], log=lambda *a: None)  # imports done as root
-import tfguess.cli, tfguess.dataset, tfguess.journal, tfguess.report, tfguess.train
+import tfguess.cli, tfguess.data.dataset, tfguess.guess.journal, tfguess.curate.report, tfguess.training.train
 import concurrent.futures, csv, json, shutil, sysconfig, tempfile, unicodedata, zipfile
 import tqdm, tqdm.auto
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
@@ -210,7 +210,7 @@ def model(demo_trained) -> Path:
 def shared_base(model, tmp_path_factory):
     """A folder every user can reach (pytest's own is root-only), with a readable copy of the
     model and of the cached backbone engines, for the cases run as ``nobody``."""
-    from tfguess.cachedir import cache_dir
+    from tfguess.core.cachedir import cache_dir
 
     base = Path(tempfile.mkdtemp(prefix="tfguess-faults-"))
     os.chmod(base, 0o755)
@@ -603,7 +603,7 @@ def test_deleted_copy_is_made_again(model, world, capsys):
 
 
 def test_label_unknown_vs_min_score_bucket(model, world, capsys, monkeypatch):
-    from tfguess import predict
+    from tfguess.guess import predict
 
     real_load = predict.Predictor.load
 
@@ -898,7 +898,7 @@ def test_train_with_non_utf8_name_and_hidden_folder(messy_train):
 def test_keep_placeholders_and_line_art(tmp_path):
     from PIL import ImageDraw
 
-    from tfguess.dataset import scan_dataset
+    from tfguess.data.dataset import scan_dataset
 
     data = tmp_path / "data"
     for label in ("drawing", "other"):
@@ -939,7 +939,7 @@ def test_no_gpu_probe_chatter_without_a_gpu(model):
 WAITING = "waiting — Ctrl-C to stop"
 _HOLD = """
 import sys
-from tfguess.locks import folder_lock
+from tfguess.core.locks import folder_lock
 with folder_lock(sys.argv[1], sys.argv[2], name=sys.argv[3]):
     print("held", flush=True)
     sys.stdin.read()
@@ -1046,8 +1046,8 @@ def test_review_moves_of_one_image_from_many_editors_are_serialised(tmp_path, mo
     """The server makes an editor per request: 8 requests moving the same image at once, each
     through its own editor, move it once. The move is slowed down so that unserialised editors
     would all pass the "is it still there" check (and leave copies behind)."""
-    from tfguess import relabel
-    from tfguess.relabel import DataSetEditor, RelabelError
+    from tfguess.curate import relabel
+    from tfguess.curate.relabel import DataSetEditor, RelabelError
 
     data = tmp_path / "data"
     for label in ("a", "b", "c"):
@@ -1086,7 +1086,7 @@ def test_review_moves_of_one_image_from_many_editors_are_serialised(tmp_path, mo
 
 def test_review_page_on_a_read_only_tf_files(tmp_path):
     """TF_FILES on a read-only file system: a move is refused in one line, nothing changes."""
-    from tfguess.relabel import DataSetEditor, RelabelError
+    from tfguess.curate.relabel import DataSetEditor, RelabelError
 
     with tmpfs(tmp_path / "ro", "4m", lambda mnt: _demo_copy(mnt, per_label=2)) as tf:
         before = tree(tf)
@@ -1102,7 +1102,7 @@ def test_review_page_on_a_read_only_tf_files(tmp_path):
 def test_relabel_journal_with_a_damaged_row(tmp_path):
     """A hand-damaged row of relabel-journal.csv is left out; the others still count and the
     page goes on (it used to answer 500)."""
-    from tfguess.relabel import DataSetEditor
+    from tfguess.curate.relabel import DataSetEditor
 
     data = tmp_path / "data"
     for label in ("a", "b"):
@@ -1137,7 +1137,7 @@ def _row(i: int, source: str | None = None) -> list[str]:
 
 
 def test_manifest_line_starting_with_a_quote_costs_that_line_only(tmp_path):
-    from tfguess.journal import read_manifest
+    from tfguess.guess.journal import read_manifest
 
     lines = _manifest([_row(i) for i in range(1, 9)]).split("\n")
     lines[3] = '"' + lines[3]     # file line 4: the third row
@@ -1150,7 +1150,7 @@ def test_manifest_line_starting_with_a_quote_costs_that_line_only(tmp_path):
 
 
 def test_manifest_row_of_a_file_name_with_line_breaks_is_one_row(tmp_path):
-    from tfguess.journal import read_manifest
+    from tfguess.guess.journal import read_manifest
 
     text = _manifest([_row(1), _row(2, "/src/two\nline,\"name\".jpg"), _row(3)])
     (tmp_path / "manifest.csv").write_text(text + "/src/torn")
@@ -1163,7 +1163,7 @@ def test_manifest_row_of_a_file_name_with_line_breaks_is_one_row(tmp_path):
 def test_file_names_as_text_round_trip():
     """Names that are not UTF-8 (Latin-1, Shift-JIS, invalid bytes) and a backslash: valid
     Unicode text with \\xNN escapes (JSON, CSV, web pages) that converts back to the same bytes."""
-    from tfguess.fsutil import path_text, text_path
+    from tfguess.core.fsutil import path_text, text_path
 
     for raw in (b"caf\xe9.jpg", b"\x83e\x83X\x83g.jpg", b"bad\xff\xfe.jpg", b"a\\xe9\\\\b.jpg",
                 "été/写真.jpg".encode(), b"plain.jpg"):
@@ -1403,8 +1403,8 @@ def test_odd_file_names_guess_dir(odd_tf, tmp_path, capsys):
 def test_ray_address_where_nothing_answers_is_one_line_at_once():
     """`--ray HOST:PORT` with no cluster there: one line naming the address, not minutes of
     Ray's own retries."""
-    from tfguess.distributed import connect
-    from tfguess.errors import ConfigError
+    from tfguess.core.errors import ConfigError
+    from tfguess.guess.distributed import connect
 
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
         s.bind(("127.0.0.1", 0))

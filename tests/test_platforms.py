@@ -44,8 +44,8 @@ def test_tensorflow_hub_is_an_extra() -> None:
 
 @pytest.mark.slow
 def test_a_tfhub_handle_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    from tfguess.backbones import tfhub
-    from tfguess.errors import WeightsUnavailableError
+    from tfguess.core.errors import WeightsUnavailableError
+    from tfguess.engine.backbones import tfhub
 
     monkeypatch.setitem(sys.modules, "tensorflow_hub", None)  # not installed
     with pytest.raises(WeightsUnavailableError, match=r"pip install 'tfguess\[tfhub\]'"):
@@ -113,7 +113,7 @@ def test_tflite_metadata_is_the_same_with_tensorflows_schema(monkeypatch: pytest
     import tensorflow as tf
     from tensorflow.lite.python import schema_py_generated as tf_schema
 
-    from tfguess import tflite_metadata as tm
+    from tfguess.engine import tflite_metadata as tm
 
     inputs = tf.keras.Input((4,))
     model = tf.keras.Model(inputs, tf.keras.layers.Dense(2, activation="softmax")(inputs))

@@ -10,7 +10,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from .config import DEFAULT_TEST_PCT, RESIZE_CHOICES, TrainConfig  # noqa: E402
+from tfguess.core.config import DEFAULT_TEST_PCT, RESIZE_CHOICES, TrainConfig  # noqa: E402
 
 
 def _train_parser(sub) -> None:
@@ -100,7 +100,7 @@ def _ray_arguments(p, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from tfguess import __version__
 
     parser = argparse.ArgumentParser(
         prog="tfguess",
@@ -199,19 +199,19 @@ def _serve_parser(sub) -> None:
 
 def _run(args) -> int:
     progress = not args.quiet
-    from .locks import run_folder_lock
+    from tfguess.core.locks import run_folder_lock
 
     if args.command == "export":  # train imports TensorFlow only when it needs the backbone
-        from ._quiet import import_tensorflow
+        from tfguess.core.quiet import import_tensorflow
 
         import_tensorflow()
     if args.command == "train":
-        from .train import train
+        from tfguess.training.train import train
 
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         values = {k: v for k, v in vars(args).items() if k in fields}
         if values.get("time_limit") is not None:
-            from .plan import parse_duration
+            from tfguess.training.plan import parse_duration
 
             values["time_limit"] = parse_duration(values["time_limit"])
         config = TrainConfig(**values)
@@ -219,17 +219,17 @@ def _run(args) -> int:
                              wait=not args.no_wait):  # the model and its report: one run at a time
             result = train(args.tf_files, config, progress=progress)
             if config.report:
-                from .report import write_report
+                from tfguess.curate.report import write_report
 
                 write_report(args.tf_files, progress=progress)
         return 0 if result else 1
     if args.command == "guess":
-        from .predict import guess
+        from tfguess.guess.predict import guess
 
         return 1 if guess(args.model, args.images, args.top_k, args.json, args.engine,
                           tta=args.tta) else 0
     if args.command == "guess-dir":
-        from .predict import guess_dir
+        from tfguess.guess.predict import guess_dir
 
         options = dict(recursive=args.recursive, by_label=args.by_label, min_score=args.min_score,
                        top_k=args.top_k, engine=args.engine, batch_size=args.batch_size,
@@ -237,7 +237,7 @@ def _run(args) -> int:
                        again=args.again, follow_links=args.follow_links, tta=args.tta,
                        wait=not args.no_wait)
         if args.ray:
-            from .distributed import guess_dir_ray
+            from tfguess.guess.distributed import guess_dir_ray
 
             result = guess_dir_ray(args.model, args.src, args.dst, address=args.ray,
                                    ray_workers=args.ray_workers, **options)
@@ -245,19 +245,19 @@ def _run(args) -> int:
             result = guess_dir(args.model, args.src, args.dst, **options)
         return 1 if result.skipped else 0
     if args.command == "evaluate":
-        from .report import write_report
+        from tfguess.curate.report import write_report
 
         with run_folder_lock(args.tf_files, "evaluate"):  # not while a train writes the model
             write_report(args.tf_files, progress=progress)
         return 0
     if args.command == "export":
-        from .export import export
+        from tfguess.export import export
 
         export(args.tf_files, args.formats or ["tflite"], quantize=args.quantize, out_dir=args.out,
                quiet=args.quiet)   # prints one "Wrote" line a file
         return 0
     if args.command == "serve":
-        from .serve import ServeLimits, serve
+        from tfguess.serve import ServeLimits, serve
 
         given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeLimits)
                  if getattr(args, f.name, None) is not None}
@@ -268,14 +268,14 @@ def _run(args) -> int:
               inbox_dir=args.inbox, inbox_every=args.inbox_every)
         return 0
     if args.command == "suggest":
-        from .inbox import Inbox, write_suggestions
+        from tfguess.curate.inbox import Inbox, write_suggestions
 
         inbox = Inbox(args.tf_files, args.dir, progress=progress, log=lambda m: print(m, file=sys.stderr))
         text = write_suggestions(inbox.suggest(args.n, args.strategy), args.out)
         print(f"Wrote {args.out}" if args.out else text, end="\n" if args.out else "")
         return 0
     if args.command == "backbones":
-        from .backbones import describe_backbones
+        from tfguess.engine.backbones import describe_backbones
 
         rows = describe_backbones()
         cols = ["name", "input_size", "feature_dim", "preprocessing", "resize", "available", "weights_source"]
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     and the traceback only with ``--debug``."""
     _printable_output()
     args = build_parser().parse_args(argv)
-    from .errors import TfguessError, describe_os_error
+    from tfguess.core.errors import TfguessError, describe_os_error
 
     _one_line_warnings()
     prefix = f"tfguess {args.command}: error:"
@@ -334,7 +334,7 @@ def _one_line_warnings() -> None:
     one line each, without the source line of the code that warned."""
     import warnings
 
-    from .images import ImageWarning
+    from tfguess.data.images import ImageWarning
 
     default = warnings.showwarning
 

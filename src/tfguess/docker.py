@@ -38,8 +38,8 @@ from docker.errors import APIError, DockerException, ImageNotFound
 from docker.types import DeviceRequest, Mount
 from docker.utils.build import exclude_paths
 
-from .cachedir import cache_dir
-from .errors import TfguessError
+from tfguess.core.cachedir import cache_dir
+from tfguess.core.errors import TfguessError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE = "tfguess:latest"

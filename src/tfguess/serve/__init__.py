@@ -9,7 +9,7 @@ bounded (413), non-images are refused (415), undecodable images and decompressio
 
 Serving a TF_FILES folder also serves its evaluation report at ``/report/`` and the review page
 (``/review``), where suspected label errors can be moved to another label or taken out of the
-data set (:mod:`tfguess.relabel`) and the model re-trained in place.
+data set (:mod:`tfguess.curate.relabel`) and the model re-trained in place.
 
 One module per page or API, each with ``register(app, ctx)``: :mod:`.predict` (the prediction
 API), :mod:`.home` (the classify page, the report), :mod:`.docs` (Swagger UI), :mod:`.review`,
@@ -17,7 +17,7 @@ API), :mod:`.home` (the classify page, the report), :mod:`.docs` (Swagger UI), :
 middleware in :mod:`.app`, what they share in :mod:`.context`.
 """
 
-from .app import (
+from tfguess.serve.app import (
     API_KEY_ENV,
     PAGE_MODULES,
     ServeError,
@@ -28,11 +28,11 @@ from .app import (
     host_name,
     serve,
 )
-from .batching import MicroBatcher, Saturated
-from .context import TOKEN_HEADER, WEB_DIR, ServeContext, ServeLimits, is_loopback
-from .model_card import ServedModel, file_digest
-from .predict import error_status
-from .review import Retrainer, thumbnail
+from tfguess.serve.batching import MicroBatcher, Saturated
+from tfguess.serve.context import TOKEN_HEADER, WEB_DIR, ServeContext, ServeLimits, is_loopback
+from tfguess.serve.model_card import ServedModel, file_digest
+from tfguess.serve.predict import error_status
+from tfguess.serve.review import Retrainer, thumbnail
 
 __all__ = [
     "API_KEY_ENV", "PAGE_MODULES", "check_cors_origins", "check_exposure", "TOKEN_HEADER", "WEB_DIR", "MicroBatcher", "Retrainer", "Saturated",

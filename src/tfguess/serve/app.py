@@ -14,10 +14,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..errors import TfguessError
-from . import auth, docs, home, inbox, metrics, predict, review
-from .batching import MicroBatcher
-from .context import LOOPBACK_NAMES, ServeContext, ServeLimits, is_loopback
+from tfguess.core.errors import TfguessError
+from tfguess.serve import auth, docs, home, inbox, metrics, predict, review
+from tfguess.serve.batching import MicroBatcher
+from tfguess.serve.context import LOOPBACK_NAMES, ServeContext, ServeLimits, is_loopback
 
 # Each registers its routes with ``register(app, ctx)``; a new page is one more module here.
 PAGE_MODULES = (predict, home, docs, review, inbox, metrics, auth)
@@ -193,7 +193,7 @@ def create_app(model: str | Path, limits: ServeLimits | None = None, host: str =
     from fastapi import FastAPI
     from starlette.middleware.cors import CORSMiddleware
 
-    from .. import __version__
+    from tfguess import __version__
 
     limits = limits or ServeLimits()
     if limits.queue_size < limits.max_files:

@@ -7,7 +7,7 @@ import hmac
 from html import escape
 from urllib.parse import parse_qs, quote
 
-from .context import ServeContext
+from tfguess.serve.context import ServeContext
 
 COOKIE = "tfguess_session"
 PUBLIC_PREFIXES = ("/static/", "/docs-assets/")

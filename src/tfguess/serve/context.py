@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .batching import MicroBatcher
-from .model_card import ServedModel
+from tfguess.serve.batching import MicroBatcher
+from tfguess.serve.model_card import ServedModel
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = Path(__file__).resolve().parent / "web"
 TOKEN_HEADER = "X-Tfguess-Token"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # The pages load nothing from elsewhere and cannot be framed by another site.

@@ -7,7 +7,7 @@ The bundled Swagger UI (4.15) renders OpenAPI 2.0 and 3.0.x only, while FastAPI 
 
 from typing import Any
 
-from .context import ServeContext
+from tfguess.serve.context import ServeContext
 
 OPENAPI_VERSION = "3.0.3"
 

@@ -4,8 +4,8 @@ import html
 import re
 from urllib.parse import quote, unquote, urlsplit
 
-from ..runfolder import RunFolder
-from .context import WEB_DIR, ServeContext
+from tfguess.core.runfolder import RunFolder
+from tfguess.serve.context import WEB_DIR, ServeContext
 
 _FILE_LINK = re.compile(r'href="(file://[^"]*)"')
 

@@ -1,5 +1,5 @@
 """The inbox page (``/inbox``) and its API: sort a folder of unlabelled photos with the model's
-help (:mod:`tfguess.inbox`), or start a TF_FILES from nothing (labels, photos, first training).
+help (:mod:`tfguess.curate.inbox`), or start a TF_FILES from nothing (labels, photos, first training).
 
 Every route that changes something calls ``ctx.check_write`` (the page token and same origin).
 """
@@ -8,10 +8,10 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import TfguessError
-from ..runfolder import RunFolder
-from .context import ServeContext
-from .model_card import ServedModel
+from tfguess.core.errors import TfguessError
+from tfguess.core.runfolder import RunFolder
+from tfguess.serve.context import ServeContext
+from tfguess.serve.model_card import ServedModel
 
 MAX_ITEMS = 200          # cards sent to the page at once (the most useful first)
 ORDERS = ("uncertainty", "margin", "entropy", "label", "score", "random")
@@ -22,7 +22,7 @@ class NoModelYet(ServedModel):
     answer 503 until the first training (:meth:`ServedModel.reload` then loads the model)."""
 
     def __init__(self, tf_files: Path, log) -> None:
-        from ..model import MODEL_FILENAME
+        from tfguess.engine.model import MODEL_FILENAME
 
         self.tf_files, self.path, self.log = tf_files, tf_files / MODEL_FILENAME, log
         self.lock = threading.Lock()
@@ -65,7 +65,7 @@ class InboxState:
     def get(self, required: bool = True):
         from fastapi import HTTPException
 
-        from ..inbox import Inbox
+        from tfguess.curate.inbox import Inbox
 
         if self.dir is None:
             if required:
@@ -104,8 +104,8 @@ def register(app, ctx: ServeContext) -> None:
     from pydantic import BaseModel
     from starlette.datastructures import UploadFile
 
-    from .. import inbox as inbox_mod
-    from .review import thumbnail
+    from tfguess.curate import inbox as inbox_mod
+    from tfguess.serve.review import thumbnail
 
     served = ctx.served
     if served.tf_files is None:

@@ -1,7 +1,7 @@
 """``/metrics`` in the Prometheus text format (``prometheus-client``): requests by route and
 status, request latency, network batch sizes, images classified, queue depth."""
 
-from .context import ServeContext
+from tfguess.serve.context import ServeContext
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)

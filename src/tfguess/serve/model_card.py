@@ -6,8 +6,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..predict import Predictor
-from ..runfolder import RunFolder
+from tfguess.core.runfolder import RunFolder
+from tfguess.guess.predict import Predictor
 
 
 def file_digest(path: Path) -> str:
@@ -23,7 +23,7 @@ class ServedModel:
     """The model being served (swapped in place after a re-training) and its card."""
 
     def __init__(self, model: str | Path, log: Callable[[str], None] = print) -> None:
-        from ..model import MODEL_FILENAME, resolve_model_path
+        from tfguess.engine.model import MODEL_FILENAME, resolve_model_path
 
         arg = Path(model).expanduser().resolve()
         self.tf_files = arg if arg.is_dir() else None
@@ -64,7 +64,7 @@ class ServedModel:
             "review": self.tf_files is not None,
         }
         if self.path.suffix.lower() == ".keras":
-            from ..model import read_meta
+            from tfguess.engine.model import read_meta
 
             meta = read_meta(self.path)
             config = meta.get("config") or {}

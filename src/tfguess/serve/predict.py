@@ -7,9 +7,9 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from ..images import ImageError, load_image
-from .batching import Saturated
-from .context import ServeContext
+from tfguess.data.images import ImageError, load_image
+from tfguess.serve.batching import Saturated
+from tfguess.serve.context import ServeContext
 
 # /docs shows a file picker for a multipart array of binary strings (OpenAPI 3.0 style).
 PREDICT_BODY = {

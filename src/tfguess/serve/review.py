@@ -7,12 +7,12 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import TfguessError
-from ..fsutil import path_text
-from ..images import ImageError
-from ..runfolder import RunFolder
-from .context import ServeContext
-from .model_card import ServedModel
+from tfguess.core.errors import TfguessError
+from tfguess.core.fsutil import path_text
+from tfguess.core.runfolder import RunFolder
+from tfguess.data.images import ImageError
+from tfguess.serve.context import ServeContext
+from tfguess.serve.model_card import ServedModel
 
 THUMB_PX = 320  # the page shows 160 px tiles: twice that for high-density screens
 
@@ -35,10 +35,10 @@ class Retrainer:
         return True
 
     def _work(self) -> None:
-        from ..config import TrainConfig
-        from ..locks import run_folder_lock
-        from ..report import write_report
-        from ..train import train
+        from tfguess.core.config import TrainConfig
+        from tfguess.core.locks import run_folder_lock
+        from tfguess.curate.report import write_report
+        from tfguess.training.train import train
 
         tf_files = self.served.tf_files
         run = RunFolder.at(tf_files)
@@ -70,7 +70,7 @@ def thumbnail(path: Path, mtime_ns: int, size: int = THUMB_PX) -> bytes:
     """A JPEG preview of ``path``, cached in memory (a few hundred at most)."""
     from PIL import Image
 
-    from ..images import decode_image
+    from tfguess.data.images import decode_image
 
     key = (str(path), mtime_ns)
     with _THUMBS_LOCK:
@@ -97,7 +97,7 @@ def register(app, ctx: ServeContext) -> None:
     from fastapi.responses import Response
     from pydantic import BaseModel
 
-    from ..relabel import DataSetEditor, RelabelError
+    from tfguess.curate.relabel import DataSetEditor, RelabelError
 
     served = ctx.served
     if served.tf_files is None:
@@ -130,7 +130,7 @@ def register(app, ctx: ServeContext) -> None:
         if not report_json.is_file():
             return {"report": False, "labels": ed.labels, "items": [], "changes": [],
                     "hint": f"no evaluation report yet: tfguess evaluate {tf_files}"}
-        from ..report import load_report
+        from tfguess.curate.report import load_report
 
         data = load_report(tf_files)
         items, seen = [], set()

@@ -1,0 +1,1 @@
+"""Running a saved model: guess, guess-dir with its journal, and the Ray path."""

@@ -1,0 +1,83 @@
+"""Evaluation: metrics of a head's predictions, and scoring a labelled folder.
+
+Used by ``train`` (splits and ``--eval-dir``) and by the report. The metrics are computed in
+numpy (no scikit-learn import on the training path); ``tests/training/test_head.py`` checks them
+against scikit-learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tfguess.core.errors import DatasetError
+from tfguess.data.dataset import scan_dataset
+from tfguess.engine.bottlenecks import BottleneckCache, compute_features
+from tfguess.engine.runtime import Head
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
+    """Accuracy, per-label precision/recall/F1 and the confusion matrix (rows: true label)."""
+    k = len(labels)
+    if len(y_true) == 0:
+        return {"n": 0, "accuracy": None}
+    pred = np.asarray(probs).argmax(axis=1)
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (y_true, pred), 1)
+    per_label = {}
+    for i, label in enumerate(labels):
+        tp = confusion[i, i]
+        p = tp / confusion[:, i].sum() if confusion[:, i].sum() else 0.0
+        r = tp / confusion[i, :].sum() if confusion[i, :].sum() else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        per_label[label] = {"precision": round(float(p), 4), "recall": round(float(r), 4),
+                            "f1": round(float(f1), 4), "support": int(confusion[i, :].sum())}
+    return {
+        "n": int(len(y_true)),
+        "accuracy": round(float((pred == y_true).mean()), 4),
+        "per_label": per_label,
+        "confusion": confusion.tolist(),
+    }
+
+
+def evaluate_folder(
+    folder: Path,
+    labels: list[str],
+    head: Head,
+    cache: BottleneckCache,
+    make_extractor: Callable,
+    size: int,
+    resize: str,
+    *,
+    workers: int = 0,
+    progress: bool = True,
+    compute: Callable = compute_features,
+) -> dict:
+    """Metrics of the trained head on every image of a labelled folder (e.g. a held-out set).
+
+    ``compute``: :func:`bottlenecks.compute_features` or a function with its signature (the Ray
+    cluster's, :class:`distributed.RayFeatureComputer`)."""
+    scan = scan_dataset(folder, validation_pct=0, test_pct=0, min_per_label=1,
+                        decode_check=False, progress=progress)
+    unknown = sorted(set(scan.labels) - set(labels))
+    if unknown:
+        raise DatasetError(
+            f"{folder} has label folder(s) the model does not know: {', '.join(unknown)} "
+            f"(trained labels: {', '.join(labels)})"
+        )
+    feats = compute([(it.path, it.digest) for it in scan.items], cache, make_extractor,
+                    size, resize, workers=workers, progress=progress)
+    items = [it for it in scan.items if it.digest in feats.features]
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.array([index[it.label] for it in items], np.int64)
+    x = (np.stack([feats.features[it.digest] for it in items]) if items
+         else np.zeros((0, head.feature_dim), np.float32))
+    result = classification_metrics(y, head(x) if len(x) else np.zeros((0, len(labels))), labels)
+    result["folder"] = str(folder)
+    result["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in scan.skipped] + [
+        {"path": str(it.path), "reason": feats.skipped[it.digest]}
+        for it in scan.items if it.digest in feats.skipped
+    ]
+    return result

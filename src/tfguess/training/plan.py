@@ -1,0 +1,384 @@
+"""``train --time-limit``: the most accurate recipe that fits a time budget on this machine.
+
+A recipe is a backbone, an input size, a number of cached augmented views and, optionally,
+fine-tuning (blocks and epochs). :data:`RECIPES` holds what each one scored on the development
+sets (validation accuracy of cub_songbirds22 and hymenoptera, the README's accuracy table); a
+recipe's value is the mean of the two. Its time is estimated from the number of images and this
+machine's throughput (:class:`Speed`): the previous run's figures in the same TF_FILES when there
+are any (the cache's history), else reference rates measured on a 2-core machine, scaled by the
+cores this process may use and by the share of them the rest of the machine leaves (the cores
+it keeps busy now, sampled from /proc/stat for half a second: the one-minute load average still
+counts a run that has just ended).
+
+:func:`choose` takes the best recipe whose estimate fits :data:`HEADROOM` of the budget, with
+fewer fine-tuning epochs when that is what fits; the training run then enforces the limit (the
+fine-tuning stops at a deadline and keeps its average so far). Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tfguess.core.errors import ConfigError
+
+# Share of the budget a plan may fill: the rest absorbs estimation errors (the run must end within
+# the limit plus 10 %).
+HEADROOM = 0.8
+MIN_FINE_TUNE_EPOCHS = 3
+# The frozen features are weak (the end of a run says what fine-tuning would add) when validation
+# accuracy is this far below the training accuracy.
+WEAK_GAP = 0.05
+
+# Reference throughput of lite0 at 224 on 2 idle cores (x86, AVX-512; the run summaries of the
+# recipes below on cub_songbirds22, converted by each recipe's costs), images/s: frozen features
+# of one image or view; the cached views of fine-tuning (augmenting + the lower blocks); one
+# fine-tuning epoch on them.
+REFERENCE_CORES = 2
+REFERENCE = {"extract": 110.0, "views": 145.0, "fine_tune": 85.0}
+# Seconds, whatever the data: importing TensorFlow, building and converting the backbone, fitting
+# the head, saving; fine-tuning adds converting its lower blocks and the fine-tuned backbone.
+FIXED_SECONDS = 25.0
+FINE_TUNE_FIXED_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    backbone: str
+    image_size: int            # the input size it runs at
+    views: int
+    fine_tune: bool
+    scores: tuple[float, float]  # val accuracy on (cub_songbirds22, hymenoptera)
+    fine_tune_blocks: int = 6
+    fine_tune_epochs: int = 10
+    base: tuple[float, float] | None = None  # the scores without fine-tuning (fewer epochs)
+
+    @property
+    def extract_cost(self) -> float:
+        """Time of one frozen extraction, relative to lite0 at 224 (:func:`costs`)."""
+        return costs(self.backbone, self.image_size)[0]
+
+    @property
+    def views_cost(self) -> float:
+        """Time of one cached fine-tuning view, relative to lite0 at 224."""
+        return costs(self.backbone, self.image_size)[1]
+
+    @property
+    def fine_tune_cost(self) -> float:
+        """Time of one fine-tuning image-epoch, relative to lite0 at 224."""
+        return costs(self.backbone, self.image_size)[2]
+
+    @property
+    def value(self) -> float:
+        """The mean dev-set accuracy, for fewer fine-tuning epochs a linear share of the gain
+        (an assumption: only 10 epochs were measured)."""
+        full = sum(self.scores) / len(self.scores)
+        if not self.fine_tune or self.base is None or self.fine_tune_epochs >= 10:
+            return full
+        base = sum(self.base) / len(self.base)
+        return base + (full - base) * self.fine_tune_epochs / 10
+
+    @property
+    def name(self) -> str:
+        parts = [self.backbone.replace("efficientnet_", ""), f"{self.image_size} px",
+                 f"{self.views} views" if self.views else "no views"]
+        if self.fine_tune:
+            parts.append(f"fine-tuning {self.fine_tune_blocks} blocks x {self.fine_tune_epochs} epochs")
+        return ", ".join(parts)
+
+    def settings(self) -> dict:
+        """The TrainConfig fields this recipe sets."""
+        own = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+        return {"backbone": self.backbone,
+                "image_size": None if own.get(self.backbone) == self.image_size else self.image_size,
+                "views": self.views, "fine_tune": self.fine_tune,
+                "fine_tune_blocks": self.fine_tune_blocks, "fine_tune_epochs": self.fine_tune_epochs}
+
+
+_L0 = "efficientnet_lite0"
+_L2 = "efficientnet_lite2"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of ``90s``, ``10m``, ``1h30m``, ``1.5h`` or ``600`` (seconds)."""
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*",
+                     str(text).lower())
+    seconds = None
+    if m and any(m.groups()):
+        h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+        seconds = 3600 * h + 60 * mi + s
+    if not seconds or not math.isfinite(seconds):
+        raise ConfigError(f"invalid duration {text!r}: give a positive time such as 90s, 10m or 1h30m")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Speed:
+    """This machine's throughput for lite0 at 224, images/s (see :data:`REFERENCE`)."""
+
+    extract: float
+    views: float
+    fine_tune: float
+    source: str
+    slowdown: float = 1.0  # the fixed costs' factor: 1 / the share of the cores left to this run
+
+    @classmethod
+    def estimate(cls, cores: int, busy: float | None = None, summary: dict | None = None) -> Speed:
+        """From the previous run's summary (``run_summary.json``) where it measured something,
+        else the reference rates scaled by ``cores`` and the share of them this run gets beside
+        other work keeping ``busy`` cores busy: ``cores / (cores + busy)``."""
+        share = 1.0 if not busy else cores / (cores + max(0.0, busy))
+        scale = max(0.05, cores / REFERENCE_CORES * share)
+        rates = {k: v * scale for k, v in REFERENCE.items()}
+        source = f"reference rates x {scale:.2f} ({cores} cores, {busy or 0:.1f} busy elsewhere)"
+        measured = _history_rates(summary or {})
+        if measured:
+            rates.update(measured)
+            source = f"the last run in this folder ({', '.join(sorted(measured))})" + (
+                f", reference rates x {scale:.2f} for the rest" if len(measured) < len(rates) else "")
+        return cls(rates["extract"], rates["views"], rates["fine_tune"], source, 1 / max(share, 0.05))
+
+
+def costs(backbone: str, size: int) -> tuple[float, float, float]:
+    """The (extraction, fine-tuning view, fine-tuning epoch) cost factors of ``backbone`` at
+    ``size``, relative to lite0 at 224 (measured at 224, 288 and 320 for lite0, 260 and 300 for
+    lite2; lite1, in no recipe, is put between the two, unmeasured)."""
+    if backbone == _L0:
+        c = (size / 224) ** 2
+        return c, c, c
+    area = (size / 260) ** 2
+    if backbone == _L2:
+        return 1.77 * area, 2.24 * area, 1.62 * area
+    area = (size / 240) ** 2
+    return 1.35 * area, 1.6 * area, 1.3 * area
+
+
+# What each recipe scored (cub_songbirds22, hymenoptera val; README "Accuracy", the fine-tuned
+# ones with the views cached through the lower blocks, two runs averaged where there are two).
+# Longer or bigger fine-tuning scored no higher on cub_songbirds22 (20 epochs 0.9152, 9 blocks
+# 0.9136, 320 px x 15 epochs 0.9091, lite2 at 300 px 0.9136, mixup of the activations 0.9076), so
+# a bigger budget buys the same recipe.
+RECIPES = (
+    Recipe(_L0, 224, 0, False, (0.8621, 0.9542)),
+    Recipe(_L0, 224, 2, False, (0.8712, 0.9542)),
+    Recipe(_L0, 288, 2, False, (0.8758, 0.9542)),
+    Recipe(_L2, 260, 2, False, (0.8833, 0.9542)),
+    Recipe(_L0, 224, 2, True, (0.8985, 0.9412), base=(0.8712, 0.9542)),
+    Recipe(_L2, 260, 2, True, (0.9045, 0.9477), base=(0.8833, 0.9542)),
+    Recipe(_L0, 288, 2, True, (0.9160, 0.9510), base=(0.8758, 0.9542)),
+)
+
+
+def _history_rates(summary: dict) -> dict:
+    """Rates measured by an earlier run, converted to lite0 at 224."""
+    out = {}
+    try:
+        backbone = summary.get("backbone") or {}
+        extract_cost, _, ft_cost = costs(backbone.get("name", _L0), backbone.get("input_size") or 224)
+        computed = (summary.get("features") or {}).get("computed") or 0
+        seconds = (summary.get("timings_s") or {}).get("features") or 0
+        if computed >= 50 and seconds > 0:
+            out["extract"] = computed / seconds * extract_cost
+        ft = summary.get("fine_tune") or {}
+        if ft.get("images_per_second") and ft.get("cached_views"):
+            out["fine_tune"] = float(ft["images_per_second"]) * ft_cost
+    except (TypeError, ValueError, AttributeError):
+        return {}
+    return out
+
+
+def read_summary(path: Path) -> dict:
+    """A previous run's summary, or {} (missing or damaged: only the history is lost)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    recipe: Recipe
+    seconds: float
+    fine_tune_seconds: float   # of which the fine-tuning (views and epochs)
+    after_seconds: float       # after the fine-tuning: features of the fine-tuned backbone, scoring
+
+
+def estimate(recipe: Recipe, images: int, train_images: int, eval_images: int, speed: Speed) -> Estimate:
+    """The time of training ``recipe`` from nothing on ``images`` photos (``train_images`` of them
+    in the training split) plus ``eval_images`` in an evaluation folder."""
+    extract = recipe.extract_cost / speed.extract
+    seconds = (FIXED_SECONDS * speed.slowdown
+               + (images + train_images * recipe.views + eval_images) * extract)
+    ft = after = 0.0
+    if recipe.fine_tune:
+        epochs = recipe.fine_tune_epochs
+        ft = train_images * (epochs * recipe.fine_tune_cost / speed.fine_tune
+                             + epochs * recipe.views_cost / speed.views)
+        after = (images + eval_images) * extract + FINE_TUNE_FIXED_SECONDS * speed.slowdown
+        seconds += ft + after
+    return Estimate(recipe, seconds, ft, after)
+
+
+@dataclass(frozen=True)
+class Plan:
+    chosen: Estimate
+    limit: float
+    speed: Speed
+    fits: bool                 # False: even the fastest recipe is estimated over the budget
+    images: int = 0
+    train_images: int = 0
+    eval_images: int = 0
+
+    def summary(self) -> dict:
+        """What run_summary.json records of the plan."""
+        e = self.chosen
+        return {"limit_s": self.limit, "recipe": e.recipe.name, "settings": e.recipe.settings(),
+                "estimated_s": round(e.seconds, 1), "fits": self.fits,
+                "dev_accuracy": round(e.recipe.value, 4), "throughput": self.speed.source,
+                "images": self.images}
+
+    def describe(self) -> str:
+        e = self.chosen
+        ft = (f", of which fine-tuning {e.fine_tune_seconds:.0f} s" if e.recipe.fine_tune else "")
+        warn = "" if self.fits else " (over the budget: the fastest recipe there is)"
+        return (f"Time limit {format_seconds(self.limit)}: {e.recipe.name}; estimated "
+                f"{format_seconds(e.seconds)}{ft}{warn}; dev-set accuracy of this recipe "
+                f"{e.recipe.value:.3f}; throughput from {self.speed.source}")
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def candidates(recipe: Recipe) -> list[Recipe]:
+    """``recipe``, and for fine-tuning the same with fewer epochs, down to the minimum."""
+    if not recipe.fine_tune:
+        return [recipe]
+    return [replace(recipe, fine_tune_epochs=e)
+            for e in range(recipe.fine_tune_epochs, MIN_FINE_TUNE_EPOCHS - 1, -1)]
+
+
+def choose(limit: float, images: int, train_images: int, eval_images: int, speed: Speed,
+           recipes=RECIPES) -> Plan:
+    """The recipe of highest value whose estimate fits ``HEADROOM * limit``; the fastest one when
+    none does. Ties go to the faster."""
+    options = [estimate(r, images, train_images, eval_images, speed)
+               for recipe in recipes for r in candidates(recipe)]
+    fitting = [e for e in options if e.seconds <= HEADROOM * limit]
+    if fitting:
+        best = max(fitting, key=lambda e: (round(e.recipe.value, 6), -e.seconds))
+        return Plan(best, limit, speed, True, images, train_images, eval_images)
+    return Plan(min(options, key=lambda e: e.seconds), limit, speed, False, images, train_images,
+                eval_images)
+
+
+def count_images(image_dir: Path) -> int:
+    """Files in the label folders (not decoded: an upper bound of the usable images)."""
+    n = 0
+    for label in Path(image_dir).iterdir():
+        if label.is_dir() and not label.name.startswith("."):
+            for _root, dirs, files in os.walk(label):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                n += sum(1 for f in files if not f.startswith("."))
+    return n
+
+
+def fine_tune_hint(train_accuracy: float | None, val_accuracy: float | None, images: int,
+                   train_images: int, speed: Speed) -> str | None:
+    """What fine-tuning would likely add when the frozen features are weak (validation accuracy
+    well below the training accuracy), and how long it would take; None otherwise."""
+    if not _weak(train_accuracy, val_accuracy):
+        return None
+    default = next(r for r in RECIPES if not r.fine_tune and r.image_size == 224 and r.views == 2)
+    ft = next(r for r in RECIPES if r.fine_tune and r.backbone == _L0 and r.image_size == 224)
+    best = max(RECIPES, key=lambda r: r.value)
+    t_ft = estimate(ft, images, train_images, 0, speed).seconds
+    t_best = estimate(best, images, train_images, 0, speed).seconds
+
+    def gain(r: Recipe) -> str:
+        return f"{100 * (r.scores[0] - default.scores[0]):.1f} points"
+
+    return (f"The frozen features are weak here (validation accuracy {val_accuracy:.3f} against "
+            f"{train_accuracy:.3f} on the training images). --fine-tune added {gain(ft)} on a "
+            f"fine-grained development set (cub_songbirds22) and would take about "
+            f"{format_seconds(t_ft)} here; --fine-tune --image-size {best.image_size} added "
+            f"{gain(best)} there, about {format_seconds(t_best)}. Or give --time-limit (e.g. "
+            f"--time-limit {math.ceil(t_best / HEADROOM / 60)}m) to get the best recipe that fits.")
+
+
+def _speed(summary_path: Path) -> Speed:
+    from tfguess.data.pipeline import default_workers
+
+    busy = busy_cores()
+    if busy is None and hasattr(os, "getloadavg"):  # no /proc/stat (macOS): the load average
+        busy = os.getloadavg()[0]
+    return Speed.estimate(default_workers(), busy, read_summary(summary_path))
+
+
+def busy_cores(seconds: float = 0.5) -> float | None:
+    """How many cores the rest of the machine keeps busy now: the share of CPU time that was not
+    idle over ``seconds`` (this process sleeps meanwhile), from /proc/stat, times the cores it
+    counts; None where there is no /proc/stat."""
+
+    def sample() -> tuple[float, float, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            lines = f.read().splitlines()
+        times = [float(x) for x in lines[0].split()[1:]]
+        cpus = sum(1 for line in lines if re.match(r"cpu\d", line))
+        return sum(times[:8]), times[3] + times[4], cpus  # idle + iowait
+
+    try:
+        total0, idle0, cpus = sample()
+        time.sleep(seconds)
+        total1, idle1, _ = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return max(0.0, 1.0 - (idle1 - idle0) / (total1 - total0)) * cpus
+
+
+def plan_run(config, image_dir: Path, summary_path: Path, log=print):
+    """``config`` with the recipe that fits ``config.time_limit`` for the photos in ``image_dir``
+    (the previous run's summary at ``summary_path`` gives this machine's throughput), and the plan;
+    ``(config, None)`` when there is no limit or no folder to plan for."""
+    import dataclasses
+
+    if not config.time_limit or not Path(image_dir).is_dir():
+        return config, None
+    images = count_images(image_dir)
+    held_out = (config.validation_pct + config.test_pct) / 100
+    train_images = round(images * (1 - held_out))
+    eval_images = count_images(Path(config.eval_dir).expanduser()) if config.eval_dir and Path(
+        config.eval_dir).expanduser().is_dir() else 0
+    plan = choose(config.time_limit, images, train_images, eval_images, _speed(summary_path))
+    log(plan.describe())
+    return dataclasses.replace(config, **plan.chosen.recipe.settings()), plan
+
+
+def fine_tune_deadline(start: float, limit: float, images: int, seconds_per_image: float,
+                       slowdown: float = 1.0) -> float:
+    """When fine-tuning must stop (a ``time.perf_counter()`` value) for a run that started at
+    ``start`` to end within ``limit``: what follows it (the fine-tuned backbone's conversion and
+    features of ``images`` photos at ``seconds_per_image``) is kept free, with a margin."""
+    return start + limit - 1.25 * (FINE_TUNE_FIXED_SECONDS * slowdown + images * seconds_per_image)
+
+
+def _weak(train_accuracy: float | None, val_accuracy: float | None) -> bool:
+    return (train_accuracy is not None and val_accuracy is not None
+            and train_accuracy - val_accuracy >= WEAK_GAP)
+
+
+def weak_features_hint(train_accuracy, val_accuracy, images: int, train_images: int,
+                       summary_path: Path) -> str | None:
+    """:func:`fine_tune_hint` with this machine's throughput (measured only when the features are
+    weak: it samples the machine for half a second)."""
+    if not _weak(train_accuracy, val_accuracy):
+        return None
+    return fine_tune_hint(train_accuracy, val_accuracy, images, train_images, _speed(summary_path))
