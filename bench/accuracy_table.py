@@ -1,4 +1,4 @@
-"""Accuracy and train time of each training mode, backbone and data set (the README's table).
+"""Accuracy and train time of each training mode, backbone and data set (the table of docs/benchmarks.md).
 
 For each data set (``cub_songbirds22``, ``hymenoptera``: train on ``train/``, score ``val/`` as
 ``--eval-dir``), backbone and mode, trains into ``WORK/<dataset>-<backbone>/`` (one bottleneck
@@ -105,7 +105,7 @@ def run(args) -> None:
             else:
                 from tfguess.export import export
 
-                out = export(source, ["tflite"], out_dir=work / f"export-{args.dataset}-{args.backbone}",
+                out = export(source, formats=["tflite"], out_dir=work / f"export-{args.dataset}-{args.backbone}",
                              log=lambda *_: None)
                 tfl = Predictor.load(out[0])
                 acc, tfl_labels = score(tfl, images)

@@ -57,7 +57,7 @@ def check(tf_files: Path, val_dir: Path, out_dir: Path) -> list[dict]:
 
     rows = [row("keras", ref, ref, Path(classifier.path))]
     for quantize in ("none", "float16", "dynamic", "int8"):
-        (path,) = export(tf_files, ["tflite"], quantize, out_dir=out_dir, log=quiet)
+        (path,) = export(tf_files, formats=["tflite"], quantize=quantize, out_dir=out_dir, log=quiet)
         tfl = TFLiteClassifier(path)
         probs = np.concatenate([tfl(x[i:i + 32]) for i in range(0, len(x), 32)])
         rows.append(row(f"tflite {'float32' if quantize == 'none' else quantize}", probs, ref, path))
@@ -65,7 +65,7 @@ def check(tf_files: Path, val_dir: Path, out_dir: Path) -> list[dict]:
     # The frozen graph through the classic client, against what `guess` prints.
     import tensorflow as tf
 
-    graph_path, _ = export(tf_files, ["frozen-graph"], out_dir=out_dir, log=quiet)
+    graph_path, _ = export(tf_files, formats=["frozen-graph"], out_dir=out_dir, log=quiet)
     guess = np.stack([np.array([dict(p.top)[lb] for lb in classifier.labels])
                       for p in Predictor.load(tf_files, log=quiet).predict(paths)])
     gd = tf.compat.v1.GraphDef()
@@ -76,7 +76,7 @@ def check(tf_files: Path, val_dir: Path, out_dir: Path) -> list[dict]:
             frozen = np.concatenate([sess.run("final_result:0", {"DecodeJpeg/contents:0": p.read_bytes()})
                                      for p in paths])
     rows.append(row("frozen graph (classic client)", frozen, guess, graph_path))
-    (ml_path,) = export(tf_files, ["coreml"], out_dir=out_dir, log=quiet)
+    (ml_path,) = export(tf_files, formats=["coreml"], out_dir=out_dir, log=quiet)
     rows.append({"model": "coreml (spec only)", "size": size_of(ml_path)})
     return rows
 

@@ -62,10 +62,10 @@ def export_all(tf_files: Path, out: Path) -> dict[str, Path]:
     quiet = dict(out_dir=out, log=lambda *_: None, quiet=True)
     files = {}
     for q in TFLITE_VARIANTS:
-        (files[f"tflite {'float32' if q == 'none' else q}"],) = export(tf_files, ["tflite"], q, **quiet)
-    graph, _labels = export(tf_files, ["frozen-graph"], **quiet)
-    (files["savedmodel"],) = export(tf_files, ["savedmodel"], **quiet)
-    (files["onnx"],) = export(tf_files, ["onnx"], **quiet)
+        (files[f"tflite {'float32' if q == 'none' else q}"],) = export(tf_files, formats=["tflite"], quantize=q, **quiet)
+    graph, _labels = export(tf_files, formats=["frozen-graph"], **quiet)
+    (files["savedmodel"],) = export(tf_files, formats=["savedmodel"], **quiet)
+    (files["onnx"],) = export(tf_files, formats=["onnx"], **quiet)
     files["frozen-graph"] = graph
     return files
 

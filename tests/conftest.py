@@ -11,6 +11,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+pytest_plugins = ["pytester"]   # tests/test_architecture.py runs the tier check on sample tests
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "tf_files" / "data"
 TEST_DATA = REPO / "test_data"
@@ -18,18 +20,31 @@ HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
 ARTIFACTS = REPO / "test-artifacts"
 
 
-# Tests that need TensorFlow, a trained model or an engine are the slow tier; `pytest -m "not
-# slow"` runs the rest (logic, metrics, config, CLI errors) in well under a minute.
-HEAVY_FIXTURES = {
-    "demo_trained", "hymenoptera_trained", "demo_report", "lite0", "lite0_classifier",
-    "tiny_model", "built", "engine", "trained",
-}
+# The slow tier is marked explicitly: `pytestmark = pytest.mark.slow` in a module whose tests all
+# train or load a model, `@pytest.mark.slow` on a single test. `pytest -m "not slow"` runs the
+# rest (logic, metrics, config, CLI errors) in well under 30 s. A test without the mark that
+# takes longer than FAST_TEST_BUDGET_S (setup + call) fails, saying to mark it: a new heavy
+# fixture can no longer land in the fast tier unseen.
+FAST_TEST_BUDGET_S = float(os.environ.get("TFGUESS_FAST_TEST_BUDGET_S", "10"))
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "setup":
+        item.stash[_setup_seconds] = report.duration
+    if report.when != "call" or report.failed or item.get_closest_marker("slow"):
+        return
+    seconds = item.stash.get(_setup_seconds, 0.0) + report.duration
+    if seconds > FAST_TEST_BUDGET_S:
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} took {seconds:.1f} s without @pytest.mark.slow: the "
+                           f"fast tier's budget is {FAST_TEST_BUDGET_S:g} s a test; mark it slow "
+                           "or make it faster")
+
+
+_setup_seconds = pytest.StashKey[float]()
 
 
 def require_shared() -> Path:

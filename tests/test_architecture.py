@@ -64,3 +64,28 @@ def test_readme_is_short():
     lines = (REPO / "README.md").read_text().splitlines()
     assert len(lines) <= MAX_README_LINES, f"README.md has {len(lines)} lines"
     assert "bash tests/run.sh" in "\n".join(lines[:12])
+
+
+def test_an_unmarked_slow_test_fails_the_fast_tier(pytester, monkeypatch):
+    """A test over the fast tier's budget without @pytest.mark.slow fails, saying so; the same
+    test marked slow passes."""
+    pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())
+    pytester.makeini("[pytest]\nmarkers =\n    slow: slow\n")
+    pytester.makepyfile(test_sample="""
+        import time
+        import pytest
+
+        def test_quick():
+            pass
+
+        def test_unmarked_sleeper():
+            time.sleep(0.5)
+
+        @pytest.mark.slow
+        def test_marked_sleeper():
+            time.sleep(0.5)
+    """)
+    monkeypatch.setenv("TFGUESS_FAST_TEST_BUDGET_S", "0.2")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*test_unmarked_sleeper took * s without @pytest.mark.slow*"])

@@ -348,6 +348,7 @@ def test_export_through_docker(trained: Path, workdir: Path, docker_user: tuple[
     assert_owned_by(trained, docker_user[0])
 
 
+@pytest.mark.slow
 @pytest.mark.docker
 def test_exit_status_is_propagated(built: str, tmp_path: Path) -> None:
     # argparse in the container exits with 2 on an unknown option

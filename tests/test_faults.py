@@ -260,6 +260,7 @@ def photo(path: Path, seed: int = 0, size=(320, 240), fmt: str | None = None) ->
 # guess-dir: inputs that are not regular image files
 
 
+@pytest.mark.slow
 def test_fifo_named_jpg_is_skipped_not_waited_for(model, world):
     os.mkfifo(world.src / "x.jpg")
     world.seal()
@@ -268,12 +269,14 @@ def test_fifo_named_jpg_is_skipped_not_waited_for(model, world):
     assert "Copied 2 image(s)" in r.text
 
 
+@pytest.mark.slow
 def test_link_to_dev_zero_named_jpg(model, world, capsys):
     (world.src / "zero.jpg").symlink_to("/dev/zero")
     world.seal()
     check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "zero.jpg", "a device")
 
 
+@pytest.mark.slow
 def test_unix_socket_in_src(model, world, capsys):
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(world.src / "sock.png"))
@@ -284,6 +287,7 @@ def test_unix_socket_in_src(model, world, capsys):
         s.close()
 
 
+@pytest.mark.slow
 def test_big_sparse_non_image_is_not_read_whole(model, world, capsys):
     with open(world.src / "video.mp4", "wb") as f:
         f.write(b"\x00\x00\x00\x18ftypmp42")
@@ -293,6 +297,7 @@ def test_big_sparse_non_image_is_not_read_whole(model, world, capsys):
           "looks like a video")
 
 
+@pytest.mark.slow
 def test_big_sparse_file_named_jpg(model, world, capsys):
     with open(world.src / "huge.jpg", "wb") as f:
         f.truncate(300 << 20)
@@ -301,12 +306,14 @@ def test_big_sparse_file_named_jpg(model, world, capsys):
           "not an image")
 
 
+@pytest.mark.slow
 def test_broken_link(model, world, capsys):
     (world.src / "gone.jpg").symlink_to(world.base / "nowhere.jpg")
     world.seal()
     check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "gone.jpg", "broken link")
 
 
+@pytest.mark.slow
 def test_folder_named_jpg_is_ignored_without_recursive(model, world, capsys):
     (world.src / "folder.jpg").mkdir()
     world.seal()
@@ -317,12 +324,14 @@ def test_folder_named_jpg_is_ignored_without_recursive(model, world, capsys):
 # guess-dir: damaged or odd images
 
 
+@pytest.mark.slow
 def test_zero_byte_jpg(model, world, capsys):
     (world.src / "empty.jpg").write_bytes(b"")
     world.seal()
     check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "empty.jpg", "zero-byte")
 
 
+@pytest.mark.slow
 def test_truncated_jpeg(model, world, capsys):
     data = photo(world.base / "t.jpg").read_bytes()
     (world.src / "cut.jpg").write_bytes(data[: len(data) // 3])
@@ -331,6 +340,7 @@ def test_truncated_jpeg(model, world, capsys):
           "truncated or corrupt JPEG")
 
 
+@pytest.mark.slow
 def test_png_with_bad_checksum_gets_a_clear_reason(model, world, capsys):
     data = bytearray(photo(world.base / "p.png", fmt="PNG").read_bytes())
     data[29] ^= 0xFF  # the IHDR chunk's CRC
@@ -341,6 +351,7 @@ def test_png_with_bad_checksum_gets_a_clear_reason(model, world, capsys):
     assert "BytesIO" not in r.text
 
 
+@pytest.mark.slow
 def test_jpeg_with_broken_exif_is_used_unrotated(model, world, capsys):
     good = photo(world.base / "e.jpg").read_bytes()
     # An APP1 Exif segment whose IFD offset points far outside the block.
@@ -354,6 +365,7 @@ def test_jpeg_with_broken_exif_is_used_unrotated(model, world, capsys):
     assert sum(1 for row in world.manifest_rows() if row["source"].endswith("exif.jpg")) == 1
 
 
+@pytest.mark.slow
 def test_exif_rotation_failure_falls_back_to_unrotated_pixels(model, world, capsys, monkeypatch):
     """Pillow 13 reads every broken EXIF block tried here; older ones raised when reading it:
     that failure is simulated to check the fallback, whichever decodes the JPEG (simplejpeg
@@ -370,12 +382,14 @@ def test_exif_rotation_failure_falls_back_to_unrotated_pixels(model, world, caps
     assert "Copied 2 image(s)" in r.text
 
 
+@pytest.mark.slow
 def test_web_page_saved_as_jpg(model, world, capsys):
     (world.src / "page.jpg").write_text("<!DOCTYPE html><html><body>404</body></html>")
     world.seal()
     check(run_main(capsys, "guess-dir", model, world.src, world.dst), 1, "page.jpg", "web page")
 
 
+@pytest.mark.slow
 def test_text_file(model, world, capsys):
     (world.src / "notes.txt").write_text("holiday photos\n")
     world.seal()
@@ -383,6 +397,7 @@ def test_text_file(model, world, capsys):
           "looks like text")
 
 
+@pytest.mark.slow
 def test_decompression_bomb(model, world, capsys):
     Image.new("1", (12000, 8000)).save(world.src / "bomb.png")
     world.seal()
@@ -390,6 +405,7 @@ def test_decompression_bomb(model, world, capsys):
           "decompression bomb")
 
 
+@pytest.mark.slow
 def test_extensionless_jpeg_copy_gets_jpg(model, world, capsys):
     shutil.copy(FACE, world.src / "IMG_0001")
     world.seal()
@@ -398,6 +414,7 @@ def test_extensionless_jpeg_copy_gets_jpg(model, world, capsys):
     assert row["destination"].endswith(".jpg")
 
 
+@pytest.mark.slow
 def test_extensionless_png_copy_gets_png(model, world, capsys):
     photo(world.src / "scan", fmt="PNG")
     world.seal()
@@ -406,6 +423,7 @@ def test_extensionless_png_copy_gets_png(model, world, capsys):
     assert row["destination"].endswith(".png")
 
 
+@pytest.mark.slow
 def test_file_name_that_is_not_utf8(model, world):
     name = os.fsdecode(b"caf\xe9.jpg")
     shutil.copy(FACE, world.src / name)
@@ -422,6 +440,7 @@ def test_file_name_that_is_not_utf8(model, world):
 # guess-dir: links and folders
 
 
+@pytest.mark.slow
 def test_link_to_parent_with_recursive_does_not_escape(model, world, capsys):
     photo(world.base / "outside.jpg")
     (world.src / "up").symlink_to("..")
@@ -432,6 +451,7 @@ def test_link_to_parent_with_recursive_does_not_escape(model, world, capsys):
     assert "Copied 2 image(s)" in r.text
 
 
+@pytest.mark.slow
 def test_link_loop_inside_src(model, world, capsys):
     (world.src / "sub").mkdir()
     shutil.copy(FACE, world.src / "sub" / "c.jpg")
@@ -442,6 +462,7 @@ def test_link_loop_inside_src(model, world, capsys):
     assert "Copied 3 image(s)" in r.text
 
 
+@pytest.mark.slow
 def test_follow_links_flag_follows_outside_folder(model, world, capsys):
     (world.base / "more").mkdir()
     shutil.copy(FACE, world.base / "more" / "m.jpg")
@@ -452,17 +473,20 @@ def test_follow_links_flag_follows_outside_folder(model, world, capsys):
     assert "Copied 3 image(s)" in r.text
 
 
+@pytest.mark.slow
 def test_src_missing(model, world, capsys):
     world.seal()
     check(run_main(capsys, "guess-dir", model, world.base / "nope", world.dst), 2, "nope",
           "check the path")
 
 
+@pytest.mark.slow
 def test_src_equals_dst(model, world, capsys):
     world.seal()
     check(run_main(capsys, "guess-dir", model, world.src, world.src), 2, str(world.src))
 
 
+@pytest.mark.slow
 def test_dst_is_a_file(model, world, capsys):
     world.dst.write_text("a file")
     world.seal()
@@ -470,6 +494,7 @@ def test_dst_is_a_file(model, world, capsys):
           "not a folder")
 
 
+@pytest.mark.slow
 def test_src_inside_dst_works_and_excludes_dst_outputs(model, world, capsys):
     src = world.dst / "face"  # the very folder a --by-label run writes the faces into
     src.mkdir(parents=True)
@@ -487,6 +512,7 @@ def test_src_inside_dst_works_and_excludes_dst_outputs(model, world, capsys):
     world.sealed = (tree(src), world.sealed[1])
 
 
+@pytest.mark.slow
 def test_dst_inside_src_is_not_scanned(model, world, capsys):
     dst = world.src / "sorted"
     world.dst = dst
@@ -500,6 +526,7 @@ def test_dst_inside_src_is_not_scanned(model, world, capsys):
 # guess-dir: the journal
 
 
+@pytest.mark.slow
 def test_foreign_manifest_is_never_appended_to(model, world, capsys):
     world.dst.mkdir()
     (world.dst / "manifest.csv").write_text("name,price\nbike,100\n")
@@ -512,6 +539,7 @@ def test_foreign_manifest_is_never_appended_to(model, world, capsys):
     assert "2 image(s) already copied" in r.text
 
 
+@pytest.mark.slow
 def test_manifest_of_an_older_version_is_kept(model, world, capsys):
     world.dst.mkdir()
     old = "source,destination,label,score,top_k\n/x.jpg,/y.jpg,face,0.9,face:0.9\n"
@@ -521,6 +549,7 @@ def test_manifest_of_an_older_version_is_kept(model, world, capsys):
     assert (world.dst / "manifest.csv").read_text() == old
 
 
+@pytest.mark.slow
 def test_empty_manifest_left_by_a_kill_gets_a_header(model, world, capsys):
     world.dst.mkdir()
     (world.dst / "manifest.csv").write_bytes(b"")
@@ -530,6 +559,7 @@ def test_empty_manifest_left_by_a_kill_gets_a_header(model, world, capsys):
     assert len(world.manifest_rows()) == 2
 
 
+@pytest.mark.slow
 def test_torn_last_manifest_line_is_repaired(model, world, capsys):
     check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
     m = world.dst / "manifest.csv"
@@ -547,6 +577,7 @@ def test_torn_last_manifest_line_is_repaired(model, world, capsys):
     assert m.read_text().startswith(whole)
 
 
+@pytest.mark.slow
 def test_stale_temporary_copy_is_removed(model, world, capsys):
     world.dst.mkdir()
     dead = _dead_pid()
@@ -556,6 +587,7 @@ def test_stale_temporary_copy_is_removed(model, world, capsys):
     assert not list(world.dst.glob(TEMP_PREFIX + "*"))
 
 
+@pytest.mark.slow
 def test_final_name_without_row_is_rolled_back(model, world, capsys):
     world.dst.mkdir()
     tmp = world.dst / f"{TEMP_PREFIX}{_dead_pid()}.1.tmp"
@@ -569,6 +601,7 @@ def test_final_name_without_row_is_rolled_back(model, world, capsys):
     assert len(rows) == 2
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_says_how_many(model, world, capsys):
     check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
     world.seal()
@@ -577,6 +610,7 @@ def test_rerun_resumes_and_says_how_many(model, world, capsys):
     assert "Copied 0 image(s)" in r.text and len(world.copies()) == 2
 
 
+@pytest.mark.slow
 def test_changed_source_is_copied_again(model, world, capsys):
     check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
     shutil.copy(TEST_DATA / "face_093.jpg", world.src / "a.jpg")
@@ -586,6 +620,7 @@ def test_changed_source_is_copied_again(model, world, capsys):
     assert "Copied 1 image(s)" in r.text and len(world.copies()) == 3
 
 
+@pytest.mark.slow
 def test_again_copies_everything_under_new_names(model, world, capsys):
     check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
     world.seal()
@@ -594,6 +629,7 @@ def test_again_copies_everything_under_new_names(model, world, capsys):
     assert len(world.manifest_rows()) == 4
 
 
+@pytest.mark.slow
 def test_deleted_copy_is_made_again(model, world, capsys):
     check(run_main(capsys, "guess-dir", model, world.src, world.dst), 0)
     world.copies()[0].unlink()
@@ -602,6 +638,7 @@ def test_deleted_copy_is_made_again(model, world, capsys):
     assert "Copied 1 image(s)" in r.text
 
 
+@pytest.mark.slow
 def test_label_unknown_vs_min_score_bucket(model, world, capsys, monkeypatch):
     from tfguess.guess import predict
 
@@ -619,6 +656,7 @@ def test_label_unknown_vs_min_score_bucket(model, world, capsys, monkeypatch):
     assert {p.parent.name for p in world.copies()} == {"_unknown"}
 
 
+@pytest.mark.slow
 def test_sigint_leaves_only_whole_copies(model, world):
     for i in range(40):
         photo(world.src / f"p{i:02d}.jpg", seed=i, size=(1600, 1200))
@@ -641,6 +679,7 @@ def test_sigint_leaves_only_whole_copies(model, world):
         assert hashlib.sha256(p.read_bytes()).hexdigest() == rows[str(p)]["sha256"]
 
 
+@pytest.mark.slow
 def test_disk_full_during_copy(model, world):
     """A 600 kB tmpfs as DST: the run stops with one line naming DST, no half copy, rows whole."""
     with tmpfs(world.dst, "600k"):
@@ -662,6 +701,7 @@ def test_disk_full_during_copy(model, world):
 # guess-dir / guess as an unprivileged user
 
 
+@pytest.mark.slow
 def test_unreadable_source_file(nobody_world):
     w = nobody_world
     shutil.copy(FACE, w.src / "secret.jpg")
@@ -671,6 +711,7 @@ def test_unreadable_source_file(nobody_world):
           "secret.jpg", "Permission denied")
 
 
+@pytest.mark.slow
 def test_unreadable_sub_folder_is_reported(nobody_world):
     w = nobody_world
     (w.src / "private").mkdir()
@@ -681,6 +722,7 @@ def test_unreadable_sub_folder_is_reported(nobody_world):
                   env=w.env), 1, "private", "cannot read the folder")
 
 
+@pytest.mark.slow
 def test_dst_read_only(nobody_world):
     w = nobody_world
     w.dst.mkdir()
@@ -690,6 +732,7 @@ def test_dst_read_only(nobody_world):
           "Permission denied")
 
 
+@pytest.mark.slow
 def test_dst_parent_read_only(nobody_world):
     w = nobody_world
     w.seal()
@@ -697,6 +740,7 @@ def test_dst_parent_read_only(nobody_world):
           "new", "Permission denied")
 
 
+@pytest.mark.slow
 def test_model_unreadable(nobody_world):
     w = nobody_world
     locked = w.base / "locked.keras"
@@ -709,6 +753,7 @@ def test_model_unreadable(nobody_world):
 # guess
 
 
+@pytest.mark.slow
 def test_guess_into_a_closed_pipe_exits_quietly(model):
     images = [str(p) for p in sorted(TEST_DATA.iterdir())]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
@@ -719,16 +764,19 @@ def test_guess_into_a_closed_pipe_exits_quietly(model):
     assert "rc=141" in proc.stdout, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_guess_fifo_does_not_hang(model, tmp_path):
     os.mkfifo(tmp_path / "pipe.jpg")
     check(run_cli("guess", model, tmp_path / "pipe.jpg", FACE, timeout=90), 1, "pipe.jpg",
           "named pipe")
 
 
+@pytest.mark.slow
 def test_guess_a_folder(model, tmp_path, capsys):
     check(run_main(capsys, "guess", model, tmp_path), 1, str(tmp_path), "folder")
 
 
+@pytest.mark.slow
 def test_guess_missing_image(model, tmp_path, capsys):
     check(run_main(capsys, "guess", model, tmp_path / "nope.jpg"), 1, "nope.jpg", "not found")
 
@@ -738,6 +786,7 @@ def test_model_missing(tmp_path, capsys):
           "model not found")
 
 
+@pytest.mark.slow
 def test_model_with_corrupted_member(model, tmp_path):
     """Every member's data damaged (the zip directory intact): BadZipFile (bad CRC) inside."""
     bad = tmp_path / "bad.keras"
@@ -756,6 +805,7 @@ def test_model_is_a_text_file(tmp_path, capsys):
     check(run_main(capsys, "guess", tmp_path / "m.keras", FACE), 2, "m.keras")
 
 
+@pytest.mark.slow
 def test_bad_flag_value(model, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["guess-dir", str(model), "a", "b", "--min-score", "high"])
@@ -827,6 +877,7 @@ def test_export_coreml_float16_is_refused(model, tmp_path):
     check(r, 2, "float16", "tflite")
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_features_of_another_backbone(model, tmp_path, capsys):
     import json
 

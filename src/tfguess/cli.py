@@ -1,4 +1,7 @@
-"""The ``tfguess`` command: argument parsing only; the work is done by the Python API."""
+"""The ``tfguess`` command: argument parsing only; the work is done by the Python API.
+
+Each command's flags are generated from the fields of its config (:mod:`tfguess.core.config`),
+so a setting's name, default, choices and help are written once."""
 
 from __future__ import annotations
 
@@ -6,82 +9,74 @@ import argparse
 import dataclasses
 import os
 import sys
+import typing
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from tfguess.core.config import DEFAULT_TEST_PCT, RESIZE_CHOICES, TrainConfig  # noqa: E402
+from tfguess.core.config import (  # noqa: E402
+    ExportConfig,
+    GuessConfig,
+    ServeConfig,
+    TrainConfig,
+)
+
+GUESS_FIELDS = ("top_k", "engine", "tta")   # the flags of `guess`; guess-dir has them all
+
+
+def add_config_flags(parser, cls, only: tuple[str, ...] | None = None, **defaults) -> None:
+    """One flag per field of the config class ``cls`` (see :func:`tfguess.core.config.option`):
+    ``--field-name`` or the field's own flag, typed by the field's annotation, with its default
+    (or ``defaults``), help, choices, metavar and argparse group."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", True) or (only is not None and f.name not in only):
+            continue
+        kwargs = dict(meta.get("argparse", {}))
+        kwargs.update(dest=f.name, help=meta.get("help"))
+        default = defaults.get(f.name, f.default)
+        if meta.get("env"):
+            default = os.environ.get(meta["env"]) or default
+        kwargs["default"] = list(default) if isinstance(default, tuple) else default
+        kind = hints[f.name]
+        if kind is bool:
+            kwargs["action"] = "store_false" if default else "store_true"
+        elif kwargs.get("action") == "append":
+            kwargs["default"] = None if default else []   # an empty list: the config's own default
+        elif meta.get("convert") is None:
+            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+            if base in (int, float):
+                kwargs["type"] = base
+        target = parser
+        if meta.get("group"):
+            target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        target.add_argument(meta.get("flag") or "--" + f.name.replace("_", "-"), **kwargs)
+
+
+def config_from_args(cls, args: argparse.Namespace, only: tuple[str, ...] | None = None):
+    """The config ``cls`` of the parsed flags; fields with a ``convert`` parser are converted
+    here (its errors are TfguessErrors, printed as one line like every other)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if not hasattr(args, f.name) or (only is not None and f.name not in only):
+            continue
+        value = getattr(args, f.name)
+        if value is None and isinstance(f.default, tuple):
+            continue   # an append flag never given: the config's default
+        if value is not None and f.metadata.get("convert") == "duration":
+            from tfguess.training.plan import parse_duration
+
+            value = parse_duration(value)
+        values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
 
 
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a classifier on TF_FILES/data/<label>/*")
     p.add_argument("tf_files", help="folder that holds data/<label>/ and receives the model")
-    p.add_argument("--image-dir", help="labelled photos folder (default: TF_FILES/data)")
-    p.add_argument("--eval-dir", help="an extra labelled folder (<label>/ sub-folders) to evaluate on")
-    p.add_argument("--backbone", default=TrainConfig.backbone,
-                   help="see `tfguess backbones`; auto: the EfficientNet-Lite that cross-validates best "
-                   "(one feature extraction per backbone, once)")
-    p.add_argument("--weights", help="local weights file for a backbone that downloads its own")
-    p.add_argument("--tfhub-module", help="TF Hub image feature-vector handle or local SavedModel dir")
-    p.add_argument("--image-size", type=int,
-                   help="input size in pixels: larger than an EfficientNet-Lite's own (224, 240, 260) "
-                   "shows it finer detail at (size/own)^2 the time, e.g. 288 for fine-grained labels "
-                   "or small objects; required for a TF Hub module without static dims")
-    p.add_argument("--resize", default=TrainConfig.resize, metavar="|".join(RESIZE_CHOICES),
-                   help="how a photo is made square for the backbone: squash (the whole photo, "
-                   "distorted; what MediaPipe does), crop (the central 87.5%%), pad (the whole "
-                   "photo on grey 127), auto (the default: crop when portrait and landscape "
-                   "photos are both common, else squash)")
-    p.add_argument("--validation-pct", type=float, default=TrainConfig.validation_pct)
-    p.add_argument("--test-pct", type=float, default=None,
-                   help=f"share held out as the test split (default {DEFAULT_TEST_PCT:g}; "
-                   "0 with --eval-dir, which is then the test set)")
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
-    p.add_argument("--l2", type=float, default=TrainConfig.l2)
-    p.add_argument("--dropout", type=float, default=TrainConfig.dropout)
-    p.add_argument("--patience", type=int, default=TrainConfig.patience)
-    p.add_argument("--no-class-weights", dest="class_weights", action="store_false")
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--engine", choices=["auto", "tflite", "keras"], default="auto",
-                   help="how the frozen backbone runs (keras: the plain Keras path)")
-    p.add_argument("--precision", choices=["auto", "float32", "int8"], default=TrainConfig.precision,
-                   help="the TFLite engine's arithmetic (int8: calibrated on the training photos, "
-                        "faster; auto: float32 features, and guessing runs an int8 engine where the "
-                        f"CPU has int8 dot-product instructions; default {TrainConfig.precision})")
-    p.add_argument("--summaries-dir", help="write TensorBoard logs of training here")
-    p.add_argument("--no-report", dest="report", action="store_false",
-                   help="skip the HTML evaluation report")
-    p.add_argument("--workers", type=int, default=0, help="decoding threads (default: one per core)")
-    g = p.add_argument_group("accuracy beyond a frozen backbone")
-    g.add_argument("--augment", choices=["none", "light", "strong"], default=None,
-                   help="augmentation of the views (default light) and of fine-tuning (default strong)")
-    g.add_argument("--no-flip", action="store_true",
-                   help="never mirror images (text, logos, left/right data)")
-    g.add_argument("--views", type=int, default=TrainConfig.views,
-                   help="fixed augmented views per training image, cached like the others")
-    g.add_argument("--hidden-units", type=int, default=TrainConfig.hidden_units,
-                   help="a hidden ReLU layer of this size in the head (0: none)")
-    g.add_argument("--fine-tune", action="store_true",
-                   help="then train the top of the backbone too (slower, most accurate)")
-    g.add_argument("--fine-tune-blocks", type=int, default=TrainConfig.fine_tune_blocks)
-    g.add_argument("--fine-tune-epochs", type=int, default=TrainConfig.fine_tune_epochs)
-    g.add_argument("--fine-tune-lr", type=float, default=TrainConfig.fine_tune_lr)
-    g.add_argument("--fine-tune-views", type=int, default=None,
-                   help="augmented views an image cached through the frozen lower blocks "
-                        "(default: one per epoch, within memory; 0: fresh views through the whole "
-                        "backbone every epoch, slower)")
-    g.add_argument("--time-limit", metavar="DURATION",
-                   help="pick the most accurate recipe (backbone, size, views, fine-tuning) that "
-                        "fits this time on this machine, e.g. 90s, 10m, 1h30m; the plan is printed "
-                        "first")
-    _ray_arguments(p, "extract the bottlenecks")
-    p.add_argument("--keep-placeholders", action="store_true",
-                   help="use images that look like placeholders (flat background with a little "
-                        "text or an icon) instead of skipping them")
-    p.add_argument("--follow-links", action="store_true",
-                   help="follow links to folders outside a label folder (by default not followed)")
+    add_config_flags(p, TrainConfig)
     _no_wait_argument(p, "TF_FILES")
 
 
@@ -91,16 +86,9 @@ def _no_wait_argument(p, folder: str) -> None:
                         "waiting for it")
 
 
-def _ray_arguments(p, what: str) -> None:
-    p.add_argument("--ray", metavar="auto|ADDRESS",
-                   help=f"{what} on a Ray cluster (auto: this machine's, else a local one; "
-                        "needs pip install 'tfguess[ray]'; see docs/scale.md)")
-    p.add_argument("--ray-workers", type=int, default=0,
-                   help="Ray actors (default: one per CPU of the cluster)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from tfguess import __version__
+    from tfguess.export.formats import FORMAT_NAMES
 
     parser = argparse.ArgumentParser(
         prog="tfguess",
@@ -116,46 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("guess", help="print the labels with scores for images")
     p.add_argument("model", help="TF_FILES folder, model.keras, or an exported .tflite")
     p.add_argument("images", nargs="+")
-    p.add_argument("--top-k", type=int, default=0, help="labels to print (default: all)")
+    add_config_flags(p, GuessConfig, only=GUESS_FIELDS, top_k=0)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--engine", choices=["auto", "tflite", "keras"], default="auto")
-    p.add_argument("--tta", action="store_true", help="average in the mirror image's prediction")
+    p._option_string_actions["--top-k"].help = "labels to print (default: all)"
 
     p = sub.add_parser("guess-dir", help="copy every image of SRC into DST as <label>-<score>.<ext>")
     p.add_argument("model")
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--recursive", action="store_true")
-    p.add_argument("--by-label", action="store_true", help="copy into DST/<label>/")
-    p.add_argument("--min-score", type=float, default=0.0,
-                   help="below it the label is 'unknown' ('_unknown' when the model has a label "
-                        "called 'unknown')")
-    p.add_argument("--top-k", type=int, default=3, help="labels recorded in the manifest")
-    p.add_argument("--engine", choices=["auto", "tflite", "keras"], default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=0)
-    _ray_arguments(p, "classify")
-    p.add_argument("--again", action="store_true",
-                   help="copy every image again, also those an earlier run into DST copied "
-                        "(a re-run otherwise resumes; nothing is ever overwritten)")
-    p.add_argument("--follow-links", action="store_true",
-                   help="follow links to folders outside SRC (by default only those inside SRC)")
-    p.add_argument("--tta", action="store_true", help="average in the mirror image's prediction")
-    _no_wait_argument(p, "DST")
+    add_config_flags(p, GuessConfig)
 
     p = sub.add_parser("evaluate", help="write the HTML evaluation report of a trained TF_FILES")
     p.add_argument("tf_files")
 
     p = sub.add_parser("export", help="export the trained model (TFLite, Core ML, SavedModel, frozen graph, ONNX)")
     p.add_argument("tf_files")
-    p.add_argument("--format", dest="formats", action="append",
-                   choices=["tflite", "coreml", "savedmodel", "frozen-graph", "onnx"],
-                   help="repeat for several (default: tflite)")
-    p.add_argument("--quantize", choices=["none", "float16", "dynamic", "int8"], default="none")
-    p.add_argument("--out", help="output folder (default: TF_FILES/export)")
+    add_config_flags(p, ExportConfig)
+    p._option_string_actions["--format"].choices = FORMAT_NAMES
 
     sub.add_parser("backbones", help="list the backbones and where their weights come from")
-    _serve_parser(sub)
+    p = sub.add_parser("serve", help="a web page and a REST API for the model (needs the serve extra)")
+    p.add_argument("model", help="TF_FILES folder (adds /report/ and /review), model.keras or .tflite")
+    add_config_flags(p, ServeConfig)
     _suggest_parser(sub)
     return parser
 
@@ -166,125 +136,100 @@ def _suggest_parser(sub) -> None:
     p.add_argument("dir", help="folder of unlabelled photos (only read)")
     p.add_argument("--n", type=int, default=50, help="how many (default 50)")
     p.add_argument("--strategy", choices=["margin", "entropy", "kcenter-margin", "random"],
-                   default=None, help="default: the inbox page's (see README, Inbox)")
+                   default=None, help="default: the inbox page's (see docs/guide/inbox.md)")
     p.add_argument("--out", help="write the CSV here (never over an existing file); default: stdout")
 
 
-def _serve_parser(sub) -> None:
-    p = sub.add_parser("serve", help="a web page and a REST API for the model (needs the serve extra)")
-    p.add_argument("model", help="TF_FILES folder (adds /report/ and /review), model.keras or .tflite")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: this machine only; 0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--max-upload-mb", type=float, help="request body limit (default 32)")
-    p.add_argument("--max-batch", type=int, help="images per network batch (default 32)")
-    p.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill (default 10)")
-    p.add_argument("--queue-size", type=int, help="images in flight; 503 beyond (default 256)")
-    p.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per request (default 60)")
-    p.add_argument("--inbox", metavar="DIR",
-                   help="the inbox page (/inbox): sort this folder of unlabelled photos (only read) "
-                        "into TF_FILES/data/<label>/, uncertain ones first")
-    p.add_argument("--inbox-every", type=int, default=20, metavar="N",
-                   help="the inbox re-trains by itself every N labels (0: only on request)")
-    p.add_argument("--api-key", default=os.environ.get("TFGUESS_API_KEY") or None,
-                   help="required on every request and page (Authorization: Bearer KEY); default: "
-                        "$TFGUESS_API_KEY. Needed to listen beyond this machine")
-    p.add_argument("--no-auth", action="store_true",
-                   help="listen beyond this machine without an API key (anyone can change the data set)")
-    p.add_argument("--cors-origin", dest="cors_origins", action="append", default=[],
-                   metavar="ORIGIN", help="a web origin (https://host[:port]) whose pages may call "
-                                          "the API; repeat for several (default: none)")
-    p.add_argument("--access-log", action="store_true", help="print one line per request")
+# --- the commands: each calls the Python API ------------------------------------------------
+
+def _train(args, progress: bool) -> int:
+    from tfguess.core.locks import run_folder_lock
+    from tfguess.training.train import train
+
+    config = config_from_args(TrainConfig, args)
+    with run_folder_lock(args.tf_files, "train", create=bool(config.image_dir),
+                         wait=not args.no_wait):  # the model and its report: one run at a time
+        result = train(args.tf_files, config, progress=progress)
+        if config.report:
+            from tfguess.curate.report import write_report
+
+            write_report(args.tf_files, progress=progress)
+    return 0 if result else 1
+
+
+def _guess(args, progress: bool) -> int:
+    from tfguess.guess.predict import guess
+
+    config = config_from_args(GuessConfig, args, only=GUESS_FIELDS)
+    return 1 if guess(args.model, args.images, config, as_json=args.json) else 0
+
+
+def _guess_dir(args, progress: bool) -> int:
+    config = config_from_args(GuessConfig, args)
+    if config.ray:
+        from tfguess.guess.distributed import guess_dir_ray
+
+        result = guess_dir_ray(args.model, args.src, args.dst, config, progress=progress)
+    else:
+        from tfguess.guess.predict import guess_dir
+
+        result = guess_dir(args.model, args.src, args.dst, config, progress=progress)
+    return 1 if result.skipped else 0
+
+
+def _evaluate(args, progress: bool) -> int:
+    from tfguess.core.locks import run_folder_lock
+    from tfguess.curate.report import write_report
+
+    with run_folder_lock(args.tf_files, "evaluate"):  # not while a train writes the model
+        write_report(args.tf_files, progress=progress)
+    return 0
+
+
+def _export(args, progress: bool) -> int:
+    from tfguess.core.quiet import import_tensorflow
+    from tfguess.export import export
+
+    config = dataclasses.replace(config_from_args(ExportConfig, args), quiet=not progress)
+    import_tensorflow()   # before the converters, with TensorFlow's start-up noise silenced
+    export(args.tf_files, config)   # prints one "Wrote" line a file
+    return 0
+
+
+def _serve(args, progress: bool) -> int:
+    from tfguess.serve import serve
+
+    serve(args.model, config_from_args(ServeConfig, args))
+    return 0
+
+
+def _suggest(args, progress: bool) -> int:
+    from tfguess.curate.inbox import Inbox, write_suggestions
+
+    inbox = Inbox(args.tf_files, args.dir, progress=progress, log=lambda m: print(m, file=sys.stderr))
+    text = write_suggestions(inbox.suggest(args.n, args.strategy), args.out)
+    print(f"Wrote {args.out}" if args.out else text, end="\n" if args.out else "")
+    return 0
+
+
+def _backbones(args, progress: bool) -> int:
+    from tfguess.engine.backbones import describe_backbones
+
+    rows = describe_backbones()
+    cols = ["name", "input_size", "feature_dim", "preprocessing", "resize", "available", "weights_source"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols[:-1]}
+    print("  ".join(c.ljust(widths.get(c, 0)) for c in cols))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths.get(c, 0)) for c in cols))
+    return 0
+
+
+COMMANDS = {"train": _train, "guess": _guess, "guess-dir": _guess_dir, "evaluate": _evaluate,
+            "export": _export, "serve": _serve, "suggest": _suggest, "backbones": _backbones}
 
 
 def _run(args) -> int:
-    progress = not args.quiet
-    from tfguess.core.locks import run_folder_lock
-
-    if args.command == "export":  # train imports TensorFlow only when it needs the backbone
-        from tfguess.core.quiet import import_tensorflow
-
-        import_tensorflow()
-    if args.command == "train":
-        from tfguess.training.train import train
-
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        values = {k: v for k, v in vars(args).items() if k in fields}
-        if values.get("time_limit") is not None:
-            from tfguess.training.plan import parse_duration
-
-            values["time_limit"] = parse_duration(values["time_limit"])
-        config = TrainConfig(**values)
-        with run_folder_lock(args.tf_files, "train", create=bool(config.image_dir),
-                             wait=not args.no_wait):  # the model and its report: one run at a time
-            result = train(args.tf_files, config, progress=progress)
-            if config.report:
-                from tfguess.curate.report import write_report
-
-                write_report(args.tf_files, progress=progress)
-        return 0 if result else 1
-    if args.command == "guess":
-        from tfguess.guess.predict import guess
-
-        return 1 if guess(args.model, args.images, args.top_k, args.json, args.engine,
-                          tta=args.tta) else 0
-    if args.command == "guess-dir":
-        from tfguess.guess.predict import guess_dir
-
-        options = dict(recursive=args.recursive, by_label=args.by_label, min_score=args.min_score,
-                       top_k=args.top_k, engine=args.engine, batch_size=args.batch_size,
-                       workers=args.workers, progress=progress,
-                       again=args.again, follow_links=args.follow_links, tta=args.tta,
-                       wait=not args.no_wait)
-        if args.ray:
-            from tfguess.guess.distributed import guess_dir_ray
-
-            result = guess_dir_ray(args.model, args.src, args.dst, address=args.ray,
-                                   ray_workers=args.ray_workers, **options)
-        else:
-            result = guess_dir(args.model, args.src, args.dst, **options)
-        return 1 if result.skipped else 0
-    if args.command == "evaluate":
-        from tfguess.curate.report import write_report
-
-        with run_folder_lock(args.tf_files, "evaluate"):  # not while a train writes the model
-            write_report(args.tf_files, progress=progress)
-        return 0
-    if args.command == "export":
-        from tfguess.export import export
-
-        export(args.tf_files, args.formats or ["tflite"], quantize=args.quantize, out_dir=args.out,
-               quiet=args.quiet)   # prints one "Wrote" line a file
-        return 0
-    if args.command == "serve":
-        from tfguess.serve import ServeLimits, serve
-
-        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeLimits)
-                 if getattr(args, f.name, None) is not None}
-        given.setdefault("max_files", min(ServeLimits.max_files,
-                                          given.get("queue_size", ServeLimits.queue_size)))
-        serve(args.model, args.host, args.port, ServeLimits(**given), api_key=args.api_key,
-              no_auth=args.no_auth, cors_origins=args.cors_origins, access_log=args.access_log,
-              inbox_dir=args.inbox, inbox_every=args.inbox_every)
-        return 0
-    if args.command == "suggest":
-        from tfguess.curate.inbox import Inbox, write_suggestions
-
-        inbox = Inbox(args.tf_files, args.dir, progress=progress, log=lambda m: print(m, file=sys.stderr))
-        text = write_suggestions(inbox.suggest(args.n, args.strategy), args.out)
-        print(f"Wrote {args.out}" if args.out else text, end="\n" if args.out else "")
-        return 0
-    if args.command == "backbones":
-        from tfguess.engine.backbones import describe_backbones
-
-        rows = describe_backbones()
-        cols = ["name", "input_size", "feature_dim", "preprocessing", "resize", "available", "weights_source"]
-        widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols[:-1]}
-        print("  ".join(c.ljust(widths.get(c, 0)) for c in cols))
-        for r in rows:
-            print("  ".join(str(r[c]).ljust(widths.get(c, 0)) for c in cols))
-        return 0
-    raise AssertionError(args.command)
+    return COMMANDS[args.command](args, progress=not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ def test_a_copied_run_folder_trains_warm_evaluates_exports_and_guesses(tmp_path)
 
     page = write_report(copy, log=lambda *_: None)
     assert page == copy / "report" / "index.html" and page.stat().st_size > 1000
-    written = export(copy, ["tflite"], "int8", log=lambda *_: None)
+    written = export(copy, formats=["tflite"], quantize="int8", log=lambda *_: None)
     assert written == [copy / "export" / "model_int8.tflite"]
     predictor = Predictor.load(copy)
     preds = list(predictor.predict(sorted(TEST_DATA.glob("face_*.jpg"))))

@@ -109,6 +109,7 @@ def demo_report(tmp_path_factory):
             "data": load_report(tf_files)}
 
 
+@pytest.mark.slow
 def test_report_files_and_terminal_summary(demo_report):
     page, tf_files = demo_report["page"], demo_report["tf_files"]
     assert page == tf_files / "report" / "index.html"
@@ -121,6 +122,7 @@ def test_report_files_and_terminal_summary(demo_report):
     assert demo_report["seconds"] < 30
 
 
+@pytest.mark.slow
 def test_report_metrics_match_the_training_summary(demo_report):
     data = demo_report["data"]
     summary = json.loads((demo_report["tf_files"] / "run_summary.json").read_text())
@@ -135,6 +137,7 @@ def test_report_metrics_match_the_training_summary(demo_report):
     assert data["imbalance"]["totals"] == {k: sum(v.values()) for k, v in summary["counts"].items()}
 
 
+@pytest.mark.slow
 def test_extra_evaluation_folder_is_reported(demo_report):
     extra = demo_report["data"]["eval_dir"]
     assert extra["n"] == len(list(TEST_DATA.glob("*.jpg")))
@@ -143,6 +146,7 @@ def test_extra_evaluation_folder_is_reported(demo_report):
     assert (demo_report["page"].parent / "confusion_eval_dir.png").exists()
 
 
+@pytest.mark.slow
 def test_swapped_labels_are_the_top_suspects(demo_report):
     data = demo_report["data"]
     top = [Path(s["path"]).relative_to(demo_report["tf_files"] / "data").as_posix()
@@ -157,6 +161,7 @@ def test_swapped_labels_are_the_top_suspects(demo_report):
     assert Path(first["path"]).name in html
 
 
+@pytest.mark.slow
 def test_junk_duplicates_and_near_duplicates_are_shown(demo_report):
     data, html = demo_report["data"], demo_report["page"].read_text()
     skipped = {Path(s["path"]).name: s["reason"] for s in data["skipped"]}
@@ -173,6 +178,7 @@ def test_junk_duplicates_and_near_duplicates_are_shown(demo_report):
     assert all(p["similarity"] >= threshold for p in data["near_duplicates"]["pairs"])
 
 
+@pytest.mark.slow
 def test_rewriting_replaces_the_report_and_says_so(demo_report):
     tf_files = demo_report["tf_files"]
     stale = tf_files / "report" / "thumbs" / "stale.jpg"
@@ -255,6 +261,7 @@ def _assert_page_loads(page: Path, screenshot: Path) -> list[dict]:
     return images
 
 
+@pytest.mark.slow
 def test_report_loads_in_a_browser(demo_report):
     images = _assert_page_loads(demo_report["page"], ARTIFACTS / "report-demo.png")
     assert sum(im["src"].startswith("thumbs/") for im in images) >= 4

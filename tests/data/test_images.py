@@ -171,6 +171,31 @@ def test_bad_files_have_specific_reasons(tmp_path, cat):
     assert reason_of(tmp_path / "missing.jpg").startswith("file not found")
 
 
+def test_image_error_is_a_tfguess_error_with_path_and_reason(tmp_path):
+    from tfguess.core.errors import TfguessError
+
+    assert issubclass(ImageError, TfguessError) and ImageError.exit_code == 2
+    e = ImageError(tmp_path / "a.jpg", "zero-byte file")
+    assert e.path == tmp_path / "a.jpg" and e.reason == "zero-byte file"
+    assert str(e).endswith("a.jpg: zero-byte file")
+
+
+def test_split_modules_keep_their_names_importable_from_images():
+    """The names other modules import from ``images`` that now live in formats, resize and
+    placeholder are the same objects there."""
+    from tfguess.data import formats, placeholder, resize
+
+    moved = {formats: ["FORMAT_EXTENSIONS", "IMAGE_EXTENSIONS", "not_image_reason"],
+             placeholder: ["placeholder_reason"],
+             resize: ["CROP_FRACTION", "PAD_VALUE", "PREPROCESS_VERSION", "RESIZES",
+                      "SQUASH_BILINEAR_MAX", "SUBPIXEL", "_bilinear_axis", "auto_resize",
+                      "crop_box", "pad_offsets", "pad_to_square", "squash", "squash_bilinear",
+                      "squash_is_bilinear"]}
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(images, name) is getattr(module, name), name
+
+
 def test_decompression_bomb_refused(tmp_path, monkeypatch):
     p = tmp_path / "big.png"
     Image.new("RGB", (2000, 1000), "white").save(p)  # 2 MP, a few KB on disk

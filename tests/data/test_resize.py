@@ -149,7 +149,7 @@ def test_auto_crops_only_when_portrait_and_landscape_are_both_common(tmp_path):
 def test_views_share_the_random_views_cache_across_resizes():
     from tfguess.data.augment import view_recipe
     from tfguess.engine.features import BackboneRef
-    from tfguess.training.choices import view_cache_key
+    from tfguess.training.views import view_cache_key
 
     keys = {r: BackboneRef("efficientnet_lite0", "w", 224, r) for r in ("squash", "crop", "pad")}
     mirror = view_recipe(0, "light", False)
@@ -255,7 +255,7 @@ def test_every_export_follows_the_resize(resized_model, odd_images, tmp_path):
         formats.append("onnx")
     except ImportError:
         pass
-    out = {p.name: p for p in export(tf_files, formats, out_dir=tmp_path, log=lambda *_: None,
+    out = {p.name: p for p in export(tf_files, formats=formats, out_dir=tmp_path, log=lambda *_: None,
                                      quiet=True)}
 
     # TFLite: the file says its resize; fed the pixels of that resize, it agrees with guess.
@@ -288,7 +288,7 @@ def test_every_export_follows_the_resize(resized_model, odd_images, tmp_path):
     try:  # Core ML takes pixels: its input description tells the client how to make them
         import coremltools as ct
 
-        mlpackage = export(tf_files, ["coreml"], out_dir=tmp_path, log=lambda *_: None, quiet=True)[0]
+        mlpackage = export(tf_files, formats=["coreml"], out_dir=tmp_path, log=lambda *_: None, quiet=True)[0]
         image = ct.models.MLModel(str(mlpackage), skip_model_load=True).get_spec().description.input[0]
         assert ("grey 127" if resize == "pad" else "87.5%") in image.shortDescription
     except ImportError:

@@ -111,6 +111,7 @@ PHOTOS = {
 }
 
 
+@pytest.mark.slow
 def test_lite0_classifier_on_skimage_photos(lite0_classifier, tmp_path):
     skimage_data = pytest.importorskip("skimage.data")
     paths = []
@@ -242,6 +243,7 @@ def test_every_backbone_builds(backbone, offline):
     assert tuple(classifier.output.shape) == (None, 1000)
 
 
+@pytest.mark.slow
 def test_lite_features_match_classifier_trunk(lite0_classifier):
     features = get_backbone("efficientnet_lite0").build()
     x = random_pixels(2, 224, seed=1)

@@ -55,6 +55,7 @@ def _pixels(paths: list[Path]) -> np.ndarray:
     return np.stack([load_image(p, SIZE, "crop") for p in paths])
 
 
+@pytest.mark.slow
 def test_tflite_features_equal_keras_on_photos(lite0, photos):
     model, tflite_path = lite0
     x = _pixels(photos)
@@ -66,6 +67,7 @@ def test_tflite_features_equal_keras_on_photos(lite0, photos):
     assert reference.std() > 0.1  # real, varied features, not all zeros
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_tflite_features_equal_keras_on_hymenoptera(lite0, hymenoptera):
     model, tflite_path = lite0
@@ -77,6 +79,7 @@ def test_tflite_features_equal_keras_on_hymenoptera(lite0, hymenoptera):
     )
 
 
+@pytest.mark.slow
 def test_tflite_engine_splits_batches_without_changing_results(lite0, photos):
     x = _pixels(photos)  # 5 images: uneven parts for 2 and 3 interpreters
     one = TFLiteEngine(lite0[1], threads=1)
@@ -184,6 +187,7 @@ def tiny_model():
     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
 
 
+@pytest.mark.slow
 def test_make_engine_falls_back_to_keras_when_conversion_fails(tiny_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TFGUESS_CACHE", str(tmp_path))
 
@@ -203,6 +207,7 @@ def test_make_engine_falls_back_to_keras_when_conversion_fails(tiny_model, tmp_p
         make_extractor(BackboneRef("tiny", "test", 8, "crop"), lambda: tiny_model, engine="fast")
 
 
+@pytest.mark.slow
 def test_make_engine_converts_once_and_reuses_the_cached_file(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("TFGUESS_CACHE", str(tmp_path))
     logs: list[str] = []

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from conftest import DEMO_DATA, TEST_DATA
 
+pytestmark = pytest.mark.slow  # every test here trains or loads a model
+
 HIDE_LITERT = "import sys; sys.modules['ai_edge_litert'] = None  # as if it were not installed\n"
 
 CHILD = HIDE_LITERT + """

@@ -20,6 +20,8 @@ from tfguess.engine.runtime import TFLiteClassifier
 from tfguess.engine.tflite_metadata import read_metadata, tensor_types
 from tfguess.export import check_tflite_types, export
 
+pytestmark = pytest.mark.slow  # every test here trains or loads a model
+
 
 def keras_probs(classifier, paths: list[Path]) -> np.ndarray:
     x = np.stack([load_image(p, classifier.input_size, classifier.resize) for p in paths])
@@ -40,8 +42,8 @@ def export_dir(tmp_path_factory) -> Path:
 
 
 def _export(tf_files: Path, out: Path, fmt: str, quantize: str = "none") -> dict[str, Path]:
-    return {p.name: p for p in export(tf_files, [fmt], quantize, out_dir=out, log=lambda *_: None,
-                                      quiet=True)}
+    return {p.name: p for p in export(tf_files, formats=[fmt], quantize=quantize, out_dir=out,
+                                      log=lambda *_: None, quiet=True)}
 
 
 # One fixture per format: a missing optional exporter skips its own tests only.
@@ -203,7 +205,7 @@ def test_onnx_runtime_parity(demo_trained, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import json
 
-    (path,) = export(demo_trained, ["onnx"], out_dir=tmp_path, log=lambda *_: None, quiet=True)
+    (path,) = export(demo_trained, formats=["onnx"], out_dir=tmp_path, log=lambda *_: None, quiet=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     props = session.get_modelmeta().custom_metadata_map
     classifier = load_classifier(demo_trained)
@@ -295,7 +297,7 @@ def test_existing_output_is_kept(demo_trained, tmp_path):
     target = tmp_path / "retrained_graph.pb"
     target.write_bytes(b"an older graph")
     messages: list[str] = []
-    export(demo_trained, ["frozen-graph"], out_dir=tmp_path, log=messages.append)
+    export(demo_trained, formats=["frozen-graph"], out_dir=tmp_path, log=messages.append)
     assert (tmp_path / "retrained_graph.previous.pb").read_bytes() == b"an older graph"
     assert target.stat().st_size > 1000
     assert any("previous" in m for m in messages)
@@ -304,13 +306,13 @@ def test_existing_output_is_kept(demo_trained, tmp_path):
 
 def test_bad_requests_are_explained(demo_trained, tmp_path):
     with pytest.raises(ExportError, match="unknown export format pdf"):
-        export(demo_trained, ["pdf"], out_dir=tmp_path)
+        export(demo_trained, formats=["pdf"], out_dir=tmp_path)
     with pytest.raises(ExportError, match="tflite format only"):
-        export(demo_trained, ["coreml"], "int8", out_dir=tmp_path)
+        export(demo_trained, formats=["coreml"], quantize="int8", out_dir=tmp_path)
     with pytest.raises(ExportError, match="unknown quantization"):
-        export(demo_trained, ["tflite"], "int4", out_dir=tmp_path)
+        export(demo_trained, formats=["tflite"], quantize="int4", out_dir=tmp_path)
     with pytest.raises(ModelError, match="Train first"):
-        export(tmp_path, ["tflite"])
+        export(tmp_path, formats=["tflite"])
     bare = tmp_path / "bare.tflite"
     bare.write_bytes(b"not a model at all")
     with pytest.raises(ModelError, match="bare.tflite"):
@@ -341,5 +343,5 @@ def test_hymenoptera_exports_agree_with_keras(hymenoptera_trained, hymenoptera, 
 def test_coreml_without_coremltools_is_a_clear_error(demo_trained, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "coremltools", None)  # as on Windows or Linux arm64
     with pytest.raises(ExportError, match="Core ML export needs coremltools"):
-        export(demo_trained, ["coreml"], out_dir=tmp_path, log=lambda *_: None)
+        export(demo_trained, formats=["coreml"], out_dir=tmp_path, log=lambda *_: None)
     assert not list(tmp_path.iterdir())

@@ -48,6 +48,7 @@ def client_rows(hymenoptera_trained, hymenoptera, tmp_path_factory) -> list[dict
     return export_clients.check(hymenoptera_trained, paths, tmp_path_factory.mktemp("clients"))
 
 
+@pytest.mark.slow
 def test_every_client_loads_every_export(client_rows):
     expected = {("MediaPipe ImageClassifier", f) for f in
                 ("tflite float32", "tflite float16", "tflite dynamic", "tflite int8")}
@@ -60,6 +61,7 @@ def test_every_client_loads_every_export(client_rows):
     assert all(r["labels"] for r in client_rows)   # the clients name the model's labels
 
 
+@pytest.mark.slow
 def test_clients_agree_with_guess(client_rows):
     low = []
     for r in client_rows:

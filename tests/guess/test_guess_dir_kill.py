@@ -25,6 +25,8 @@ from PIL import Image
 
 from tfguess.guess.journal import HEADER, TEMP_PREFIX
 
+pytestmark = pytest.mark.slow  # every test here trains or loads a model
+
 REPO = Path(__file__).resolve().parents[2]
 N_IMAGES = 400
 N_KILLS = 20

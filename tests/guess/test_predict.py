@@ -11,7 +11,9 @@ import pytest
 from conftest import TEST_DATA
 from PIL import Image
 
-from tfguess.guess.predict import Predictor, guess, guess_dir
+from tfguess.core.config import GuessConfig
+from tfguess.core.errors import ConfigError
+from tfguess.guess.predict import Prediction, Predictor, guess, guess_dir
 
 QUIET = {"progress": False, "log": lambda *_: None}
 
@@ -21,6 +23,7 @@ def _digests(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_guess_prints_classic_lines(demo_trained):
     lines = []
     failed = guess(demo_trained, [TEST_DATA / "face_090.jpg"], out=lines.append)
@@ -31,6 +34,7 @@ def test_guess_prints_classic_lines(demo_trained):
         assert rest.endswith(")") and len(rest[:-1].split(".")[1]) == 5
 
 
+@pytest.mark.slow
 def test_guess_top_k_json_and_bad_file(demo_trained, tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
@@ -44,6 +48,7 @@ def test_guess_top_k_json_and_bad_file(demo_trained, tmp_path):
     assert results[1]["error"] and "not an image" in results[1]["error"]
 
 
+@pytest.mark.slow
 def test_demo_test_data_is_classified(demo_trained):
     predictor = Predictor.load(demo_trained)
     paths = sorted(TEST_DATA.glob("*.jpg"))
@@ -52,6 +57,7 @@ def test_demo_test_data_is_classified(demo_trained):
     assert correct >= 18, f"{correct}/20 held-out demo images right"
 
 
+@pytest.mark.slow
 def test_guess_dir_never_overwrites_and_keeps_sources(demo_trained, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -86,6 +92,7 @@ def test_guess_dir_never_overwrites_and_keeps_sources(demo_trained, tmp_path):
     assert _digests(src) == before
 
 
+@pytest.mark.slow
 def test_guess_dir_bad_files_are_listed(demo_trained, tmp_path):
     from skimage import data as skdata
 
@@ -104,6 +111,7 @@ def test_guess_dir_bad_files_are_listed(demo_trained, tmp_path):
     assert "zero-byte" in skipped["empty.jpg"]
 
 
+@pytest.mark.slow
 def test_guess_dir_dst_inside_src_by_label_min_score(demo_trained, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(TEST_DATA, src)
@@ -119,6 +127,51 @@ def test_guess_dir_dst_inside_src_by_label_min_score(demo_trained, tmp_path):
             assert all(p.name.startswith(folder.name + "-") for p in folder.iterdir())
 
 
+class FakePredictor:
+    """Every image: ``a`` 0.4, ``b`` 0.3; records how it was asked."""
+
+    labels, identity = ["a", "b"], "fake"
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, paths, top_k=0, batch_size=32, workers=0, progress=False):
+        self.calls.append({"top_k": top_k, "batch_size": batch_size, "workers": workers})
+        for p in paths:
+            yield Prediction(p, [("a", 0.4), ("b", 0.3)][:top_k or 2])
+
+
+def test_guess_dir_reads_its_config_and_keyword_overrides(tmp_path):
+    src = tmp_path / "src"
+    (src / "deep").mkdir(parents=True)
+    shutil.copy(TEST_DATA / "face_090.jpg", src / "x.jpg")
+    shutil.copy(TEST_DATA / "face_091.jpg", src / "deep" / "y.jpg")
+    config = GuessConfig(by_label=True, min_score=0.5, batch_size=4, workers=1, top_k=1)
+    fake = FakePredictor()
+    result = guess_dir("unused", src, tmp_path / "out", config, predictor=fake, recursive=True,
+                       **QUIET)
+    assert fake.calls == [{"top_k": 1, "batch_size": 4, "workers": 1}]
+    assert {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.jpg")
+            } == {"unknown/unknown-0.40000.jpg", "unknown/unknown-0.40000-1.jpg"}
+    assert len(result.copied) == 2 and config.recursive is False  # the config is left as it was
+    plain = guess_dir("unused", src, tmp_path / "plain", predictor=FakePredictor(), **QUIET)
+    assert [c["destination"].rsplit("/", 1)[-1] for c in plain.copied] == ["a-0.40000.jpg"]
+
+
+def test_unknown_settings_are_refused_before_any_work(tmp_path):
+    from tfguess.guess.distributed import guess_dir_ray
+
+    (tmp_path / "src").mkdir()
+    with pytest.raises(ConfigError, match="unknown setting bogus"):
+        guess_dir("unused", tmp_path / "src", tmp_path / "dst", bogus=1, **QUIET)
+    with pytest.raises(ConfigError, match="unknown setting address"):
+        guess_dir_ray("unused", tmp_path / "src", tmp_path / "dst", address="auto", **QUIET)
+    with pytest.raises(ConfigError, match="unknown setting as_jsn"):
+        guess("unused", [TEST_DATA / "face_090.jpg"], as_jsn=True)
+    assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.shared
 def test_guess_dir_accuracy_equals_train_evaluation(hymenoptera_trained, hymenoptera, tmp_path):
     summary = json.loads((hymenoptera_trained / "run_summary.json").read_text())

@@ -183,6 +183,7 @@ def _home(driver, server) -> None:
 # ---------------------------------------------------------------- the classify page
 
 
+@pytest.mark.slow
 def test_sixteen_phone_photos_table_csv_and_threshold(server, browser, phone_photos):
     from selenium.webdriver.common.by import By
 
@@ -235,6 +236,7 @@ def test_sixteen_phone_photos_table_csv_and_threshold(server, browser, phone_pho
     browser.find_element(By.ID, "clear").click()
 
 
+@pytest.mark.slow
 def test_folder_upload(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -255,6 +257,7 @@ def test_folder_upload(server, browser, tmp_path):
     browser.find_element(By.ID, "clear").click()
 
 
+@pytest.mark.slow
 def test_a_phone_never_scrolls_sideways(server, browser, browser_tf, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -293,6 +296,7 @@ def _journal(tf: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_review_move_undo_and_retrain(server, browser, browser_tf):
     from selenium.webdriver.common.by import By
 
@@ -343,6 +347,7 @@ def test_review_move_undo_and_retrain(server, browser, browser_tf):
     _screenshot(browser, "browser-review-retrained.png")
 
 
+@pytest.mark.slow
 def test_review_says_when_there_is_nothing_to_review(server, browser):
     from selenium.webdriver.common.by import By
 
@@ -365,6 +370,7 @@ def test_review_says_when_there_is_nothing_to_review(server, browser):
 # ---------------------------------------------------------------- /docs and /report/
 
 
+@pytest.mark.slow
 def test_docs_render_the_operations_with_a_file_picker(server, browser):
     from selenium.webdriver.common.by import By
 
@@ -389,6 +395,7 @@ def test_docs_render_the_operations_with_a_file_picker(server, browser):
     _assert_clean(browser, server.url)
 
 
+@pytest.mark.slow
 def test_report_page_pictures_and_links(server, browser):
     from selenium.webdriver.common.by import By
 

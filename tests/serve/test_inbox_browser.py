@@ -97,6 +97,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:
             for p in sorted(folder.rglob("*"))}
 
 
+@pytest.mark.slow
 def test_inbox_label_with_keys_undo_retrain(tmp_path, browser, server):  # noqa: F811
     from selenium.webdriver.common.by import By
 
@@ -157,6 +158,7 @@ def test_inbox_label_with_keys_undo_retrain(tmp_path, browser, server):  # noqa:
     assert _snapshot(inbox) == before
 
 
+@pytest.mark.slow
 def test_start_from_nothing(tmp_path, browser, server):  # noqa: F811
     from selenium.webdriver.common.by import By
 

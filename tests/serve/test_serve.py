@@ -114,6 +114,7 @@ def post_bytes(url: str, name: str, data: bytes) -> httpx.Response:
 # ---------------------------------------------------------------- API
 
 
+@pytest.mark.slow
 def test_predict_matches_the_python_api(server, review_tf):
     """Every held-out image: the same labels and scores as ``Predictor.predict`` (guess --json)."""
     from tfguess.guess.predict import Predictor
@@ -138,6 +139,7 @@ def test_predict_matches_the_python_api(server, review_tf):
     assert right >= len(got) - 1, got
 
 
+@pytest.mark.slow
 def test_top_k_and_one_bad_file_among_good_ones(server):
     r = httpx.post(server.url + "/api/predict", params={"top_k": 1}, timeout=60, files=[
         ("files", ("face_090.jpg", (TEST_DATA / "face_090.jpg").read_bytes(), "image/jpeg")),
@@ -150,6 +152,7 @@ def test_top_k_and_one_bad_file_among_good_ones(server):
                    "model_digest": None}
 
 
+@pytest.mark.slow
 def test_model_card_and_health(server, review_tf):
     card = httpx.get(server.url + "/api/model").json()
     summary = json.loads((review_tf / "run_summary.json").read_text())
@@ -163,6 +166,7 @@ def test_model_card_and_health(server, review_tf):
     assert report.status_code == 200 and "Evaluation report" in report.text
 
 
+@pytest.mark.slow
 def test_docs_work_offline(server):
     page = httpx.get(server.url + "/docs")
     assert page.status_code == 200
@@ -173,6 +177,7 @@ def test_docs_work_offline(server):
     assert {"/api/predict", "/api/model", "/healthz"} <= set(spec["paths"])
 
 
+@pytest.mark.slow
 def test_other_host_names_are_refused(server):
     """Bound to 127.0.0.1, the server answers only to its loopback names (DNS rebinding)."""
     r = httpx.get(server.url + "/api/model", headers={"Host": "attacker.example"})
@@ -182,6 +187,7 @@ def test_other_host_names_are_refused(server):
 # ---------------------------------------------------------------- limits
 
 
+@pytest.mark.slow
 def test_413_upload_too_large(server):
     data = os.urandom(int(1.5 * UPLOAD_MB * 2**20))
     r = post_bytes(server.url, "big.jpg", data)
@@ -190,12 +196,14 @@ def test_413_upload_too_large(server):
     assert "--" not in r.json()["detail"]  # a web user is not told about a command-line flag
 
 
+@pytest.mark.slow
 def test_413_too_many_files(server):
     r = post_images(server.url, [TEST_DATA / "face_090.jpg"] * (QUEUE + 1))
     assert r.status_code == 413
     assert f"at most {QUEUE}" in r.json()["detail"]
 
 
+@pytest.mark.slow
 def test_415_not_an_image(server):
     r = post_bytes(server.url, "page.jpg", b"<!DOCTYPE html><html><body>404</body></html>")
     assert r.status_code == 415
@@ -214,12 +222,14 @@ def _png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
+@pytest.mark.slow
 def test_422_decompression_bomb(server):
     r = post_bytes(server.url, "bomb.png", _png_bomb())
     assert r.status_code == 422
     assert "decompression bomb" in r.json()["results"][0]["error"]
 
 
+@pytest.mark.slow
 def test_422_truncated_image(server):
     data = (TEST_DATA / "face_091.jpg").read_bytes()
     r = post_bytes(server.url, "cut.jpg", data[: len(data) // 3])
@@ -227,6 +237,7 @@ def test_422_truncated_image(server):
     assert "corrupt JPEG" in r.json()["results"][0]["error"]
 
 
+@pytest.mark.slow
 def test_503_when_the_queue_is_full_then_recovers(server):
     image = (TEST_DATA / "not_face_090.jpg").read_bytes()
     clients = 48
@@ -257,6 +268,7 @@ def _token(server) -> str:
     return html.split('name="tfguess-token" content="', 1)[1].split('"', 1)[0]
 
 
+@pytest.mark.slow
 def test_review_refuses_posts_without_the_page_token(server, review_tf):
     path = f"data/not_face/{PLANTED[0]}"
     body = {"path": path, "label": "face"}
@@ -272,6 +284,7 @@ def test_review_refuses_posts_without_the_page_token(server, review_tf):
     assert (review_tf / path).is_file() and not (review_tf / "relabel-journal.csv").exists()
 
 
+@pytest.mark.slow
 def test_take_out_and_undo_through_the_api(server, review_tf):
     headers = {"X-Tfguess-Token": _token(server)}
     src = review_tf / "data" / "not_face" / PLANTED[1]
@@ -383,6 +396,7 @@ def _metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+@pytest.mark.slow
 def test_review_thumbnail_is_an_image(server):
     """Every thumbnail of the review page answered 500 (an import left by the report split)."""
     from PIL import Image
@@ -398,6 +412,7 @@ def test_review_thumbnail_is_an_image(server):
     assert httpx.get(server.url + "/api/review/image", params={"path": "../run_summary.json"}).status_code == 404
 
 
+@pytest.mark.slow
 def test_openapi_is_3_0_with_a_file_field(server):
     """The bundled Swagger UI renders OpenAPI 3.0.x, not the 3.1 FastAPI writes by default."""
     spec = httpx.get(server.url + "/openapi.json").json()
@@ -411,6 +426,7 @@ def test_openapi_is_3_0_with_a_file_field(server):
     assert params["top_k"]["schema"]["minimum"] == 0
 
 
+@pytest.mark.slow
 def test_413_more_than_1000_files(server):
     """Starlette's own cap (1000 files) answered 400; every too-many-files request is a 413."""
     files = [("files", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(1001)]
@@ -419,6 +435,7 @@ def test_413_more_than_1000_files(server):
     assert f"at most {QUEUE}" in r.json()["detail"]
 
 
+@pytest.mark.slow
 def test_every_prediction_names_the_weights_and_the_limits_are_published(server, review_tf):
     import hashlib
 
@@ -434,6 +451,7 @@ def test_every_prediction_names_the_weights_and_the_limits_are_published(server,
     assert bad.status_code == 415 and bad.headers["x-model-digest"] == digest
 
 
+@pytest.mark.slow
 def test_report_links_work_over_http(server, review_tf):
     """The report links its images as file:// URLs; served over HTTP they must open."""
     import re
@@ -451,6 +469,7 @@ def test_report_links_work_over_http(server, review_tf):
     assert httpx.get(server.url + "/api/review/file", params={"path": str(review_tf / "run_summary.json")}).status_code == 404
 
 
+@pytest.mark.slow
 def test_metrics_count_the_requests_sent(server):
     before = httpx.get(server.url + "/metrics")
     assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
@@ -491,6 +510,7 @@ def keyed_server(review_tf):
     srv.stop()
 
 
+@pytest.mark.slow
 def test_ipv6_loopback_api_key_cors_and_access_log(keyed_server):
     url = keyed_server.url
     assert httpx.get(url + "/healthz").status_code == 200       # liveness stays open

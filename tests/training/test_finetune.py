@@ -111,7 +111,7 @@ def test_tflite_export_of_a_fine_tuned_model_agrees(fine_tuned, tmp_path):
     from tfguess.engine.runtime import TFLiteClassifier
     from tfguess.export import export
 
-    (path,) = export(fine_tuned, ["tflite"], out_dir=tmp_path, log=lambda *_: None)
+    (path,) = export(fine_tuned, formats=["tflite"], out_dir=tmp_path, log=lambda *_: None)
     tfl = TFLiteClassifier(path)
     paths = [p for p, _ in demo_items(8)]
     pixels = np.stack([load_image(p, tfl.input_size, tfl.resize) for p in paths]).astype(np.float32)
@@ -249,7 +249,7 @@ def test_the_head_only_start_is_kept_only_when_clearly_better():
 
 
 def test_the_activation_pool_holds_one_view_per_epoch_within_its_budget():
-    from tfguess.training.finetune import pool_views
+    from tfguess.training.finetune_inputs import pool_views
 
     view = 14 * 14 * 112 * 2  # lite0 at 224, float16, the input of the top 6 blocks
     assert pool_views(None, 10, 582, view) == 10
@@ -270,7 +270,8 @@ def test_the_top_blocks_on_cached_activations_are_the_whole_classifier():
     from tfguess.data.images import load_image
     from tfguess.engine.backbones import get_backbone
     from tfguess.engine.model import build_classifier, set_head
-    from tfguess.training.finetune import _lower_engine, _top_model, cut_layer, unfreeze_top
+    from tfguess.training.finetune import _top_model, cut_layer, unfreeze_top
+    from tfguess.training.finetune_inputs import lower_engine
 
     backbone = get_backbone("efficientnet_lite0").build()
     rng = np.random.default_rng(0)
@@ -285,7 +286,7 @@ def test_the_top_blocks_on_cached_activations_are_the_whole_classifier():
     lower = keras.Model(backbone.input, cut.input)
     upper = keras.Model(cut.input, backbone.output)
     with tempfile.TemporaryDirectory() as folder:
-        engine = _lower_engine(lower, 224, "CPU", Path(folder))
+        engine = lower_engine(lower, 224, "CPU", Path(folder))
         acts = engine(pixels).astype(np.float16).astype(np.float32)  # stored as float16
     top = _top_model(model, upper, hidden=False)
     whole = np.asarray(model(pixels.astype(np.float32), training=False))

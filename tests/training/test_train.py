@@ -21,6 +21,7 @@ from tfguess.training.train import train
 QUIET = {"progress": False, "log": lambda *_: None}
 
 
+@pytest.mark.slow
 def test_outputs_are_complete_and_self_describing(demo_trained):
     tf_files = demo_trained
     labels = (tf_files / "retrained_labels.txt").read_text().splitlines()
@@ -46,6 +47,7 @@ def test_outputs_are_complete_and_self_describing(demo_trained):
     assert classifier.keras_model.output_shape == (None, 2)
 
 
+@pytest.mark.slow
 def test_frozen_backbone_weights_do_not_change(demo_trained):
     from tfguess.engine.backbones import get_backbone
 
@@ -56,6 +58,7 @@ def test_frozen_backbone_weights_do_not_change(demo_trained):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_model_file_matches_feature_path(demo_trained):
     """The saved Keras model (pixels -> probabilities) agrees with features + head."""
     from tfguess.data.images import load_image
@@ -90,7 +93,7 @@ def test_larger_image_size_is_used_everywhere(tmp_path):
     keras_probs = np.asarray(classifier.keras_model(pixels, training=False))
     fast = Predictor.load(tf_files, precision="float32")  # auto may run the int8 engine
     np.testing.assert_allclose(fast.probabilities(pixels), keras_probs, atol=1e-4)
-    written = export(tf_files, ["tflite"], out_dir=tmp_path / "export", log=lambda *_: None, quiet=True)
+    written = export(tf_files, formats=["tflite"], out_dir=tmp_path / "export", log=lambda *_: None, quiet=True)
     tflite = next(p for p in written if p.suffix == ".tflite")
     tfl = TFLiteClassifier(tflite)
     assert tfl.input_size == 256
@@ -220,6 +223,7 @@ def test_missing_image_folder_is_a_clear_error(tmp_path):
         train(tmp_path / "nowhere", TrainConfig(report=False), **QUIET)
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_hymenoptera_accuracy_and_placeholder(hymenoptera_trained):
     summary = json.loads((hymenoptera_trained / "run_summary.json").read_text())

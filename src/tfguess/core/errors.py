@@ -3,7 +3,9 @@
 Everything a user or the operating system can cause (a missing folder, a bad flag value, a damaged
 model file, a read-only destination) is a :class:`TfguessError` or a subclass, raised with a
 message that names the path or value and the fix. The command line prints it as one line and exits
-with code 2; a notebook catches it like any exception.
+with code 2; a notebook catches it like any exception. ``tfguess.data.images.ImageError`` (one
+unusable image file) is one too, but it is raised per file and caught where it is raised from, to
+skip that file with its reason: it does not end a command.
 """
 
 from __future__ import annotations

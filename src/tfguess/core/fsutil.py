@@ -136,6 +136,11 @@ def clean_stale_temp_files(folder: Path, names: list[str]) -> list[Path]:
     return removed
 
 
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` is ``root`` or below it (by name: resolve both first to follow links)."""
+    return path == root or root in path.parents
+
+
 def display_path(path: str | os.PathLike[str]) -> str:
     """``path`` as text that can always be printed: bytes that are not UTF-8 (a file name from
     another system) appear as ``\\xe9`` escapes instead of failing the output."""

@@ -26,7 +26,7 @@ from tfguess.engine.runtime import Head
 from tfguess.training.head import fit_head
 
 STRATEGIES = ("margin", "entropy", "kcenter-margin", "random")
-DEFAULT_STRATEGY = "margin"   # bench/active_learning.py chooses it (README, "Inbox")
+DEFAULT_STRATEGY = "margin"   # bench/active_learning.py chooses it (docs/benchmarks.md)
 CANDIDATES_PER_PICK = 5       # kcenter-margin: candidates per image picked
 
 

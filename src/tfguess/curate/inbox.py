@@ -12,123 +12,58 @@ copies, manifest, resume).
 
 Start from nothing: :func:`create_label` and :func:`add_photo` fill ``data/<label>/``;
 :func:`train_from_nothing` trains once every label has :data:`MIN_PHOTOS_PER_LABEL` photos.
+
+This module holds the inbox's state (its images, features, scores, the labelled set), the warm
+re-train and "Finish"; the actions and their journal are in :mod:`.inbox_actions`, the order
+and suggestions in :mod:`.inbox_order`, starting from nothing in :mod:`.inbox_start`. Every
+name is importable from here.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from tfguess.core.config import TrainConfig
 from tfguess.core.errors import TfguessError
-from tfguess.core.fsutil import display_path
+from tfguess.core.fsutil import display_path, is_inside
 from tfguess.core.runfolder import RunFolder
 from tfguess.curate import active
-from tfguess.data.dataset import label_name_problem, walk
-from tfguess.guess.journal import claim_name
+from tfguess.curate.inbox_actions import (
+    FIELDS,
+    JOURNAL_FILENAME,
+    NONE_LABEL,
+    Action,
+    InboxActions,
+    InboxError,
+    InboxJournal,
+    check_label,
+    copy_no_overwrite,
+)
+from tfguess.curate.inbox_order import TOP_K, InboxOrder, write_suggestions
+from tfguess.curate.inbox_start import (
+    MIN_PHOTOS_PER_LABEL,
+    add_photo,
+    create_label,
+    photo_counts,
+    ready_to_train,
+    train_from_nothing,
+)
+from tfguess.data.dataset import walk
 
-JOURNAL_FILENAME = "inbox-journal.csv"
 SORTED_DIRNAME = "inbox-sorted"        # "Finish": the guess-dir layout of DIR
-FIELDS = ["id", "time", "action", "source", "sha256", "destination", "label", "undoes"]
-MIN_PHOTOS_PER_LABEL = 5               # start from nothing: photos each label needs to train
-NONE_LABEL = ""                        # the journal's label of "none of these"
-TOP_K = 3
 
-
-class InboxError(TfguessError, ValueError):
-    """An inbox action that cannot be done; the message says why and what to do."""
-
-
-@dataclass
-class Action:
-    id: int
-    time: str
-    action: str          # copy | none | undo
-    source: str          # path relative to DIR
-    sha256: str
-    destination: str     # copy: path relative to TF_FILES; else ""
-    label: str
-    undoes: int | None = None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-def check_label(name: str) -> str:
-    """``name`` when it can be a label folder; else :class:`InboxError` saying why."""
-    why = label_name_problem(name) if name else "it is empty"
-    if why is None and (name.startswith(".") or "/" in name or "\\" in name or name in ("..",)):
-        why = "it starts with '.' or holds a slash"
-    if why is None and len(name.encode("utf-8", "surrogateescape")) > 100:
-        why = "it is longer than 100 bytes"
-    if why:
-        raise InboxError(f"{name!r} cannot be a label: {why}. Use one line of plain text, "
-                         "e.g. 'red_fox'")
-    return name
-
-
-def copy_no_overwrite(src: Path, folder: Path, name: str | None = None) -> Path:
-    """Copy ``src`` into ``folder`` as ``name`` (default: its own) or ``<stem>-N<ext>`` when that
-    is taken. The bytes go to a hidden temporary file first, then a hard link gives the final
-    name (it fails rather than replace a file), so a name never holds half a copy."""
-    import shutil
-
-    folder.mkdir(parents=True, exist_ok=True)
-    stem, ext = os.path.splitext(name or src.name)
-    tmp = folder / f".tfguess-inbox.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(src, "rb") as inp, open(tmp, "xb") as out:
-        shutil.copyfileobj(inp, out)
-    try:
-        return claim_name(tmp, folder, stem, ext)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-class InboxJournal:
-    """``TF_FILES/inbox-journal.csv``: one row an action, appended and fsynced."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def read(self) -> list[Action]:
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-            return [Action(**{**row, "id": int(row["id"]),
-                              "undoes": int(row["undoes"]) if row.get("undoes") else None})
-                    for row in csv.DictReader(f)]
-
-    def append(self, **fields) -> Action:
-        rows = self.read()
-        action = Action(id=max((a.id for a in rows), default=0) + 1, time=_now(), **fields)
-        new = not self.path.exists()
-        with open(self.path, "a", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            writer = csv.DictWriter(f, FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow({k: ("" if v is None else v) for k, v in dataclasses.asdict(action).items()})
-            f.flush()
-            os.fsync(f.fileno())
-        return action
-
-    def active(self) -> list[Action]:
-        """Copies and "none of these" not undone, oldest first."""
-        rows = self.read()
-        undone = {a.undoes for a in rows if a.action == "undo"}
-        return [a for a in rows if a.action != "undo" and a.id not in undone]
+__all__ = [
+    "FIELDS", "JOURNAL_FILENAME", "MIN_PHOTOS_PER_LABEL", "NONE_LABEL", "SORTED_DIRNAME", "TOP_K",
+    "Action", "Inbox", "InboxError", "InboxJournal", "add_photo", "check_label",
+    "copy_no_overwrite", "create_label", "photo_counts", "ready_to_train", "run_config",
+    "train_from_nothing", "write_suggestions",
+]
 
 
 def _backbone_source(run: RunFolder, config: TrainConfig):
@@ -140,12 +75,11 @@ def _backbone_source(run: RunFolder, config: TrainConfig):
 
         ref = BackboneRef.from_meta(read_meta(run.model)["backbone"])
         return ref, lambda: load_classifier(run.model).backbone
-    from tfguess.training.train import resolve_backbone
+    from tfguess.training.backbone_ref import backbone_ref, resolve_backbone
 
     spec = resolve_backbone(config)
-    resize = getattr(config, "resize", None) or spec.resize
-    ref = BackboneRef(spec.name, spec.weights_id(config.weights), spec.input_size,
-                      spec.resize if resize == "auto" else resize)
+    # No photos to choose by yet: --resize auto is the backbone's own resize (backbone_ref).
+    ref = backbone_ref(spec, spec.weights_id(config.weights), config.resize)
     return ref, lambda: spec.build(weights=config.weights)
 
 
@@ -157,8 +91,10 @@ def run_config(run: RunFolder) -> TrainConfig:
         return TrainConfig()
 
 
-class Inbox:
-    """The inbox of one TF_FILES: its images, features, scores, journal; safe across threads."""
+class Inbox(InboxActions, InboxOrder):
+    """The inbox of one TF_FILES: its images, features, scores, journal; safe across threads.
+    Its actions (label, none of these, undo, accept) are :class:`InboxActions`', its order and
+    suggestions :class:`InboxOrder`'s."""
 
     def __init__(self, tf_files: str | Path, inbox_dir: str | Path, *, auto_every: int = 20,
                  strategy: str = active.DEFAULT_STRATEGY, log: Callable[[str], None] = print,
@@ -167,7 +103,7 @@ class Inbox:
         self.dir = Path(inbox_dir).expanduser().resolve()
         if not self.dir.is_dir():
             raise InboxError(f"inbox folder not found: {display_path(self.dir)}: check the path")
-        if _inside(self.dir, self.run.root) or _inside(self.run.root, self.dir):
+        if is_inside(self.dir, self.run.root) or is_inside(self.run.root, self.dir):
             raise InboxError(f"the inbox {display_path(self.dir)} and TF_FILES {self.run.root} must "
                              "not be inside one another: choose a folder outside TF_FILES")
         if strategy not in active.STRATEGIES:
@@ -184,8 +120,8 @@ class Inbox:
     def _features(self, paths: list[Path]) -> tuple[list[str], dict[str, np.ndarray], dict[str, str]]:
         """(digests, features by digest, skipped reason by digest) of ``paths`` from the cache."""
         from tfguess.engine.bottlenecks import BottleneckCache, compute_features
-        from tfguess.engine.features import make_extractor
         from tfguess.guess.journal import file_digest
+        from tfguess.training.backbone_ref import LazyExtractor
 
         digests = []
         for p in paths:
@@ -195,13 +131,7 @@ class Inbox:
                 digests.append(f"unreadable:{p}:{e.strerror}")
         items = [(p, d) for p, d in zip(paths, digests) if not d.startswith("unreadable:")]
         cache = BottleneckCache(self.run.bottlenecks, self.ref.cache_key)
-        built: dict = {}
-
-        def extractor():
-            if "e" not in built:
-                built["e"] = make_extractor(self.ref, self.build, self.config.engine, self.log)
-            return built["e"]
-
+        extractor = LazyExtractor(self.ref, self.build, self.config.engine, self.log)
         result = compute_features(items, cache, extractor, self.ref.input_size, self.ref.resize,
                                   progress=self.progress)
         skipped = dict(result.skipped)
@@ -288,159 +218,6 @@ class Inbox:
             self._score()
             return result
 
-    def items(self, by: str = "uncertainty", seed: int = 0) -> list[dict]:
-        """The pending images in the order asked: ``uncertainty`` (the default strategy), margin,
-        entropy, label, score, random."""
-        with self.lock:
-            probs = self.pool_probs
-            if len(probs) and probs.shape[1]:
-                if by == "uncertainty":
-                    order = self._uncertainty_order(len(probs))
-                else:
-                    order = active.order(probs, by, self.head_labels, seed)
-            else:
-                order = np.arange(len(self.pool_names))
-            margins = active.margins(probs) if len(probs) and probs.shape[1] else None
-            out = []
-            for i in order:
-                row = {"name": self.pool_names[i], "top": []}
-                if margins is not None:
-                    top = np.argsort(-probs[i], kind="stable")[:TOP_K]
-                    row["top"] = [[self.head_labels[j], round(float(probs[i, j]), 5)] for j in top]
-                    row["margin"] = round(float(margins[i]), 5)
-                out.append(row)
-            return out
-
-    def _uncertainty_order(self, n: int) -> np.ndarray:
-        """The default strategy's next batch first, then the rest by margin."""
-        first = active.select(self.strategy, self.pool_probs, min(n, max(self.auto_every, 1)),
-                              self._pool_x(), self.lab_x)
-        rest = [i for i in active.order(self.pool_probs, "margin") if i not in set(first.tolist())]
-        return np.concatenate([first, np.array(rest, np.int64)]).astype(np.int64)
-
-    def _pool_x(self) -> np.ndarray:
-        return (np.stack([self.feats[n] for n in self.pool_names]).astype(np.float32)
-                if self.pool_names else np.zeros((0, 1), np.float32))
-
-    def suggest(self, n: int = 50, strategy: str | None = None, seed: int = 0) -> list[dict]:
-        """The ``n`` most informative pending images (``strategy``: margin, entropy,
-        kcenter-margin, random), best first, with their scores."""
-        strategy = strategy or self.strategy
-        if strategy not in active.STRATEGIES:
-            raise InboxError(f"unknown strategy {strategy!r}: one of {', '.join(active.STRATEGIES)}")
-        with self.lock:
-            if self.head is None:
-                raise InboxError(f"no model to rank the inbox with: label photos of at least 2 "
-                                 f"labels in {self.run.data} or train first: tfguess train {self.run.root}")
-            probs = self.pool_probs
-            pick = active.select(strategy, probs, n, self._pool_x(), self.lab_x, seed=seed)
-            margins, ent = active.margins(probs), active.entropy(probs)
-            rows = []
-            for rank, i in enumerate(pick, 1):
-                top = np.argsort(-probs[i], kind="stable")[:TOP_K]
-                rows.append({"rank": rank, "path": str(self.dir / self.pool_names[i]),
-                             "predicted": self.head_labels[top[0]],
-                             "score": f"{probs[i, top[0]]:.5f}", "margin": f"{margins[i]:.5f}",
-                             "entropy": f"{ent[i]:.5f}",
-                             "top_k": ";".join(f"{self.head_labels[j]}:{probs[i, j]:.5f}" for j in top)})
-            return rows
-
-    # ---- actions
-
-    def _source(self, name: str) -> Path:
-        if name not in self.digest:
-            raise InboxError(f"{name}: not an image of the inbox {display_path(self.dir)}")
-        return self.dir / name
-
-    def label(self, name: str, label: str) -> dict:
-        """Copy the inbox image ``name`` into ``data/<label>/`` (a new label is created)."""
-        label = check_label(label)
-        with self.lock:
-            src = self._source(name)
-            if name not in self.pending():
-                raise InboxError(f"{name} is labelled already: undo that first")
-            from tfguess.guess.journal import file_digest
-
-            if file_digest(src) != self.digest[name]:
-                raise InboxError(f"{name} changed since the inbox was read: reload the page")
-            dst = copy_no_overwrite(src, self.run.data / label)
-            action = self.journal.append(action="copy", source=name, sha256=self.digest[name],
-                                         destination=self.run.store(dst), label=label)
-            return self._after(action)
-
-    def none_of_these(self, name: str) -> dict:
-        """Mark ``name`` as none of the labels: no copy, out of the list."""
-        with self.lock:
-            self._source(name)
-            if name not in self.pending():
-                raise InboxError(f"{name} is labelled already: undo that first")
-            action = self.journal.append(action="none", source=name, sha256=self.digest[name],
-                                         destination="", label=NONE_LABEL)
-            return self._after(action)
-
-    def _after(self, action: Action) -> dict:
-        """Bookkeeping after an action: the labelled set, the counter, an automatic re-train."""
-        if action.action == "copy":
-            if action.label not in self.labels:
-                self._load_labelled()
-            else:
-                i = self.labels.index(action.label)
-                self.lab_x = (np.concatenate([self.lab_x, self.feats[action.source][None]])
-                              if len(self.lab_x) else self.feats[action.source][None].copy())
-                self.lab_y = np.append(self.lab_y, i)
-            self.since_retrain += 1
-        retrained = False
-        if self.auto_every and self.since_retrain >= self.auto_every and len(self.trainable_labels()) >= 2:
-            self.retrain()
-            retrained = True
-        else:
-            self._score()
-        return {**dataclasses.asdict(action), "retrained": retrained}
-
-    def undo(self, action_id: int | None = None) -> dict:
-        """Undo action ``action_id`` (default: the last one not undone). A copy is deleted only
-        when its content is still the copied one."""
-        from tfguess.guess.journal import file_digest
-
-        with self.lock:
-            live = self.journal.active()
-            if not live:
-                raise InboxError("nothing to undo")
-            target = live[-1] if action_id is None else next((a for a in live if a.id == action_id), None)
-            if target is None:
-                raise InboxError(f"action {action_id} does not exist or was undone already")
-            if target.action == "copy":
-                copy = self.run.resolve(target.destination)
-                if copy.is_file() and file_digest(copy) != target.sha256:
-                    raise InboxError(f"{copy} was changed since it was copied: left as it is "
-                                     "(move it away by hand)")
-                copy.unlink(missing_ok=True)
-            action = self.journal.append(action="undo", source=target.source, sha256=target.sha256,
-                                         destination=target.destination, label=target.label,
-                                         undoes=target.id)
-            self._load_labelled()
-            if target.action == "copy":
-                self.since_retrain = max(0, self.since_retrain - 1)
-            self._score()
-            return dataclasses.asdict(action)
-
-    def accept(self, label: str, min_score: float) -> list[dict]:
-        """Label every pending image the model gives ``label`` with a score >= ``min_score``."""
-        with self.lock:
-            if label not in self.head_labels:
-                raise InboxError(f"unknown label {label!r}: one of {', '.join(self.head_labels)}")
-            j = self.head_labels.index(label)
-            names = [n for n, p in zip(self.pool_names, self.pool_probs)
-                     if p.argmax() == j and p[j] >= min_score]
-            auto, self.auto_every = self.auto_every, 0
-            try:
-                done = [self.label(n, label) for n in names]
-            finally:
-                self.auto_every = auto
-            if auto and self.since_retrain >= auto:
-                self.retrain()
-            return done
-
     # ---- figures
 
     def stats(self) -> dict:
@@ -497,85 +274,3 @@ class Inbox:
             result = guess_dir(self.run.model, self.dir, dst, recursive=True, progress=progress, log=log)
             self.load()
             return result
-
-
-# ---- start from nothing
-
-def create_label(tf_files: str | Path, name: str) -> Path:
-    """``TF_FILES/data/<name>/`` (made when missing)."""
-    folder = RunFolder.at(tf_files).data / check_label(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def add_photo(tf_files: str | Path, label: str, filename: str, data: bytes) -> Path:
-    """Write an uploaded photo into ``data/<label>/`` under its own name (its base name only) or
-    ``<stem>-N<ext>`` when taken; refuses what is not an image."""
-    from tfguess.data.images import ImageError, check_header
-
-    folder = create_label(tf_files, label)
-    name = os.path.basename(filename.replace("\\", "/")) or "photo.jpg"
-    if name.startswith("."):
-        name = "photo" + name
-    tmp = folder / f".tfguess-upload.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "xb") as f:
-        f.write(data)
-    try:
-        try:
-            check_header(tmp, data=data)
-        except ImageError as e:
-            raise InboxError(f"{name}: not a usable image ({e.reason})") from None
-        return copy_no_overwrite(tmp, folder, name)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def photo_counts(tf_files: str | Path) -> dict[str, int]:
-    data = RunFolder.at(tf_files).data
-    if not data.is_dir():
-        return {}
-    return {e.name: len(walk(e.path, recursive=True).images)
-            for e in sorted(os.scandir(data), key=lambda e: e.name)
-            if e.is_dir() and not e.name.startswith(".")}
-
-
-def ready_to_train(tf_files: str | Path) -> str | None:
-    """None when every label has enough photos to train; else what is missing."""
-    counts = photo_counts(tf_files)
-    if len(counts) < 2:
-        return "create at least 2 labels"
-    short = [f"{label} ({n})" for label, n in counts.items() if n < MIN_PHOTOS_PER_LABEL]
-    if short:
-        return f"each label needs {MIN_PHOTOS_PER_LABEL} photos: add to {', '.join(short)}"
-    return None
-
-
-def train_from_nothing(tf_files: str | Path, log: Callable[[str], None] = print,
-                       progress: bool = False):
-    """Train an ordinary TF_FILES from the photos given on the page (default settings)."""
-    from tfguess.training.train import train
-
-    missing = ready_to_train(tf_files)
-    if missing:
-        raise InboxError(f"not ready to train: {missing}")
-    return train(tf_files, TrainConfig(report=False), progress=progress, log=log)
-
-
-def write_suggestions(rows: list[dict], out: str | Path | None) -> str:
-    """The suggestions as CSV text; written to ``out`` when given (never over an existing file)."""
-    import io
-
-    buf = io.StringIO()
-    fields = ["rank", "path", "predicted", "score", "margin", "entropy", "top_k"]
-    writer = csv.DictWriter(buf, fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    text = buf.getvalue()
-    if out is not None:
-        out = Path(out)
-        try:
-            with open(out, "x", encoding="utf-8", newline="") as f:
-                f.write(text)
-        except FileExistsError:
-            raise InboxError(f"{out} exists already: choose another --out (nothing is overwritten)") from None
-    return text

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tfguess.core.errors import TfguessError, describe_os_error
-from tfguess.core.fsutil import display_path, path_text, text_path
+from tfguess.core.fsutil import display_path, is_inside, path_text, text_path
 from tfguess.core.locks import folder_lock
 from tfguess.core.runfolder import RELABEL_JOURNAL_FILENAME as JOURNAL_FILENAME
 from tfguess.core.runfolder import REMOVED_DIRNAME
@@ -161,13 +161,6 @@ class DataSetEditor:
         p = path if isinstance(path, Path) else Path(text_path(path))
         return p if p.is_absolute() else self.tf_files / p
 
-    def _inside(self, path: Path, root: Path) -> bool:
-        try:
-            path.relative_to(root)
-            return True
-        except ValueError:
-            return False
-
     def label_of(self, path: Path) -> str:
         """The label folder an image of the data set is in."""
         return path.relative_to(self.image_dir).parts[0]
@@ -176,7 +169,7 @@ class DataSetEditor:
         """``path`` resolved, when it is an existing image file of the data set; else RelabelError."""
         p = Path(os.path.abspath(self._abs(path)))
         shown = display_path(p)
-        if p.is_symlink() or not self._inside(p.resolve(), self.image_dir):
+        if p.is_symlink() or not is_inside(p.resolve(), self.image_dir):
             raise RelabelError(f"{shown}: not an image of the data set {display_path(self.image_dir)}")
         if not p.is_file():
             raise RelabelError(f"{shown}: no such file (moved or deleted since the report was made)")

@@ -4,6 +4,9 @@ The folder holds one sub-folder per label (nested folders inside a label are all
 
     image_dir/ants/*.jpg
     image_dir/bees/more/*.png
+
+Which files of a folder are images is :mod:`tfguess.data.folder_walk` (its names are importable
+from here too).
 """
 
 from __future__ import annotations
@@ -17,13 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tfguess.core.errors import DatasetError
-from tfguess.core.fsutil import display_path
+from tfguess.core.fsutil import display_path, is_inside
 from tfguess.data import images
+from tfguess.data.folder_walk import (  # noqa: F401 - re-exported: importable from dataset
+    JUNK_NAMES,
+    Skipped,
+    Walk,
+    is_hidden,
+    list_image_files,
+    non_image_reason,
+    walk,
+    walk_files,
+)
 
 SPLITS = ("train", "validation", "test")
-
-# Names that are never images and never worth a report (besides hidden .names).
-_JUNK = {"thumbs.db", "desktop.ini", "__macosx", "@eadir"}
 
 # A check decodes JPEGs at reduced scale (the whole stream is still read, so truncation is
 # still caught) with at least this many pixels on the shorter side, enough for placeholder checks.
@@ -36,12 +46,6 @@ class Item:
     label: str
     digest: str  # sha256 hex of the file content
     split: str
-
-
-@dataclass(frozen=True)
-class Skipped:
-    path: Path
-    reason: str
 
 
 @dataclass
@@ -65,146 +69,6 @@ class DatasetScan:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
         return [item for item in self.items if item.split == split]
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name.lower() in _JUNK
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-@dataclass
-class Walk:
-    """What :func:`walk` found: image files, and every other path with why it is not used."""
-
-    images: list[Path]
-    skipped: list[Skipped]
-
-
-def walk(
-    folder: str | os.PathLike[str],
-    *,
-    recursive: bool = True,
-    exclude: Path | None = None,
-    exclude_files: set[Path] | frozenset[Path] = frozenset(),
-    follow_links: bool = False,
-) -> Walk:
-    """The image files under ``folder`` (sorted), and every path passed over with its reason.
-
-    Images are regular files with an image extension (any case), or with another extension or
-    none whose first bytes say image; only those first bytes are read here. Named pipes, devices
-    and sockets are never opened for reading. Hidden files and folders (``.name``) and system junk
-    (``Thumbs.db``, ``__MACOSX``) are ignored without a word. A file reachable under two names
-    (links) is listed once, under its first name in sorted order. Links to files are followed; a
-    link to a folder only when the folder lies inside ``folder`` (or with ``follow_links``), and a
-    folder reached twice (a link loop) is scanned once. The ``exclude`` subtree (e.g. an output folder inside the input folder)
-    and the ``exclude_files`` (resolved paths) are passed over silently.
-    """
-    root = Path(folder)
-    real_root = Path(os.path.realpath(root))
-    excl = Path(exclude).resolve() if exclude is not None else None
-    seen_files: set[tuple[int, int]] = set()
-    seen_dirs: set[tuple[int, int]] = set()
-    found: list[Path] = []
-    skipped: list[Skipped] = []
-
-    def visit(d: Path) -> None:
-        try:
-            st = d.stat()
-        except OSError as e:
-            skipped.append(Skipped(d, f"cannot read the folder: {e.strerror or e}"))
-            return
-        if excl is not None and _inside(d.resolve(), excl):
-            return
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            skipped.append(Skipped(d, "folder already scanned (a link loop or a second link to it)"))
-            return
-        seen_dirs.add((st.st_dev, st.st_ino))
-        try:
-            entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError as e:
-            skipped.append(Skipped(d, f"cannot read the folder: {e.strerror or e}: check its "
-                                      "permissions (ls -ld)"))
-            return
-        for e in entries:
-            if _hidden(e.name):
-                continue
-            p = Path(e.path)
-            try:
-                is_link = e.is_symlink()
-                is_dir = e.is_dir()  # follows links
-            except OSError:
-                is_link, is_dir = False, False
-            if is_dir and is_link and not follow_links:
-                target = Path(os.path.realpath(p))
-                if not _inside(target, real_root):
-                    skipped.append(Skipped(p, f"a link to {display_path(target)}, outside "
-                                              f"{display_path(root)}: not followed (--follow-links "
-                                              "follows it)"))
-                    continue
-            if is_dir:
-                if recursive:
-                    visit(p)
-                continue
-            try:
-                st = e.stat()
-            except OSError:
-                skipped.append(Skipped(p, "broken link"))
-                continue
-            if p.resolve() in exclude_files:
-                continue
-            kind = images.file_kind(st.st_mode)
-            if kind is not None:
-                skipped.append(Skipped(p, f"{kind}, not a regular file: skipped"))
-                continue
-            key = (st.st_dev, st.st_ino)
-            if key in seen_files:
-                continue
-            seen_files.add(key)
-            if p.suffix.lower() in images.IMAGE_EXTENSIONS or images.sniff(p):
-                found.append(p)
-            else:
-                skipped.append(Skipped(p, non_image_reason(p)))
-
-    if root.is_dir():
-        visit(root)
-    return Walk(sorted(found), sorted(skipped, key=lambda s: s.path))
-
-
-def walk_files(
-    folder: str | os.PathLike[str], *, recursive: bool = True, exclude: Path | None = None
-) -> tuple[list[Path], list[Path]]:
-    """``(images, others)`` under ``folder``, each sorted (see :func:`walk` for the rules)."""
-    w = walk(folder, recursive=recursive, exclude=exclude)
-    return w.images, [s.path for s in w.skipped]
-
-
-def list_image_files(
-    folder: str | os.PathLike[str], *, recursive: bool = True, exclude: Path | None = None
-) -> list[Path]:
-    """The image files under ``folder``, sorted (see :func:`walk` for the rules)."""
-    return walk(folder, recursive=recursive, exclude=exclude).images
-
-
-def non_image_reason(path: Path) -> str:
-    """Why a file that :func:`walk` passed over is not used, e.g. "broken link" (reads its head
-    only)."""
-    if not path.exists():
-        return "broken link"
-    try:
-        head = images.read_head(path)
-        if not head:
-            return "zero-byte file"
-        if images.sniff(path) is None and os.stat(path).st_size > images.MAX_UNKNOWN_BYTES:
-            return images.not_image_reason(head)
-        images.check_header(path)
-    except images.ImageError as e:
-        return e.reason
-    except OSError as e:
-        return f"cannot read: {e.strerror or e}"
-    return "not an image file"  # pragma: no cover - walk would have called it an image
 
 
 def split_value(digest: str) -> float:
@@ -255,8 +119,8 @@ def label_folders(root: Path) -> tuple[list[Path], list[str]]:
     loose = 0
     for e in sorted(os.scandir(root), key=lambda e: e.name):
         is_dir = e.is_dir()
-        if _hidden(e.name):
-            if is_dir and e.name.startswith(".") and e.name.lower() not in _JUNK:
+        if is_hidden(e.name):
+            if is_dir and e.name.startswith(".") and e.name.lower() not in JUNK_NAMES:
                 notes.append(f"ignored the hidden folder {display_path(e.path)}: a label cannot "
                              "start with '.'; rename it to use it as a label")
             continue
@@ -377,18 +241,7 @@ def scan_dataset(
     Raises :class:`DatasetError` for fewer than two labels or a label with fewer than
     ``min_per_label`` usable images.
     """
-    root = Path(image_dir)
-    if not root.exists():
-        raise DatasetError(
-            f"image folder {root} does not exist: give a folder with one sub-folder per label"
-        )
-    if not root.is_dir():
-        raise DatasetError(f"{root} is not a folder: give a folder with one sub-folder per label")
-    try:
-        assign_splits([], validation_pct, test_pct)
-    except ValueError as e:
-        raise DatasetError(str(e)) from None
-
+    root = _checked_root(Path(image_dir), validation_pct, test_pct)
     label_dirs, notes = label_folders(root)
     labels = sorted(d.name for d in label_dirs)
     skipped: list[Skipped] = []
@@ -397,52 +250,10 @@ def scan_dataset(
         found = walk(d, follow_links=follow_links)
         skipped.extend(found.skipped)
         files.extend((d.name, p) for p in found.images)
-
     results = _map(lambda lp: _check(lp[1], decode_check, placeholders), files, progress,
                    "checking images")
-
-    by_digest: dict[str, list[tuple[str, Path]]] = defaultdict(list)
-    for (label, path), (digest, reason) in zip(files, results, strict=True):
-        if reason is not None:
-            skipped.append(Skipped(path, reason))
-        else:
-            by_digest[digest].append((label, path))
-
-    duplicates: list[tuple[Path, Path]] = []
-    conflicts: list[tuple[str, list[Path], list[str]]] = []
-    kept: dict[str, list[tuple[str, Path]]] = defaultdict(list)  # label -> (digest, path)
-    for digest, copies in by_digest.items():
-        copies.sort()
-        copy_labels = sorted({label for label, _ in copies})
-        if len(copy_labels) > 1:
-            paths = [p for _, p in copies]
-            conflicts.append((digest, paths, copy_labels))
-            for label, p in copies:
-                others = ", ".join(f"'{x}'" for x in copy_labels if x != label)
-                skipped.append(
-                    Skipped(p, f"same image also under label {others}: left out (conflict)")
-                )
-            continue
-        first = copies[0][1]
-        duplicates.extend((first, p) for _, p in copies[1:])
-        kept[copies[0][0]].append((digest, first))
-
-    too_few = [(label, len(kept[label])) for label in labels if len(kept[label]) < min_per_label]
-    if too_few:
-        detail = "; ".join(f"label '{label}' has {n}" for label, n in too_few)
-        folders = ", ".join(str(root / label) for label, _ in too_few)
-        extra = ""
-        if skipped:
-            first = sorted(skipped, key=lambda sk: not any(
-                _inside(sk.path, root / label) for label, _ in too_few))[:3]
-            listed = "; ".join(f"{display_path(sk.path)}: {sk.reason}" for sk in first)
-            more = f"; and {len(skipped) - len(first)} more" if len(skipped) > len(first) else ""
-            extra = f" ({_plural(len(skipped), 'file')} skipped: {listed}{more})"
-        raise DatasetError(
-            f"too few usable images in {root}: {detail}, need at least {min_per_label} per "
-            f"label{extra}. Add images to {folders} or remove the folder."
-        )
-
+    kept, duplicates, conflicts = _by_content(files, results, skipped)
+    _require_enough(root, labels, kept, skipped, min_per_label)
     items: list[Item] = []
     for label in labels:
         entries = sorted(kept[label], key=lambda dp: dp[1])
@@ -461,3 +272,72 @@ def scan_dataset(
             f"{_plural(len(conflicts), 'image')} found under two labels: left out (conflicts)"
         )
     return DatasetScan(root, labels, items, skipped, duplicates, conflicts, notes)
+
+
+def _checked_root(root: Path, validation_pct: float, test_pct: float) -> Path:
+    """``root``, once it is a folder and the split percentages are valid (else DatasetError)."""
+    if not root.exists():
+        raise DatasetError(
+            f"image folder {root} does not exist: give a folder with one sub-folder per label"
+        )
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder: give a folder with one sub-folder per label")
+    try:
+        assign_splits([], validation_pct, test_pct)
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
+    return root
+
+
+def _by_content(files: list[tuple[str, Path]], results: list[tuple[str | None, str | None]],
+                skipped: list[Skipped]):
+    """``(kept, duplicates, conflicts)`` of the checked ``files``: ``kept`` maps a label to its
+    ``(digest, path)`` of each content once; the content under two labels is left out (a
+    conflict). What is not used is appended to ``skipped`` with its reason."""
+    by_digest: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for (label, path), (digest, reason) in zip(files, results, strict=True):
+        if reason is not None:
+            skipped.append(Skipped(path, reason))
+        else:
+            by_digest[digest].append((label, path))
+    duplicates: list[tuple[Path, Path]] = []
+    conflicts: list[tuple[str, list[Path], list[str]]] = []
+    kept: dict[str, list[tuple[str, Path]]] = defaultdict(list)  # label -> (digest, path)
+    for digest, copies in by_digest.items():
+        copies.sort()
+        copy_labels = sorted({label for label, _ in copies})
+        if len(copy_labels) > 1:
+            paths = [p for _, p in copies]
+            conflicts.append((digest, paths, copy_labels))
+            for label, p in copies:
+                others = ", ".join(f"'{x}'" for x in copy_labels if x != label)
+                skipped.append(
+                    Skipped(p, f"same image also under label {others}: left out (conflict)")
+                )
+            continue
+        first = copies[0][1]
+        duplicates.extend((first, p) for _, p in copies[1:])
+        kept[copies[0][0]].append((digest, first))
+    return kept, duplicates, conflicts
+
+
+def _require_enough(root: Path, labels: list[str], kept: dict[str, list], skipped: list[Skipped],
+                    min_per_label: int) -> None:
+    """DatasetError when a label has fewer than ``min_per_label`` usable images, naming the
+    first skipped files (those of the short labels first)."""
+    too_few = [(label, len(kept[label])) for label in labels if len(kept[label]) < min_per_label]
+    if not too_few:
+        return
+    detail = "; ".join(f"label '{label}' has {n}" for label, n in too_few)
+    folders = ", ".join(str(root / label) for label, _ in too_few)
+    extra = ""
+    if skipped:
+        first = sorted(skipped, key=lambda sk: not any(
+            is_inside(sk.path, root / label) for label, _ in too_few))[:3]
+        listed = "; ".join(f"{display_path(sk.path)}: {sk.reason}" for sk in first)
+        more = f"; and {len(skipped) - len(first)} more" if len(skipped) > len(first) else ""
+        extra = f" ({_plural(len(skipped), 'file')} skipped: {listed}{more})"
+    raise DatasetError(
+        f"too few usable images in {root}: {detail}, need at least {min_per_label} per "
+        f"label{extra}. Add images to {folders} or remove the folder."
+    )

@@ -3,6 +3,10 @@
 Every reader of user images goes through :func:`decode_image` (or :func:`load_image` for the
 fixed-size arrays a backbone wants), so all of them accept the same formats and refuse the same
 bad files with the same short reasons (:class:`ImageError`).
+
+What a file's first bytes say is :mod:`tfguess.data.formats`; how a decoded image is made
+square, :mod:`tfguess.data.resize`; what counts as a placeholder, :mod:`tfguess.data.placeholder`.
+Their names are importable from here too.
 """
 
 from __future__ import annotations
@@ -13,13 +17,38 @@ import os
 import re
 import stat
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tfguess.core.errors import TfguessError
 from tfguess.core.fsutil import display_path
+from tfguess.data.formats import (  # noqa: F401 - re-exported: importable from images
+    FORMAT_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    not_image_reason,
+    png_checksum_error,
+    sniff_bytes,
+)
+from tfguess.data.placeholder import placeholder_reason
+from tfguess.data.resize import (  # noqa: F401 - re-exported: importable from images
+    CROP_FRACTION,
+    PAD_VALUE,
+    PREPROCESS_VERSION,
+    RESIZES,
+    SQUASH_BILINEAR_MAX,
+    SUBPIXEL,
+    _bilinear_axis,
+    auto_resize,
+    crop_box,
+    pad_offsets,
+    pad_to_square,
+    squash,
+    squash_bilinear,
+    squash_is_bilinear,
+    squash_reduced,
+)
 
 try:  # a dependency (wheels everywhere), still optional here: the same libjpeg-turbo with less
     import simplejpeg as _simplejpeg  # overhead than Pillow's (bench/jpeg_check.py)
@@ -41,13 +70,6 @@ try:
 except Exception:  # pragma: no cover
     AVIF_SUPPORTED = False
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {
-        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp",
-        ".tif", ".tiff", ".heic", ".heif", ".avif",
-    }
-)  # fmt: skip
-
 # Images with more pixels than this are refused (PIL's own warning threshold, about 89 MP).
 MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
@@ -55,37 +77,16 @@ MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 # DRAFT_MARGIN * n pixels on the shorter side: enough for the centre crop (n / 0.875) at full detail.
 DRAFT_MARGIN = 1.15
 
-# The EfficientNet evaluation recipe: resize the shorter side to size / CROP_FRACTION, centre crop.
-CROP_FRACTION = 0.875
-# Bump when decoding or resizing changes in a way that changes the pixels fed to a backbone: the
-# feature cache is keyed by it. 4: squash reductions beyond SQUASH_BILINEAR_MAX take Pillow's
-# antialiased bilinear (a triangle filter as wide as the reduction) instead of its bicubic: 1.1 ms
-# instead of 1.8 ms for a 500x375 photo (README, "Speed"), the val accuracy checked on every dev set.
-PREPROCESS_VERSION = 4
-
-# "squash" resizes with OpenCV's bilinear warp in its fixed-point arithmetic: the source position
-# of output pixel x is x * w / size (corners aligned), rounded to 1/SUBPIXEL of a pixel, and the
-# four weights are in 1/SUBPIXEL steps too. MediaPipe's ImageClassifier does exactly this on CPU
-# (bench/export_clients.py), so a TFLite export given to it sees the pixels `guess` sees. Beyond a
-# 2x reduction, bilinear taps skip source pixels (aliasing; the Task Library also filters such
-# reductions its own way): an image more than SQUASH_BILINEAR_MAX times the input size (after
-# draft decoding) is reduced with Pillow's antialiased bilinear instead (a triangle filter as wide
-# as the reduction: every source pixel counts).
-SUBPIXEL = 32
-SQUASH_BILINEAR_MAX = 2.0
-
 # A file whose first bytes announce no known image format is read whole (Pillow knows a few more
 # formats) only up to this size; a bigger one (a video, a disk image) is refused from its head.
 MAX_UNKNOWN_BYTES = 64 << 20
 # No image tfguess can use is bigger than this (an 89 MP uncompressed TIFF is about 360 MB).
 MAX_FILE_BYTES = 1 << 30
 
-_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
-_AVIF_BRANDS = {b"avif", b"avis"}
 
-
-class ImageError(Exception):
-    """A file that cannot be used as an image; ``reason`` is short and human."""
+class ImageError(TfguessError):
+    """A file that cannot be used as an image; ``reason`` is short and human. Raised per file:
+    every caller catches it to skip that file with its ``reason``."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str):
         self.path = Path(path)
@@ -160,64 +161,13 @@ def read_head(path: str | os.PathLike[str], n: int = 64) -> bytes:
         os.close(fd)
 
 
-def _sniff_bytes(head: bytes) -> str | None:
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "GIF"
-    if head.startswith(b"BM") and len(head) >= 18:
-        return "BMP"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "TIFF"
-    if head[4:8] == b"ftyp":
-        box_len = int.from_bytes(head[:4], "big")
-        brands = {head[8:12]}
-        brands.update(head[i : i + 4] for i in range(16, min(box_len, len(head)) - 3, 4))
-        if brands & _AVIF_BRANDS:
-            return "AVIF"
-        if brands & _HEIF_BRANDS or b"mif1" in brands or b"msf1" in brands:
-            return "HEIF"
-    return None
-
-
 def sniff(path: str | os.PathLike[str]) -> str | None:
     """The image format the first bytes of ``path`` announce, or None when they announce none
     (or when it is not a regular file: FIFOs and devices are never opened for a blocking read)."""
     try:
-        return _sniff_bytes(read_head(path))
+        return sniff_bytes(read_head(path))
     except ImageError:
         return None
-
-
-# The extension a copy gets when its source has none, by sniffed format.
-FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp",
-                     "TIFF": ".tif", "HEIF": ".heic", "AVIF": ".avif"}
-
-
-def not_image_reason(head: bytes) -> str:
-    text = head.lstrip().lower()
-    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
-        return "not an image (looks like a web page saved instead of the image)"
-    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
-        return "not an image (SVG vector drawing: convert it to PNG)"
-    if head.startswith(b"%PDF"):
-        return "not an image (looks like a PDF document)"
-    if head.startswith(b"PK\x03\x04"):
-        return "not an image (looks like a ZIP archive)"
-    if head[4:8] == b"ftyp" or head[:4] == b"\x1aE\xdf\xa3" or head[8:12] == b"AVI ":
-        return "not an image (looks like a video)"
-    try:
-        head.decode("utf-8")
-        is_text = all(c >= 32 or c in b"\t\r\n\f" for c in head)
-    except UnicodeDecodeError:
-        is_text = False
-    if is_text:
-        return "not an image (looks like text)"
-    return "not an image (unrecognised content)"
 
 
 def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
@@ -229,7 +179,7 @@ def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
         head = _read_fd(fd, 64)
         if not head:
             raise ImageError(p, "zero-byte file")
-        known = _sniff_bytes(head) is not None
+        known = sniff_bytes(head) is not None
         if not known and size > MAX_UNKNOWN_BYTES:
             raise ImageError(p, not_image_reason(head))
         if size > MAX_FILE_BYTES:
@@ -245,29 +195,12 @@ def _read(path: Path, data: bytes | None) -> bytes:
     return data if data is not None else read_image_bytes(path)
 
 
-def _png_checksum_error(data: bytes) -> str | None:
-    """The name of the first PNG chunk whose CRC does not match, if any."""
-    pos = 8
-    while pos + 12 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        kind = data[pos + 4:pos + 8]
-        end = pos + 8 + length
-        if end + 4 > len(data):
-            return None
-        if zlib.crc32(data[pos + 4:end]) != int.from_bytes(data[end:end + 4], "big"):
-            return kind.decode("latin-1")
-        if kind == b"IEND":
-            return None
-        pos = end + 4
-    return None
-
-
 def _open(path: Path, data: bytes, max_pixels: int | None) -> Image.Image:
     """Open (header only) and refuse zero-byte files, non-images and decompression bombs."""
     if not data:
         raise ImageError(path, "zero-byte file")
     head = data[:64]
-    fmt = _sniff_bytes(head)
+    fmt = sniff_bytes(head)
     limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
@@ -282,7 +215,7 @@ def _open(path: Path, data: bytes, max_pixels: int | None) -> Image.Image:
             raise ImageError(
                 path, "unsupported format AVIF: pip install pillow-avif-plugin"
             ) from None
-        if fmt == "PNG" and (chunk := _png_checksum_error(data)):
+        if fmt == "PNG" and (chunk := png_checksum_error(data)):
             raise ImageError(path, f"corrupt PNG: checksum (CRC) error in its {chunk} chunk: "
                                    "the file is damaged") from None
         if fmt is not None:
@@ -453,48 +386,10 @@ def load_image(
     if resize == "squash":
         if squash_is_bilinear(w, h, size):
             return squash_bilinear(np.asarray(im), size)
-        return _reduce(im, size)
+        return squash_reduced(im, size)
     out = im.resize((size, size), Image.Resampling.BICUBIC, box=crop_box(w, h, size),
                     reducing_gap=3.0)
     return np.array(out, dtype=np.uint8)
-
-
-# --- how an image is made square (--resize) ---------------------------------------------------
-#
-# "squash": the whole image resized to size x size (its aspect ratio is not kept): what MediaPipe
-#   and the Task Library do with a TFLite model, so a TFLite export sees the pixels ``guess`` sees.
-# "crop": the central square, 87.5 % of the shorter side, resized (the EfficientNet evaluation
-#   recipe, and the keras.applications backbones' own): the edges are not seen, nothing is
-#   distorted.
-# "pad": the image centred on a square of PAD_VALUE (side = the longer side), then resized as
-#   "squash" resizes: everything is seen, undistorted, at a smaller scale. A square image is
-#   unchanged.
-RESIZES = ("squash", "crop", "pad")
-# Mid-grey: the EfficientNet-Lite normalisation (x - 127) / 128 maps it to 0, the value the
-# network's own zero padding gives beyond an image's border.
-PAD_VALUE = 127
-# --resize auto: "crop" when at least this share of the photos is portrait (w/h < 0.8) and at
-# least this share landscape (w/h > 1.25), else "squash" (bench/accuracy_table.py --suite, README).
-AUTO_MIXED_SHARE = 0.25
-PORTRAIT_MAX, LANDSCAPE_MIN = 0.8, 1.25
-
-
-def auto_resize(sizes: list[tuple[int, int]]) -> tuple[str, dict]:
-    """``--resize auto``: ``(resize, facts)`` for photos of these ``(width, height)`` sizes.
-
-    Squashing distorts every photo of one orientation the same way, which the head learns; when
-    both orientations are common, the same object arrives stretched one way or the other, and
-    the centre crop, which keeps the geometry, was the more accurate (README, "Export").
-    """
-    n = max(1, len(sizes))
-    portrait = sum(w / h < PORTRAIT_MAX for w, h in sizes) / n
-    landscape = sum(w / h > LANDSCAPE_MIN for w, h in sizes) / n
-    mixed = min(portrait, landscape) >= AUTO_MIXED_SHARE
-    return ("crop" if mixed else "squash"), {
-        "portrait": round(portrait, 3), "landscape": round(landscape, 3), "images": len(sizes),
-        "rule": f"crop when at least {AUTO_MIXED_SHARE:.0%} of the photos are portrait "
-                f"(w/h < {PORTRAIT_MAX}) and at least {AUTO_MIXED_SHARE:.0%} landscape "
-                f"(w/h > {LANDSCAPE_MIN}), else squash"}
 
 
 def auto_resize_of(paths) -> tuple[str, dict]:
@@ -520,133 +415,3 @@ def oriented_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     except Exception:  # noqa: BLE001 - a broken EXIF block: the stored size
         turned = False
     return (h, w) if turned else (w, h)
-
-
-def crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
-    """The source box ``(left, top, right, bottom)`` that "crop" resizes to ``size x size``: the
-    centred square of side ``min(w, h) * size / round(size / 0.875)``."""
-    scale = round(size / CROP_FRACTION) / min(width, height)  # resized pixels per source pixel
-    side = size / scale  # crop side in source pixels
-    left, top = (width - side) / 2, (height - side) / 2
-    return (max(left, 0.0), max(top, 0.0), min(left + side, width), min(top + side, height))
-
-
-def pad_offsets(width: int, height: int) -> tuple[int, int, int]:
-    """``(left, top, side)``: "pad" puts a ``width x height`` image at ``(left, top)`` of a square
-    of side ``max(width, height)``; an odd margin puts the extra pixel right of or below it."""
-    side = max(width, height)
-    return (side - width) // 2, (side - height) // 2, side
-
-
-def pad_to_square(pixels: np.ndarray) -> np.ndarray:
-    """``pixels`` (``uint8 [h, w, 3]``) centred on a square of :data:`PAD_VALUE` (see
-    :func:`pad_offsets`); a square image is returned as it is."""
-    h, w = pixels.shape[:2]
-    if w == h:
-        return pixels
-    left, top, side = pad_offsets(w, h)
-    out = np.full((side, side, pixels.shape[2]), PAD_VALUE, np.uint8)
-    out[top:top + h, left:left + w] = pixels
-    return out
-
-
-def squash(pixels: np.ndarray, size: int) -> np.ndarray:
-    """``pixels`` (``uint8 [h, w, 3]``) resized whole to ``size x size``, as "squash" does:
-    :func:`squash_bilinear`, or Pillow's antialiased bilinear beyond a
-    :data:`SQUASH_BILINEAR_MAX` reduction."""
-    h, w = pixels.shape[:2]
-    if squash_is_bilinear(w, h, size):
-        return squash_bilinear(pixels, size)
-    return _reduce(Image.fromarray(np.ascontiguousarray(pixels), "RGB"), size)
-
-
-def _reduce(im: Image.Image, size: int) -> np.ndarray:
-    """"squash" beyond a :data:`SQUASH_BILINEAR_MAX` reduction: Pillow's antialiased bilinear
-    (the exports reproduce it: ``export._resize_like_pil``)."""
-    return np.array(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
-
-
-def squash_is_bilinear(width: int, height: int, size: int) -> bool:
-    """Whether "squash" resizes a ``width x height`` image with :func:`squash_bilinear`."""
-    return max(width, height) <= SQUASH_BILINEAR_MAX * size
-
-
-def _bilinear_axis(n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each output index: the two source indices and the weight of the second (0..SUBPIXEL)."""
-    pos = np.rint(np.arange(size) * (n / size) * SUBPIXEL).astype(np.int64)
-    first = np.minimum(pos // SUBPIXEL, n - 1)
-    return first, np.minimum(first + 1, n - 1), pos % SUBPIXEL
-
-
-def squash_bilinear(pixels: np.ndarray, size: int) -> np.ndarray:
-    """``pixels`` (``uint8 [h, w, 3]``) resized to ``size x size`` as OpenCV's ``warpAffine``
-    (INTER_LINEAR, corners aligned, edge pixels replicated) does: see :data:`SUBPIXEL`."""
-    h, w = pixels.shape[:2]
-    x0, x1, fx = _bilinear_axis(w, size)
-    y0, y1, fy = _bilinear_axis(h, size)
-    # The four neighbours of every output pixel are gathered as uint8 first (2 x size rows, then
-    # 2 x size columns of them), so the arithmetic runs on size x size arrays, never on the whole
-    # image, in the narrowest exact types: a horizontal sum is at most 255 * SUBPIXEL (uint16),
-    # a vertical one 255 * SUBPIXEL**2 (uint32). The same integers as the plain formula, 4x faster.
-    corners = pixels[np.concatenate([y0, y1])][:, np.concatenate([x0, x1])].astype(np.uint16)
-    fx = fx.astype(np.uint16)[None, :, None]
-    gx = SUBPIXEL - fx
-    top = corners[:size, :size] * gx
-    top += corners[:size, size:] * fx
-    bottom = corners[size:, :size] * gx
-    bottom += corners[size:, size:] * fx
-    fy = fy.astype(np.uint32)[:, None, None]
-    out = top * (SUBPIXEL - fy)
-    out += bottom * fy
-    out += SUBPIXEL * SUBPIXEL // 2
-    out //= SUBPIXEL * SUBPIXEL
-    return out.astype(np.uint8)
-
-
-# Photos have thousands of distinct colours (even greyscale ones have ~256); icons, "image not
-# found" placeholders and blank images have a few dozen at most (anti-aliased text: ~70).
-PLACEHOLDER_MAX_COLOURS = 256
-PLACEHOLDER_MIN_BACKGROUND = 0.5
-PLACEHOLDER_MIN_PIXELS = 96 * 96
-# A placeholder's content (text, an icon) sits in a small box on its background; line art (black
-# outlines on white, also few colours on a dominant background) spreads over the picture.
-PLACEHOLDER_MAX_CONTENT_BOX = 0.35
-PLACEHOLDER_CONTENT_CONTRAST = 48
-
-
-def placeholder_reason(img: Image.Image) -> str | None:
-    """A reason when ``img`` looks like a synthetic placeholder, else None.
-
-    Placeholders ("image not found" pictures, blank images) have few colours, one of them covers
-    most of the picture, and what is not background fits in a small box (a line of text, an
-    icon). Line art has few colours and a dominant background too, but its strokes fill the frame.
-    """
-    small = img
-    w, h = img.size
-    step = max(1, int(math.sqrt(w * h / 250_000)))
-    if step > 1:  # nearest-neighbour subsampling keeps the colours a placeholder has
-        small = img.resize((max(1, w // step), max(1, h // step)), Image.Resampling.NEAREST)
-    small = small.convert("RGB")
-    colours = small.getcolors(maxcolors=PLACEHOLDER_MAX_COLOURS)
-    if colours is None:
-        return None
-    n = len(colours)
-    if n == 1:
-        return "blank image (a single colour)"
-    if w * h < PLACEHOLDER_MIN_PIXELS:  # tiny crops and thumbnails naturally have few colours
-        return None
-    # A placeholder is mostly flat background; a photo reduced to a small palette is not.
-    count, background = max(colours)
-    dominant = count / (small.width * small.height)
-    if dominant < PLACEHOLDER_MIN_BACKGROUND:
-        return None
-    # Content: pixels far from the background (faint frames and guide lines do not count).
-    diff = np.abs(np.asarray(small, np.int16) - np.asarray(background, np.int16)).max(axis=2)
-    content = diff > PLACEHOLDER_CONTENT_CONTRAST
-    if not content.any():
-        return f"looks like a placeholder, not a photo ({n} colours, {dominant:.0%} one colour)"
-    rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
-    box = ((rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)) / content.size
-    if box > PLACEHOLDER_MAX_CONTENT_BOX:
-        return None
-    return f"looks like a placeholder, not a photo ({n} colours, {dominant:.0%} one colour)"

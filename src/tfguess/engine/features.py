@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tfguess.core.config import ENGINE_CHOICES
 from tfguess.core.errors import ConfigError, ModelError
 from tfguess.core.fsutil import atomic_write
 from tfguess.core.quiet import quiet_stderr
 from tfguess.data.images import PREPROCESS_VERSION
 from tfguess.engine.runtime import TFLiteEngine
 
-ENGINES = ("auto", "tflite", "keras")
 PRECISIONS = ("float32", "int8")
 CALIBRATION_SIZE = 100   # images the int8 quantisation is calibrated on
 Extractor = Callable[[np.ndarray], np.ndarray]
@@ -164,8 +164,8 @@ def make_extractor(
     engine, or a TFLite file that is not cached yet), so a cached engine never imports TensorFlow.
     ``calibration`` gives the calibration pixels an int8 engine that is not cached yet needs.
     """
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if engine not in ENGINE_CHOICES:
+        raise ConfigError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINE_CHOICES)}")
     if ref.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {ref.precision!r}: choose one of {', '.join(PRECISIONS)}")
     if engine == "keras":

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfguess.core.config import GuessConfig, configure
 from tfguess.core.errors import ConfigError, DatasetError
 from tfguess.core.fsutil import atomic_write
 from tfguess.data.pipeline import load_pixels
@@ -375,11 +376,14 @@ class RayPredictor(Predictor):
             raise RuntimeError(f"the cluster returned {i} results for {len(paths)} images")
 
 
-def guess_dir_ray(model: str | Path, src: str | Path, dst: str | Path, *, address: str = "auto",
-                  ray_workers: int = 0, log: Callable[[str], None] = print, **kwargs):
-    """:func:`predict.guess_dir` with the classification on the cluster; the copies and the
-    manifest are written by this process, under the local rules."""
+def guess_dir_ray(model: str | Path, src: str | Path, dst: str | Path,
+                  config: GuessConfig | None = None, *, progress: bool = True,
+                  log: Callable[[str], None] = print, **overrides):
+    """:func:`predict.guess_dir` with the classification on the cluster at ``config.ray``
+    (``auto`` when None), ``config.ray_workers`` actors; the copies and the manifest are written
+    by this process, under the local rules. Keyword ``overrides`` replace ``config``'s fields."""
     from tfguess.guess.predict import guess_dir
 
-    predictor = RayPredictor.load_ray(model, address, ray_workers, log)
-    return guess_dir(model, src, dst, predictor=predictor, log=log, **kwargs)
+    config = configure(GuessConfig, config, overrides)
+    predictor = RayPredictor.load_ray(model, config.ray or "auto", config.ray_workers, log)
+    return guess_dir(model, src, dst, config, progress=progress, log=log, predictor=predictor)

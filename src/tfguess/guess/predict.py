@@ -12,11 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tfguess.core.config import GuessConfig, configure
 from tfguess.core.errors import ConfigError, DatasetError
-from tfguess.core.fsutil import display_path
+from tfguess.core.fsutil import display_path, is_inside
+from tfguess.data.dataset import Walk, walk
+from tfguess.data.images import FORMAT_EXTENSIONS, ImageError, open_regular, sniff
 from tfguess.data.pipeline import iter_batches, iter_loaded
 from tfguess.engine.runtime import TFLiteClassifier, auto_precision
-from tfguess.guess.journal import Entry
+from tfguess.guess.journal import Entry, Journal, file_digest
 
 MANIFEST_FILENAME = "manifest.csv"  # see tfguess.guess.journal: another name when one is not ours
 UNKNOWN_LABEL = "unknown"
@@ -40,7 +43,7 @@ class Prediction:
 def guessing_engine(path: Path, meta: dict, ref, precision: str = "auto"):
     """The backbone ref that guessing runs for the float32 model at ``path``: with ``precision``
     ``auto``, the int8 engine the model carries (trained with ``--precision auto``) where the CPU
-    has int8 dot-product instructions (README "Speed": its agreement with float32), else ``ref``.
+    has int8 dot-product instructions (docs/benchmarks.md, "Speed": its agreement with float32), else ``ref``.
     Local guessing and the Ray cluster's both choose here, so they give the same answers."""
     from tfguess.engine.model import install_engine
 
@@ -159,14 +162,20 @@ def format_prediction(pred: Prediction) -> list[str]:
     return [f"{label} (score = {score:.5f})" for label, score in pred.top]
 
 
-def guess(model: str | Path, images: list[str | Path], top_k: int = 0, as_json: bool = False,
-          engine: str = "auto", out: Callable[[str], None] = print, tta: bool = False) -> int:
-    """Print the labels with scores for each image. Returns the number of images that failed."""
-    predictor = Predictor.load(model, engine, tta=tta)
+def guess(model: str | Path, images: list[str | Path], config: GuessConfig | None = None, *,
+          as_json: bool = False, out: Callable[[str], None] = print, **overrides) -> int:
+    """Print the labels with scores for each image. Returns the number of images that failed.
+
+    ``config``'s ``top_k`` (0: every label), ``engine`` and ``tta`` apply; keyword ``overrides``
+    replace its fields (:func:`config.configure`). Without a config, every label is printed
+    (``top_k=0``)."""
+    config = configure(GuessConfig, config if config is not None else GuessConfig(top_k=0),
+                       overrides)
+    predictor = Predictor.load(model, config.engine, tta=config.tta)
     paths = [Path(p) for p in images]
     failed = 0
     results = []
-    for pred in predictor.predict(paths, top_k=top_k):
+    for pred in predictor.predict(paths, top_k=config.top_k):
         failed += pred.error is not None
         if as_json:
             results.append({"path": str(pred.path), "error": pred.error,
@@ -195,32 +204,21 @@ class GuessDirResult:
         return n / self.seconds if self.seconds else 0.0
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
 def guess_dir(
     model: str | Path,
     src: str | Path,
     dst: str | Path,
+    config: GuessConfig | None = None,
     *,
-    recursive: bool = False,
-    by_label: bool = False,
-    min_score: float = 0.0,
-    top_k: int = 3,
-    engine: str = "auto",
-    batch_size: int = 32,
-    workers: int = 0,
     progress: bool = True,
-    again: bool = False,
-    follow_links: bool = False,
     log: Callable[[str], None] = print,
     predictor: Predictor | None = None,
-    tta: bool = False,
-    wait: bool = True,
+    **overrides,
 ) -> GuessDirResult:
     """Copy every image of ``src`` into ``dst`` as ``<label>-<score>.<ext>``.
 
+    ``config`` (default :class:`GuessConfig`'s defaults) says how; keyword ``overrides`` replace
+    its fields (``guess_dir(m, s, d, recursive=True)``; an unknown name is a ConfigError).
     Sources are only read. Nothing in ``dst`` is ever overwritten: a name already taken gets a
     ``-N`` suffix. ``dst`` is a journal (:mod:`tfguess.guess.journal`): ``manifest.csv`` records source,
     destination, label, score, the top-k, the source's sha256 and the model's identity, a row
@@ -234,10 +232,38 @@ def guess_dir(
     One run at a time writes into ``dst`` (a lock file in it, held for the run): a second one
     waits for the first, saying so, or with ``wait=False`` stops with :class:`locks.FolderBusyError`.
     """
-    from tfguess.data.dataset import walk
-    from tfguess.data.images import FORMAT_EXTENSIONS, ImageError, open_regular, sniff
-    from tfguess.guess.journal import Journal, file_digest
+    config = configure(GuessConfig, config, overrides)
+    src, dst = _check_folders(src, dst)
+    if predictor is not None and config.tta:
+        raise ConfigError("--tta is not available with --ray: leave out one of them")
+    predictor = predictor or Predictor.load(model, config.engine, log, tta=config.tta)
+    start = time.perf_counter()
+    dst.mkdir(parents=True, exist_ok=True)
+    journal = Journal(dst, log, wait=config.wait)
+    try:
+        found = _walk_sources(src, dst, journal, config)
+        skipped = [{"path": display_path(s.path), "reason": s.reason} for s in found.skipped]
+        todo, resumed = _not_yet_copied(found.images, journal, predictor.identity, config.again,
+                                        skipped)
+        if resumed:
+            log(f"{resumed} image(s) already copied into {display_path(dst)} by an earlier run "
+                "(same content, same model): skipped (--again copies them again)")
+        copied = _classify_and_copy(todo, dst, journal, predictor, config, progress, skipped)
+    except BaseException:
+        try:
+            journal.close()
+        except OSError:
+            pass  # the first error is the one to report
+        raise
+    journal.close()
+    result = GuessDirResult(copied, skipped, journal.manifest, time.perf_counter() - start, resumed)
+    _log_summary(result, dst, log)
+    return result
 
+
+def _check_folders(src: str | Path, dst: str | Path) -> tuple[Path, Path]:
+    """``(src, dst)`` resolved, once ``src`` is a folder and ``dst`` a folder (or nothing yet)
+    other than ``src``."""
     src, dst = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
     if not src.is_dir():
         raise DatasetError(f"source folder not found: {display_path(src)}: check the path")
@@ -246,75 +272,83 @@ def guess_dir(
     if dst.exists() and not dst.is_dir():
         raise ConfigError(f"the destination {display_path(dst)} is a file, not a folder: "
                           "choose a folder")
-    if predictor is not None and tta:
-        raise ConfigError("--tta is not available with --ray: leave out one of them")
-    predictor = predictor or Predictor.load(model, engine, log, tta=tta)
-    start = time.perf_counter()
-    dst.mkdir(parents=True, exist_ok=True)
-    journal = Journal(dst, log, wait=wait)
-    try:
-        # DST inside SRC: DST is not scanned. SRC inside DST: the copies DST holds are not.
-        outputs = {p.resolve() for p in journal.destinations} | {journal.manifest}
-        found = walk(src, recursive=recursive, exclude=dst if _inside(dst, src) else None,
-                     exclude_files=outputs if _inside(src, dst) else frozenset(),
-                     follow_links=follow_links)
-        skipped = [{"path": display_path(s.path), "reason": s.reason} for s in found.skipped]
-        todo, resumed = [], 0
-        for path in found.images:
-            if not again and str(path) in journal.sources:  # only these are hashed up front
-                try:
-                    digest = file_digest(path)
-                except OSError as e:
-                    skipped.append({"path": display_path(path),
-                                    "reason": f"cannot read: {e.strerror}"})
-                    continue
-                if journal.done(str(path), digest, predictor.identity):
-                    resumed += 1
-                    continue
-            todo.append(path)
-        if resumed:
-            log(f"{resumed} image(s) already copied into {display_path(dst)} by an earlier run "
-                "(same content, same model): skipped (--again copies them again)")
-        bucket = UNKNOWN_LABEL if UNKNOWN_LABEL not in predictor.labels else "_" + UNKNOWN_LABEL
-        copied = []
-        for pred in predictor.predict(todo, top_k=top_k, batch_size=batch_size, workers=workers,
-                                      progress=progress):
-            if pred.error:
-                skipped.append({"path": display_path(pred.path), "reason": pred.error})
-                continue
-            label, score = pred.label, pred.score
-            if score < min_score:
-                label = bucket
-            folder = dst / label if by_label else dst
-            ext = pred.path.suffix or FORMAT_EXTENSIONS.get(sniff(pred.path) or "", "")
-            top = ";".join(f"{lb}:{s:.5f}" for lb, s in pred.top)
+    return src, dst
+
+
+def _walk_sources(src: Path, dst: Path, journal: Journal, config: GuessConfig) -> Walk:
+    """The images of ``src``. DST inside SRC: DST is not scanned. SRC inside DST: the copies DST
+    holds (and its manifest) are not."""
+    outputs = {p.resolve() for p in journal.destinations} | {journal.manifest}
+    return walk(src, recursive=config.recursive, exclude=dst if is_inside(dst, src) else None,
+                exclude_files=outputs if is_inside(src, dst) else frozenset(),
+                follow_links=config.follow_links)
+
+
+def _not_yet_copied(images: list[Path], journal: Journal, identity: str, again: bool,
+                    skipped: list[dict]) -> tuple[list[Path], int]:
+    """``(todo, resumed)``: the images to classify, and how many the journal already has (same
+    content, same model; ``again``: none). Only sources the journal names are hashed here; one
+    that cannot be read is appended to ``skipped``."""
+    todo, resumed = [], 0
+    for path in images:
+        if not again and str(path) in journal.sources:
             try:
-                fd, _ = open_regular(pred.path)
-            except ImageError as e:
-                skipped.append({"path": display_path(pred.path), "reason": e.reason})
+                digest = file_digest(path)
+            except OSError as e:
+                skipped.append({"path": display_path(path), "reason": f"cannot read: {e.strerror}"})
                 continue
-            try:
-                entry = journal.copy(
-                    pred.path, fd, folder, f"{label}-{score:.5f}", ext,
-                    lambda target, sha, p=pred.path, lb=label, sc=score, tp=top: Entry(
-                        str(p), str(target), lb, f"{sc:.5f}", tp, sha, predictor.identity))
-            finally:
-                os.close(fd)
-            copied.append({"source": display_path(pred.path), "destination":
-                           display_path(entry.destination), "label": label, "score": score})
-    except BaseException:
+            if journal.done(str(path), digest, identity):
+                resumed += 1
+                continue
+        todo.append(path)
+    return todo, resumed
+
+
+def _classify_and_copy(todo: list[Path], dst: Path, journal: Journal, predictor: Predictor,
+                       config: GuessConfig, progress: bool, skipped: list[dict]) -> list[dict]:
+    """Classify ``todo`` and copy each image into ``dst`` (``DST/<label>/`` with ``by_label``)
+    through the journal, in input order. The copies made; what fails is appended to ``skipped``."""
+    bucket = UNKNOWN_LABEL if UNKNOWN_LABEL not in predictor.labels else "_" + UNKNOWN_LABEL
+    copied = []
+    for pred in predictor.predict(todo, top_k=config.top_k, batch_size=config.batch_size,
+                                  workers=config.workers, progress=progress):
+        if pred.error:
+            skipped.append({"path": display_path(pred.path), "reason": pred.error})
+            continue
+        label, score = pred.label, pred.score
+        if score < config.min_score:
+            label = bucket
         try:
-            journal.close()
-        except OSError:
-            pass  # the first error is the one to report
-        raise
-    journal.close()
-    seconds = time.perf_counter() - start
-    result = GuessDirResult(copied, skipped, journal.manifest, seconds, resumed)
-    log(f"Copied {len(copied)} image(s) into {display_path(dst)} "
-        f"({result.images_per_second:.1f} images/s); manifest: {display_path(journal.manifest)}")
-    if skipped:
-        log(f"Skipped {len(skipped)} file(s):")
-        for s in skipped:
+            entry = _copy(pred, label, dst / label if config.by_label else dst, journal,
+                          predictor.identity)
+        except ImageError as e:
+            skipped.append({"path": display_path(pred.path), "reason": e.reason})
+            continue
+        copied.append({"source": display_path(pred.path), "destination":
+                       display_path(entry.destination), "label": label, "score": score})
+    return copied
+
+
+def _copy(pred: Prediction, label: str, folder: Path, journal: Journal, identity: str) -> Entry:
+    """Copy ``pred``'s source into ``folder`` as ``<label>-<score><ext>``, with its manifest row.
+    ImageError when the source is no longer a regular file."""
+    score = pred.score
+    ext = pred.path.suffix or FORMAT_EXTENSIONS.get(sniff(pred.path) or "", "")
+    top = ";".join(f"{lb}:{s:.5f}" for lb, s in pred.top)
+    fd, _ = open_regular(pred.path)
+    try:
+        return journal.copy(
+            pred.path, fd, folder, f"{label}-{score:.5f}", ext,
+            lambda target, sha: Entry(str(pred.path), str(target), label, f"{score:.5f}", top, sha,
+                                      identity))
+    finally:
+        os.close(fd)
+
+
+def _log_summary(result: GuessDirResult, dst: Path, log: Callable[[str], None]) -> None:
+    log(f"Copied {len(result.copied)} image(s) into {display_path(dst)} "
+        f"({result.images_per_second:.1f} images/s); manifest: {display_path(result.manifest)}")
+    if result.skipped:
+        log(f"Skipped {len(result.skipped)} file(s):")
+        for s in result.skipped:
             log(f"  {s['path']}: {s['reason']}")
-    return result

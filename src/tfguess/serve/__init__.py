@@ -11,11 +11,16 @@ Serving a TF_FILES folder also serves its evaluation report at ``/report/`` and 
 (``/review``), where suspected label errors can be moved to another label or taken out of the
 data set (:mod:`tfguess.curate.relabel`) and the model re-trained in place.
 
-One module per page or API, each with ``register(app, ctx)``: :mod:`.predict` (the prediction
-API), :mod:`.home` (the classify page, the report), :mod:`.docs` (Swagger UI), :mod:`.review`,
-:mod:`.metrics` (Prometheus), :mod:`.auth` (the API key's login page); the application and its
-middleware in :mod:`.app`, what they share in :mod:`.context`.
+One module per page or API, each with a FastAPI ``router`` of module-level routes and
+``register(app, ctx)``: :mod:`.predict` (the prediction API), :mod:`.home` (the classify page,
+the report), :mod:`.docs` (Swagger UI), :mod:`.review`, :mod:`.inbox`, :mod:`.metrics`
+(Prometheus), :mod:`.auth` (the API key's login page); the application and its middleware in
+:mod:`.app`, what they share in :mod:`.context` (a route gets it as the dependency
+:data:`.deps.Ctx`). The page modules need FastAPI (the ``serve`` extra): they are imported when
+an app is made, and their names below when first used.
 """
+
+import importlib
 
 from tfguess.serve.app import (
     API_KEY_ENV,
@@ -31,8 +36,16 @@ from tfguess.serve.app import (
 from tfguess.serve.batching import MicroBatcher, Saturated
 from tfguess.serve.context import TOKEN_HEADER, WEB_DIR, ServeContext, ServeLimits, is_loopback
 from tfguess.serve.model_card import ServedModel, file_digest
-from tfguess.serve.predict import error_status
-from tfguess.serve.review import Retrainer, thumbnail
+
+# Names of the page modules (they import FastAPI): imported on first use.
+_LAZY = {"error_status": "predict", "Retrainer": "review", "thumbnail": "review"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"tfguess.serve.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "API_KEY_ENV", "PAGE_MODULES", "check_cors_origins", "check_exposure", "TOKEN_HEADER", "WEB_DIR", "MicroBatcher", "Retrainer", "Saturated",

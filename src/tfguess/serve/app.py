@@ -1,12 +1,17 @@
-"""The application: page modules registered on one FastAPI app, wrapped in the middleware that
-applies the limits and the security checks; :func:`serve` runs it on uvicorn.
+"""The application: the page modules' routers on one FastAPI app, wrapped in the middleware
+that applies the limits and the security checks; :func:`serve` runs it on uvicorn.
 
-A page module is a module of this package with ``register(app, ctx)``
-(``ctx``: :class:`~tfguess.serve.context.ServeContext`); add it to :data:`PAGE_MODULES`.
+A page module is a module of this package with a FastAPI ``router`` of module-level routes,
+which take the shared :class:`~tfguess.serve.context.ServeContext` as a dependency
+(:data:`tfguess.serve.deps.Ctx`, read from ``app.state.ctx``), and ``register(app, ctx)``,
+which includes its router(s) and sets up what they need on ``app.state``; add its name to
+:data:`PAGE_MODULES`. They are imported when an app is made: they need FastAPI, an extra
+(``serve`` says so in one line when it is missing).
 """
 
 import asyncio
 import contextlib
+import importlib
 import os
 import secrets
 import time
@@ -14,14 +19,19 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tfguess.core.config import ServeConfig, configure
 from tfguess.core.errors import TfguessError
-from tfguess.serve import auth, docs, home, inbox, metrics, predict, review
 from tfguess.serve.batching import MicroBatcher
 from tfguess.serve.context import LOOPBACK_NAMES, ServeContext, ServeLimits, is_loopback
 
-# Each registers its routes with ``register(app, ctx)``; a new page is one more module here.
-PAGE_MODULES = (predict, home, docs, review, inbox, metrics, auth)
+# The modules whose routes the app serves, in this order; a new page is one more name here.
+PAGE_MODULES = ("predict", "home", "docs", "review", "inbox", "metrics", "auth")
 API_KEY_ENV = "TFGUESS_API_KEY"
+
+
+def page_modules() -> list:
+    """The modules of :data:`PAGE_MODULES`, imported."""
+    return [importlib.import_module(f"tfguess.serve.{name}") for name in PAGE_MODULES]
 
 
 def _print(line: str) -> None:
@@ -137,10 +147,23 @@ def _guard(app, limits: ServeLimits, loopback_only: bool):
     return middleware
 
 
+def flat_routes(routes) -> list:
+    """``routes`` with each included router replaced by its own routes, in order (FastAPI
+    0.16x keeps an included router as one route whose ``original_router`` holds them; before,
+    its routes were copied in)."""
+    flat = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        flat += flat_routes(inner.routes) if inner is not None else [route]
+    return flat
+
+
 def _observe(app, routes, metrics_, access_log: Callable[[str], None] | None):
     """ASGI middleware: every answer counted and timed by route (``/metrics``), and the access
     log line when asked for."""
     from starlette.routing import Match
+
+    routes = flat_routes(routes)
 
     def route_of(scope) -> str:
         for route in routes:
@@ -194,11 +217,10 @@ def create_app(model: str | Path, limits: ServeLimits | None = None, host: str =
     from starlette.middleware.cors import CORSMiddleware
 
     from tfguess import __version__
+    from tfguess.serve import auth, inbox, metrics
 
     limits = limits or ServeLimits()
-    if limits.queue_size < limits.max_files:
-        raise ValueError(f"invalid setting: queue_size ({limits.queue_size}) must be at least "
-                         f"max_files ({limits.max_files})")
+    limits.check_queue()
     origins = check_cors_origins(cors_origins)
     served = inbox.served_model(model, log)  # a TF_FILES with no model yet starts on /inbox
     served_metrics = metrics.create_metrics()
@@ -221,7 +243,7 @@ def create_app(model: str | Path, limits: ServeLimits | None = None, host: str =
     app.state.served, app.state.batcher, app.state.limits, app.state.ctx = served, batcher, limits, ctx
     app.state.inbox_dir, app.state.inbox_every = (str(inbox_dir) if inbox_dir else None), inbox_every
     app.state.metrics = served_metrics
-    for module in PAGE_MODULES:
+    for module in page_modules():
         module.register(app, ctx)
     # outermost first: count and log everything, then the host and body limits, CORS (its
     # preflights carry no key), the API key
@@ -234,17 +256,20 @@ def create_app(model: str | Path, limits: ServeLimits | None = None, host: str =
     return _observe(asgi, app.routes, served_metrics, log if access_log else None)
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8080,
-          limits: ServeLimits | None = None, log: Callable[[str], None] = _print, *,
-          api_key: str | None = None, no_auth: bool = False, cors_origins=(),
-          access_log: bool = False, inbox_dir: str | Path | None = None,
-          inbox_every: int = 20) -> None:
-    """Serve ``model`` until interrupted (Ctrl-C). Beyond loopback an ``api_key`` is required
-    unless ``no_auth`` is given."""
-    check_exposure(host, api_key, no_auth)
-    check_cors_origins(cors_origins)
-    if inbox_dir is not None and not Path(inbox_dir).expanduser().is_dir():
-        raise ServeError(f"inbox folder not found: {inbox_dir}: check the path")
+def serve(model: str | Path, config: ServeConfig | None = None,
+          log: Callable[[str], None] = _print, **overrides) -> None:
+    """Serve ``model`` until interrupted (Ctrl-C), as ``config`` says (default:
+    :class:`~tfguess.core.config.ServeConfig`'s defaults) with keyword ``overrides`` of its
+    fields, e.g. ``serve(model, port=9000, api_key=key)``. Beyond loopback an ``api_key`` is
+    required unless ``no_auth`` is given."""
+    config = configure(ServeConfig, config, overrides)
+    limits = ServeLimits.from_config(config)
+    limits.check_queue()
+    host, api_key = config.host, config.api_key
+    check_exposure(host, api_key, config.no_auth)
+    check_cors_origins(config.cors_origins)
+    if config.inbox is not None and not Path(config.inbox).expanduser().is_dir():
+        raise ServeError(f"inbox folder not found: {config.inbox}: check the path")
     try:
         import fastapi  # noqa: F401
         import multipart  # noqa: F401
@@ -252,18 +277,17 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8080,
     except ImportError as exc:
         raise ServeError(f"{exc.name} is not installed: pip install 'tfguess[serve]'") from None
 
-    limits = limits or ServeLimits()
-    app = create_app(model, limits, host, log, api_key=api_key, cors_origins=cors_origins,
-                     inbox_dir=inbox_dir, inbox_every=inbox_every,
-                     access_log=access_log)
+    app = create_app(model, limits, host, log, api_key=api_key, cors_origins=config.cors_origins,
+                     inbox_dir=config.inbox, inbox_every=config.inbox_every,
+                     access_log=config.access_log)
     warning = exposure_warning(host, api_key)
     if warning:
         log(warning)
     shown = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):
         shown = "127.0.0.1"
-    log(f"tfguess serve: http://{shown}:{port}/ (API docs: /docs, review: /review, metrics: "
+    log(f"tfguess serve: http://{shown}:{config.port}/ (API docs: /docs, review: /review, metrics: "
         f"/metrics{'; API key required' if api_key else ''}); Ctrl-C stops")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+    uvicorn.run(app, host=host, port=config.port, log_level="warning", access_log=False,
                 limit_concurrency=max(64, limits.queue_size * 2), timeout_keep_alive=5,
                 timeout_graceful_shutdown=5)

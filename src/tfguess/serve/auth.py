@@ -7,12 +7,18 @@ import hmac
 from html import escape
 from urllib.parse import parse_qs, quote
 
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse
+
 from tfguess.serve.context import ServeContext
+from tfguess.serve.deps import Ctx
 
 COOKIE = "tfguess_session"
 PUBLIC_PREFIXES = ("/static/", "/docs-assets/")
 PUBLIC_PATHS = ("/login", "/logout", "/favicon.ico", "/healthz")
 KEY_HINT = "missing or wrong API key: send the header 'Authorization: Bearer KEY'"
+
+router = APIRouter()  # only when the server has an API key
 
 
 def session_value(api_key: str) -> str:
@@ -44,7 +50,7 @@ def _safe_next(target: str) -> str:
 
 def require_key(app, api_key: str):
     """ASGI middleware: 401 without the key (a page asked for by a browser: to ``/login``)."""
-    from starlette.responses import JSONResponse, RedirectResponse
+    from starlette.responses import JSONResponse
 
     async def middleware(scope, receive, send):
         if scope["type"] != "http" or scope.get("method") == "OPTIONS":
@@ -70,36 +76,36 @@ def require_key(app, api_key: str):
 
 def register(app, ctx: ServeContext) -> None:
     """``/login`` and ``/logout`` (only when the server has an API key)."""
-    if not ctx.api_key:
-        return
-    from fastapi import Request
-    from fastapi.responses import RedirectResponse
+    if ctx.api_key:
+        app.include_router(router)
 
-    api_key = ctx.api_key
 
-    def login_page(next_url: str, error: str = "", status: int = 200):
-        response = ctx.page("login.html", NEXT=escape(_safe_next(next_url)), ERROR=escape(error))
-        response.status_code = status
-        return response
+def _login_page(ctx: ServeContext, next_url: str, error: str = "", status: int = 200):
+    response = ctx.page("login.html", NEXT=escape(_safe_next(next_url)), ERROR=escape(error))
+    response.status_code = status
+    return response
 
-    @app.get("/login", include_in_schema=False)
-    def login(next: str = "/"):
-        return login_page(next)
 
-    @app.post("/login", include_in_schema=False)
-    async def login_post(request: Request):
-        body = parse_qs((await request.body()).decode("utf-8", "replace"))
-        key = (body.get("key") or [""])[0]
-        target = _safe_next((body.get("next") or ["/"])[0])
-        if not hmac.compare_digest(key.encode(), api_key.encode()):
-            return login_page(target, "That key is not the API key of this server.", 401)
-        response = RedirectResponse(target, 303)
-        response.set_cookie(COOKIE, session_value(api_key), httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https", path="/")
-        return response
+@router.get("/login", include_in_schema=False)
+def login(ctx: Ctx, next: str = "/"):
+    return _login_page(ctx, next)
 
-    @app.get("/logout", include_in_schema=False)
-    def logout():
-        response = RedirectResponse("/login", 303)
-        response.delete_cookie(COOKIE, path="/")
-        return response
+
+@router.post("/login", include_in_schema=False)
+async def login_post(request: Request, ctx: Ctx):
+    body = parse_qs((await request.body()).decode("utf-8", "replace"))
+    key = (body.get("key") or [""])[0]
+    target = _safe_next((body.get("next") or ["/"])[0])
+    if not hmac.compare_digest(key.encode(), ctx.api_key.encode()):
+        return _login_page(ctx, target, "That key is not the API key of this server.", 401)
+    response = RedirectResponse(target, 303)
+    response.set_cookie(COOKIE, session_value(ctx.api_key), httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
+    return response
+
+
+@router.get("/logout", include_in_schema=False)
+def logout():
+    response = RedirectResponse("/login", 303)
+    response.delete_cookie(COOKIE, path="/")
+    return response

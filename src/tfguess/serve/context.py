@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tfguess.core.config import ServeConfig, check
 from tfguess.serve.batching import MicroBatcher
 from tfguess.serve.model_card import ServedModel
 
@@ -31,18 +32,31 @@ class ServeLimits:
     queue_size: int = 256         # images admitted at once, decoded or waiting (503 beyond)
     timeout_s: float = 60.0       # one request, upload included (408 / 504 beyond)
 
-    def __post_init__(self) -> None:
-        checks = [
+    def __post_init__(self) -> None:  # a bad value: ConfigError (a ValueError), one line
+        check([
             (self.max_upload_mb > 0, "max_upload_mb must be positive"),
             (self.max_files >= 1, "max_files must be at least 1"),
             (self.max_batch >= 1, "max_batch must be at least 1"),
             (self.max_wait_ms >= 0, "max_wait_ms must not be negative"),
             (self.queue_size >= 1, "queue_size must be at least 1"),
             (self.timeout_s > 0, "timeout_s must be positive"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"invalid setting: {message}")
+        ])
+
+    @classmethod
+    def from_config(cls, config: ServeConfig) -> "ServeLimits":
+        """The limits ``config`` sets; ``max_files`` None: as many as the queue holds, at most
+        :attr:`max_files`' default (64)."""
+        max_files = config.max_files
+        if max_files is None:
+            max_files = min(cls.max_files, config.queue_size)
+        return cls(max_upload_mb=config.max_upload_mb, max_files=max_files,
+                   max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                   queue_size=config.queue_size, timeout_s=config.timeout_s)
+
+    def check_queue(self) -> None:
+        """A request's files must fit in the queue: :class:`ConfigError` otherwise."""
+        check([(self.queue_size >= self.max_files,
+                f"queue_size ({self.queue_size}) must be at least max_files ({self.max_files})")])
 
     @property
     def max_upload_bytes(self) -> int:
@@ -66,7 +80,8 @@ def is_loopback(host: str) -> bool:
 
 @dataclass
 class ServeContext:
-    """Handed to each page module's ``register(app, ctx)``.
+    """Handed to each page module's ``register(app, ctx)``, and to its routes as the dependency
+    :data:`tfguess.serve.deps.Ctx` (it is ``app.state.ctx``).
 
     - ``served``: the model (``served.current`` is the predictor and its digest, ``served.card``);
     - ``page(name, **values)``: an HTML file of ``web/`` with ``{{KEY}}`` filled in, sent with the

@@ -5,11 +5,20 @@ The bundled Swagger UI (4.15) renders OpenAPI 2.0 and 3.0.x only, while FastAPI 
 :func:`openapi_3_0` rewrites the few 3.1 constructs FastAPI emits into their 3.0 spelling.
 """
 
+import functools
 from typing import Any
+
+from fastapi import APIRouter
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from tfguess.serve.context import ServeContext
 
 OPENAPI_VERSION = "3.0.3"
+
+router = APIRouter()
 
 
 def _schema_3_0(node: Any) -> Any:
@@ -61,35 +70,35 @@ def openapi_3_0(spec: dict) -> dict:
 
 
 def register(app, ctx: ServeContext) -> None:
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.openapi.utils import get_openapi
-    from fastapi.responses import HTMLResponse
-    from fastapi.staticfiles import StaticFiles
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            spec = get_openapi(title=app.title, version=app.version, description=app.description,
-                               routes=app.routes)
-            if ctx.api_key:
-                spec.setdefault("components", {})["securitySchemes"] = {
-                    "apiKey": {"type": "http", "scheme": "bearer",
-                               "description": "the server's API key (--api-key)"}}
-                spec["security"] = [{"apiKey": []}]
-            app.openapi_schema = openapi_3_0(spec)
-        return app.openapi_schema
-
-    app.openapi = openapi
-
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="tfguess API",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
-
+    """``/docs``, its assets, and ``app.openapi`` (the 3.0 description, with the API key's
+    security scheme when the server has one)."""
+    app.openapi = functools.partial(openapi, app, ctx.api_key)
+    app.include_router(router)
     try:  # Swagger UI's files from the swagger-ui-bundle package: /docs works offline
         from swagger_ui_bundle import swagger_ui_path
 
         app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
     except ImportError:  # pragma: no cover - the serve extra installs it
         pass
+
+
+def openapi(app, api_key: str | None) -> dict:
+    """``app``'s OpenAPI description in 3.0 terms, made once."""
+    if app.openapi_schema is None:
+        spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                           routes=app.routes)
+        if api_key:
+            spec.setdefault("components", {})["securitySchemes"] = {
+                "apiKey": {"type": "http", "scheme": "bearer",
+                           "description": "the server's API key (--api-key)"}}
+            spec["security"] = [{"apiKey": []}]
+        app.openapi_schema = openapi_3_0(spec)
+    return app.openapi_schema
+
+
+@router.get("/docs", include_in_schema=False)
+def docs() -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="tfguess API",
+                               swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                               swagger_css_url="/docs-assets/swagger-ui.css",
+                               swagger_favicon_url="/docs-assets/favicon-32x32.png")

@@ -4,10 +4,18 @@ import html
 import re
 from urllib.parse import quote, unquote, urlsplit
 
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
 from tfguess.core.runfolder import RunFolder
 from tfguess.serve.context import WEB_DIR, ServeContext
+from tfguess.serve.deps import Ctx
 
 _FILE_LINK = re.compile(r'href="(file://[^"]*)"')
+
+router = APIRouter()
+report_router = APIRouter()  # only when a TF_FILES folder is served
 
 
 def web_links(page: str) -> str:
@@ -20,31 +28,30 @@ def web_links(page: str) -> str:
 
 
 def register(app, ctx: ServeContext) -> None:
-    from fastapi.responses import FileResponse, HTMLResponse
-    from fastapi.staticfiles import StaticFiles
-
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
-
-    @app.get("/", include_in_schema=False)
-    def index() -> HTMLResponse:
-        return ctx.page("index.html")
-
-    @app.get("/favicon.ico", include_in_schema=False)
-    def favicon() -> FileResponse:
-        return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
-
+    app.include_router(router)
     if ctx.served.tf_files is not None:
-        report_dir = RunFolder.at(ctx.served.tf_files).report
-
-        @app.get("/report/", include_in_schema=False)
-        @app.get("/report/index.html", include_in_schema=False)
-        def report_index() -> HTMLResponse:
-            index = report_dir / "index.html"
-            if not index.is_file():
-                return HTMLResponse(f"No evaluation report yet: tfguess evaluate "
-                                    f"{html.escape(str(ctx.served.tf_files))}", 404)
-            return HTMLResponse(web_links(index.read_text(encoding="utf-8")),
-                                headers={"Cache-Control": "no-cache"})
-
+        app.include_router(report_router)  # before the mount: its routes answer first
         app.mount("/report", StaticFiles(directory=RunFolder.at(ctx.served.tf_files).report,
                                          html=True, check_dir=False), name="report")
+
+
+@router.get("/", include_in_schema=False)
+def index(ctx: Ctx) -> HTMLResponse:
+    return ctx.page("index.html")
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> FileResponse:
+    return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
+
+
+@report_router.get("/report/", include_in_schema=False)
+@report_router.get("/report/index.html", include_in_schema=False)
+def report_index(ctx: Ctx) -> HTMLResponse:
+    index = RunFolder.at(ctx.served.tf_files).report / "index.html"
+    if not index.is_file():
+        return HTMLResponse(f"No evaluation report yet: tfguess evaluate "
+                            f"{html.escape(str(ctx.served.tf_files))}", 404)
+    return HTMLResponse(web_links(index.read_text(encoding="utf-8")),
+                        headers={"Cache-Control": "no-cache"})

@@ -1,10 +1,16 @@
 """``/metrics`` in the Prometheus text format (``prometheus-client``): requests by route and
 status, request latency, network batch sizes, images classified, queue depth."""
 
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response
+
 from tfguess.serve.context import ServeContext
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+router = APIRouter()
+no_metrics_router = APIRouter()  # stands in when prometheus-client is missing
 
 
 class ServeMetrics:
@@ -57,20 +63,24 @@ def create_metrics() -> "ServeMetrics | NoMetrics":
 
 
 def register(app, ctx: ServeContext) -> None:
-    from fastapi.responses import PlainTextResponse, Response
-
+    """``/metrics`` of ``app.state.metrics``; without prometheus-client, a 503 that says why."""
     metrics = app.state.metrics
     if isinstance(metrics, NoMetrics):
         ctx.log(f"note: no /metrics: {metrics.reason}")
-
-        @app.get("/metrics", summary="Prometheus metrics (needs prometheus-client)")
-        def no_scrape() -> Response:
-            return PlainTextResponse(metrics.reason + "\n", 503)
+        app.include_router(no_metrics_router)
         return
-
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     metrics.queue_depth.set_function(lambda: ctx.batcher.admitted)
+    app.include_router(router)
 
-    @app.get("/metrics", summary="Prometheus metrics: requests, latency, batch sizes, queue depth")
-    def scrape() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+@no_metrics_router.get("/metrics", summary="Prometheus metrics (needs prometheus-client)")
+def no_scrape(request: Request) -> Response:
+    return PlainTextResponse(request.app.state.metrics.reason + "\n", 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics: requests, latency, batch sizes, queue depth")
+def scrape(request: Request) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(request.app.state.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)

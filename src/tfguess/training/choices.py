@@ -1,8 +1,9 @@
-"""The training steps beyond a frozen backbone and a softmax head, as ``train`` calls them.
+"""``--backbone auto`` and ``--resize auto``: the choices ``train`` makes from the photos.
 
-Augmented views on the frozen path (:mod:`tfguess.data.augment`), the record of a fine-tuning run
-(:mod:`tfguess.training.finetune`), ``--backbone auto`` and ``--resize auto``. The hidden-layer head is fitted by
-:mod:`tfguess.training.head` and applied by :class:`tfguess.engine.runtime.Head`.
+:func:`choose_backbone` cross-validates the offline backbones on their cached features;
+:func:`choose_resize` picks squash or crop by the shapes of the photos. Augmented views are in
+:mod:`tfguess.training.views`, what the run summary records of fine-tuning in
+:mod:`tfguess.training.summary`.
 """
 
 from __future__ import annotations
@@ -14,68 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tfguess.engine.bottlenecks import BottleneckCache
-from tfguess.engine.features import BackboneRef
-
-
-def view_cache_key(ref: BackboneRef, recipe: str) -> str:
-    """The bottleneck cache folder of one fixed-view recipe of ``ref``'s features.
-
-    Only view 0 (the mirror image of the resized image) depends on the resize; the random views
-    crop the image themselves, so theirs are shared by every resize (under the squash key)."""
-    resize = ref.resize if recipe.startswith("view0:") else "squash"
-    return dataclasses.replace(ref, resize=f"{resize}|{recipe}").cache_key
-
-
-def with_views(x: np.ndarray, y: np.ndarray, items: list, config, ref: BackboneRef,
-               cache_root: Path, make_extractor, progress: bool,
-               log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)`` plus the features of ``config.views`` fixed augmented views of each image.
-
-    ``items``: the training items (``.path``, ``.digest``) in the order of ``x``. Each view recipe
-    has its own bottleneck cache, so a re-run computes nothing.
-    """
-    if not config.views or not len(y):
-        return x, y
-    from tfguess.data.augment import view_features
-
-    def cache_for(recipe: str) -> BottleneckCache:
-        return BottleneckCache(cache_root, view_cache_key(ref, recipe))
-
-    feats, computed, cached = view_features(
-        [(it.path, it.digest) for it in items], config.views, config.view_augment, config.no_flip,
-        cache_for, make_extractor, ref.input_size, ref.resize, workers=config.workers,
-        progress=progress,
-    )
-    log(f"Augmented views ({config.views} per image, {config.view_augment}"
-        f"{', no mirroring' if config.no_flip else ''}): {computed} computed, {cached} from the cache")
-    xs, ys = [x], [y]
-    for it, label in zip(items, y, strict=True):
-        for f in feats.get(it.digest, []):
-            xs.append(f[None].astype(np.float32))
-            ys.append(np.array([label], np.int64))
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def fine_tune_summary(result) -> dict | None:
-    """What run_summary.json records of a fine-tuning run."""
-    if result is None:
-        return None
-    return {
-        "device": result.device,
-        "augment": result.augment,
-        "best_epoch": result.best_epoch,
-        "epochs_averaged": result.epochs_averaged,
-        "epochs_run": sum(isinstance(h["epoch"], int) and h["epoch"] > 0 for h in result.history),
-        "seconds": round(result.seconds, 1),
-        "images_per_second": round(result.images_per_second, 1),
-        "cached_views": getattr(result, "cached_views", 0),
-        "views_seconds": round(getattr(result, "views_seconds", 0.0), 1),
-        "stopped_early": getattr(result, "stopped_early", False),
-        "unfrozen_layers": len(result.unfrozen),
-        "weights_id": result.weights_id,
-        "history": result.history,
-    }
-
+from tfguess.training.backbone_ref import LazyExtractor, backbone_ref
 
 AUTO_CANDIDATES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
@@ -96,7 +36,6 @@ def choose_backbone(image_dir: Path, cache_root: Path, config, progress: bool,
     from tfguess.data.hygiene import out_of_sample_probs
     from tfguess.engine.backbones import get_backbone
     from tfguess.engine.bottlenecks import compute_features
-    from tfguess.engine.features import make_extractor
 
     scan = scan_dataset(image_dir, validation_pct=config.validation_pct, test_pct=config.test_pct,
                         min_per_label=config.min_per_label, decode_check=False, progress=progress,
@@ -112,18 +51,11 @@ def choose_backbone(image_dir: Path, cache_root: Path, config, progress: bool,
             log(f"  --backbone auto: {name} left out (its weights package is not installed)")
             continue
         t = time.perf_counter()
-        resize = config.resize if config.resize not in (None, "auto") else spec.resize
-        ref = BackboneRef(spec.name, spec.weights_id(), spec.input_size, resize)
+        ref = backbone_ref(spec, spec.weights_id(), config.resize)  # auto: the backbone's own
         cache = BottleneckCache(cache_root, ref.cache_key)
-        built = {}
-
-        def extractor(spec=spec, ref=ref, built=built):
-            if "engine" not in built:
-                built["engine"] = make_extractor(ref, spec.build, config.engine, log)
-            return built["engine"]
-
+        extractor = LazyExtractor(ref, spec.build, config.engine, log)
         feats = compute_features([(it.path, it.digest) for it in scan.items], cache, extractor,
-                                 spec.input_size, resize, workers=config.workers,
+                                 spec.input_size, ref.resize, workers=config.workers,
                                  progress=progress, keep_placeholders=config.keep_placeholders)
         usable = [it for it in items if it.digest in feats.features]
         x = np.stack([feats.features[it.digest] for it in usable])

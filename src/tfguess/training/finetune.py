@@ -15,8 +15,13 @@ a pool of ``views`` augmented views (by default one per epoch: epoch ``e`` train
 every image, so the recipe is the one of fresh views every epoch), pushed once through the lower
 blocks as a TFLite engine (the one the frozen features use, one interpreter per core) and stored
 as float16 activations at the cut; the epochs then run forwards and backwards through the top
-blocks alone (:class:`_ActivationPool`). When the pool does not fit :data:`POOL_BUDGET` it holds
-fewer views, which the epochs share; ``views=0`` trains on the pixels of a fresh view every epoch.
+blocks alone (:mod:`tfguess.training.finetune_inputs`). When the pool does not fit its budget it
+holds fewer views, which the epochs share; ``views=0`` trains on the pixels of a fresh view every
+epoch.
+
+:func:`fine_tune` builds the networks (:func:`_networks`) and the training step
+(:func:`build_step`), runs the epochs (:func:`run_epochs`, one :meth:`_Epochs.run` each, until
+the schedule ends, ``max_steps`` or the deadline) and chooses the result (:func:`choose_result`).
 
 The fine-tuned backbone gets a new weights id (a digest of its weights): bottleneck caches and the
 cached TFLite twin used by ``guess`` are keyed by it, never by the stock backbone's.
@@ -28,7 +33,6 @@ import hashlib
 import math
 import re
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,20 +40,25 @@ from pathlib import Path
 
 import numpy as np
 
+from tfguess.core.config import TrainConfig
 from tfguess.core.errors import ConfigError
-from tfguess.data.augment import prepare, random_view
-from tfguess.data.images import ImageError, decode_image, load_image
+from tfguess.data.images import ImageError, load_image
 from tfguess.data.pipeline import default_workers
 from tfguess.engine.runtime import Head
+from tfguess.training.finetune_inputs import (
+    BATCH_SIZE,
+    Images,
+    cached_batches,
+    cached_views,
+    lower_engine,
+    pixel_batches,
+    pool_views,
+)
+from tfguess.training.head import class_weights
 
-BATCH_SIZE = 32
 # The head arrives trained to convergence (over-confident on its training images): smoothed labels
 # and a learning rate that warms up over the first epoch keep the first steps from wrecking it.
 LABEL_SMOOTHING = 0.1
-# Decoded, resized training images are kept in memory up to this many bytes (else re-decoded).
-MEMORY_BUDGET = 1 << 30
-# The cached activations at the cut (float16) are kept within this many bytes.
-POOL_BUDGET = 3 << 29
 
 
 @dataclass
@@ -112,14 +121,6 @@ def cut_layer(backbone, blocks: int):
     return next(layer for layer in backbone.layers if layer.name.startswith(first + "_"))
 
 
-def pool_views(requested: int | None, epochs: int, images: int, view_bytes: int,
-               budget: int = POOL_BUDGET) -> int:
-    """How many views per image the activation pool holds: ``requested`` (None: one per epoch),
-    at most ``epochs``, within ``budget`` bytes; 0 when not even one fits."""
-    want = epochs if requested is None else min(requested, epochs)
-    return max(0, min(want, budget // max(1, images * view_bytes)))
-
-
 def lr_schedule(peak: float, warmup: int, total: int) -> Callable[[int], float]:
     """The learning rate of step ``k`` (from 0): linear warm-up to ``peak`` over ``warmup`` steps,
     then a cosine decay to ``peak / 20`` at step ``total``."""
@@ -180,68 +181,6 @@ class _RunningMean:
                 m += (np.asarray(w, np.float32) - m) / self.count
 
 
-class _Images:
-    """Training images decoded once (prepared for random crops) while memory allows."""
-
-    def __init__(self, paths: list[Path], size: int) -> None:
-        self.paths, self.size = paths, size
-        self.kept: dict[int, object] = {}
-        self.bytes = 0
-
-    def get(self, i: int):
-        im = self.kept.get(i)
-        if im is None:
-            im = prepare(decode_image(self.paths[i], draft_size=self.size), self.size)
-            cost = im.width * im.height * 3
-            if self.bytes + cost <= MEMORY_BUDGET:
-                self.kept[i] = im
-                self.bytes += cost
-        return im
-
-
-def _batches(images: _Images, order: np.ndarray, size: int, policy: str, no_flip: bool,
-             seed: int, pool: ThreadPoolExecutor, batch_size: int):
-    """Augmented batches ``(index array, pixels)`` in ``order``; the next ones decode meanwhile."""
-
-    def one(i: int, k: int):
-        rng = np.random.default_rng([seed, k])
-        try:
-            return random_view(images.get(int(i)), size, policy, rng, no_flip)
-        except (ImageError, OSError):
-            return None
-
-    def make(start: int):
-        idx = order[start:start + batch_size]
-        views = list(pool.map(one, idx, range(start, start + len(idx))))
-        keep = [j for j, v in enumerate(views) if v is not None]
-        return idx[keep], np.stack([views[j] for j in keep]) if keep else None
-
-    starts = deque(range(0, len(order), batch_size))
-    pending = deque()
-    with ThreadPoolExecutor(1) as feeder:
-        while starts or pending:
-            while starts and len(pending) < 2:
-                pending.append(feeder.submit(make, starts.popleft()))
-            yield pending.popleft().result()
-
-
-def _lower_engine(lower, size: int, device: str, folder: Path):
-    """A callable ``uint8 pixels [N, size, size, 3] -> activations at the cut``: the lower blocks
-    as a float32 TFLite engine (one interpreter per core) on a CPU, else a TensorFlow function."""
-    import tensorflow as tf
-
-    if device == "CPU":
-        from tfguess.engine.features import convert_to_tflite
-        from tfguess.engine.runtime import TFLiteEngine
-
-        try:
-            return TFLiteEngine(convert_to_tflite(lower, size, folder / "lower.tflite"))
-        except Exception:  # noqa: BLE001 - any converter failure: TensorFlow computes the same
-            pass
-    fn = tf.function(lambda x: lower(x, training=False), reduce_retracing=True)
-    return lambda pixels: np.asarray(fn(tf.constant(pixels, tf.float32)))
-
-
 def _top_model(model, upper, hidden: bool):
     """The classifier from the cut on: ``upper`` (the top of the backbone), then the layers of
     ``model``'s head, shared (one set of weights with ``model``)."""
@@ -254,88 +193,56 @@ def _top_model(model, upper, hidden: bool):
     return keras.Model(inputs, model.get_layer("head")(x), name="top")
 
 
-def _view_pool(engine, images: _Images, views: int, shape: tuple, size: int, policy: str,
-               no_flip: bool, seed: int, pool: ThreadPoolExecutor, bar, deadline: float | None):
-    """``(activations float16 [views, N, *shape], ok bool [views, N])``: view ``v`` of image ``i``
-    through the lower blocks. Fewer views (maybe none) when ``deadline`` passes: only whole views
-    are kept."""
-    n = len(images.paths)
-    acts = np.zeros((views, n, *shape), np.float16)
-    ok = np.zeros((views, n), bool)
-    for v in range(views):
-        if deadline is not None and time.perf_counter() > deadline:
-            return acts[:v], ok[:v]
-        for idx, pixels in _batches(images, np.arange(n), size, policy, no_flip,
-                                    seed * 1000 + v + 1, pool, 2 * BATCH_SIZE):
-            if pixels is not None:
-                acts[v, idx] = engine(pixels)
-                ok[v, idx] = True
-            bar.update(len(idx))
-    return acts, ok
+@dataclass
+class _Networks:
+    """What fine-tuning trains. ``model``: the whole classifier (its weights are the result);
+    ``net``: what the epochs run, the classifier itself or, with ``views`` cached views an image,
+    the top blocks and the head on the activations (of ``shape``) that ``lower``, the frozen
+    blocks below the cut, computes once."""
+
+    model: object
+    net: object
+    unfrozen: list[str]
+    lower: object = None
+    views: int = 0
+    shape: tuple = ()
 
 
-def fine_tune(
-    backbone,
-    head: Head,
-    train_items: list[tuple[Path, int]],
-    val_items: list[tuple[Path, int]],
-    num_classes: int,
-    config,
-    size: int,
-    resize: str,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    max_steps: int | None = None,
-    deadline: float | None = None,
-) -> FineTuneResult:
-    """Fine-tune ``backbone`` (changed in place) with ``head`` on top; see the module docstring.
-
-    ``train_items``/``val_items``: ``(path, label index)``. ``max_steps``: stop after this many
-    batches in all (tests). ``deadline`` (a ``time.perf_counter()`` value): no epoch starts that
-    would end after it and none goes on past it; the schedule's average so far is kept. Returns
-    the best head weights and the backbone's new weights id; the backbone holds the best weights
-    on return.
-    """
-    import tempfile
-
+def _networks(backbone, head: Head, num_classes: int, config: TrainConfig, images: int) -> _Networks:
+    """The classifier of ``backbone`` and ``head`` with the top ``config.fine_tune_blocks`` blocks
+    unfrozen, and what the epochs train: the top blocks on cached views when there is a cut and
+    at least one view of the ``images`` training images fits the pool (:func:`pool_views`)."""
     import keras
-    import tensorflow as tf
-    from tqdm.auto import tqdm
 
-    from tfguess.engine.model import Classifier, build_classifier, set_head
+    from tfguess.engine.model import build_classifier, set_head
 
-    start_time = time.perf_counter()
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     model = build_classifier(backbone, num_classes, config.dropout, config.l2, head.hidden_units)
     set_head(model, head)
     unfrozen = unfreeze_top(backbone, config.fine_tune_blocks)
-    augment = config.fine_tune_augment + (", no mirroring" if config.no_flip else "")
-    epochs = config.fine_tune_epochs
     cut = cut_layer(backbone, config.fine_tune_blocks)
-    views = 0
-    if cut is not None and getattr(config, "fine_tune_views", None) != 0:
-        shape = tuple(int(d) for d in cut.input.shape[1:])
-        views = pool_views(getattr(config, "fine_tune_views", None), epochs, len(train_items),
-                           2 * int(np.prod(shape)))
-    how = (f"{views} cached view(s) an image through the top blocks" if views
-           else "fresh views through the whole backbone")
-    log(f"Fine-tuning the top {config.fine_tune_blocks} blocks of {backbone.name} "
-        f"({len(unfrozen)} layers with weights; BatchNorm frozen) on the {device}, "
-        f"augmentation {augment}, {how}")
+    if cut is None or config.fine_tune_views == 0:
+        return _Networks(model, model, unfrozen)
+    shape = tuple(int(d) for d in cut.input.shape[1:])
+    views = pool_views(config.fine_tune_views, config.fine_tune_epochs, images,
+                       2 * int(np.prod(shape)))
+    if not views:
+        return _Networks(model, model, unfrozen)
+    lower = keras.Model(backbone.input, cut.input, name="lower")
+    upper = keras.Model(cut.input, backbone.output, name="upper")
+    return _Networks(model, _top_model(model, upper, bool(head.hidden_units)), unfrozen, lower,
+                     views, shape)
 
-    y_train = np.array([y for _, y in train_items], np.int64)
-    counts = np.bincount(y_train, minlength=num_classes).astype(np.float32)
-    class_w = (len(y_train) / (num_classes * np.maximum(counts, 1)) if config.class_weights
-               else np.ones(num_classes, np.float32)).astype(np.float32)
 
-    optimizer = keras.optimizers.Adam(config.fine_tune_lr)
+def build_step(net, model, learning_rate: float) -> Callable[..., float]:
+    """The training step of ``net``: ``step(x, y, w, lr)`` makes one Adam update at the learning
+    rate ``lr`` on the batch ``x`` (labels ``y``, loss weights ``w``) and returns its loss, the
+    weighted cross-entropy with :data:`LABEL_SMOOTHING`; ``model``'s regularisation losses are
+    added to what the gradients minimise."""
+    import keras
+    import tensorflow as tf
+
+    optimizer = keras.optimizers.Adam(learning_rate)
     variables = model.trainable_variables
-    if views:
-        lower = keras.Model(backbone.input, cut.input, name="lower")
-        upper = keras.Model(cut.input, backbone.output, name="upper")
-        net = _top_model(model, upper, bool(head.hidden_units))
-    else:
-        net = model
 
     @tf.function(reduce_retracing=True)
     def train_step(x, y, w):
@@ -351,131 +258,135 @@ def fine_tune(
         optimizer.apply_gradients(zip(grads, variables))
         return loss
 
-    predict = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
+    def step(x: np.ndarray, y: np.ndarray, w: np.ndarray, lr: float) -> float:
+        optimizer.learning_rate.assign(lr)
+        return float(train_step(tf.constant(x, tf.float32), tf.constant(y), tf.constant(w)))
 
-    val_x, val_y = [], []
-    for path, y in val_items:
-        try:
-            val_x.append(load_image(path, size, resize))
-            val_y.append(y)
-        except (ImageError, OSError):
-            pass
-    val_x = np.stack(val_x) if val_x else np.zeros((0, size, size, 3), np.uint8)
-    val_y = np.array(val_y, np.int64)
+    return step
 
-    scratch = tempfile.TemporaryDirectory(prefix="tfguess-finetune-")
-    engine = _lower_engine(lower, size, device, Path(scratch.name)) if views else None
-    if engine is not None and len(val_x):  # the validation images are fixed: their cut too
-        val_x = np.concatenate([engine(val_x[i:i + 64]) for i in range(0, len(val_x), 64)])
 
-    def evaluate() -> tuple[float, float, np.ndarray] | None:
-        """Validation loss, accuracy and which images are right."""
-        if not len(val_y):
+class _Validation:
+    """The validation images, fixed (as activations at the cut when ``engine``, the lower blocks,
+    is given), and ``net``'s scores on them: calling it gives the loss, the accuracy and which
+    images are right, or None without validation images."""
+
+    def __init__(self, net, items: list[tuple[Path, int]], size: int, resize: str,
+                 engine=None) -> None:
+        import tensorflow as tf
+
+        self.predict = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
+        x, y = [], []
+        for path, label in items:
+            try:
+                x.append(load_image(path, size, resize))
+                y.append(label)
+            except (ImageError, OSError):
+                pass
+        self.x = np.stack(x) if x else np.zeros((0, size, size, 3), np.uint8)
+        self.y = np.array(y, np.int64)
+        if engine is not None and len(self.x):
+            self.x = np.concatenate([engine(self.x[i:i + 64]) for i in range(0, len(self.x), 64)])
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __call__(self) -> tuple[float, float, np.ndarray] | None:
+        if not len(self.y):
             return None
-        probs = np.concatenate([np.asarray(predict(val_x[i:i + 64].astype(np.float32)))
-                                for i in range(0, len(val_x), 64)])
-        loss = -np.log(np.maximum(probs[np.arange(len(val_y)), val_y], 1e-7)).mean()
-        right = probs.argmax(1) == val_y
+        probs = np.concatenate([np.asarray(self.predict(self.x[i:i + 64].astype(np.float32)))
+                                for i in range(0, len(self.x), 64)])
+        loss = -np.log(np.maximum(probs[np.arange(len(self.y)), self.y], 1e-7)).mean()
+        right = probs.argmax(1) == self.y
         return float(loss), float(right.mean()), right
 
-    def snapshot():
-        return [np.array(v) for v in model.get_weights()]
 
-    first = evaluate()
-    history = [_scored({"epoch": 0}, first)]
-    start_weights = snapshot()
-    if first:
-        log(f"  before fine-tuning: validation accuracy {first[1]:.4f} (n={len(val_y)})")
+class _Epochs:
+    """Runs the epochs' batches through ``step`` on the learning-rate ``schedule`` and keeps what
+    the stop conditions read: ``max_steps`` batches in all, or the ``deadline`` (it passes within
+    an epoch, or the next epoch, as long as the last one, would end after it: ``stopped``)."""
 
-    average = _RunningMean()
-    images = _Images([p for p, _ in train_items], size)
-    rng = np.random.default_rng(config.seed)
-    steps, trained, train_seconds, views_seconds, stopped = 0, 0, 0.0, 0.0, False
-    per_epoch = max(1, -(-len(train_items) // BATCH_SIZE))
-    schedule = lr_schedule(config.fine_tune_lr, warmup=per_epoch, total=epochs * per_epoch)
-    try:
-        with ThreadPoolExecutor(config.workers or default_workers()) as pool:
-            if views:
-                t = time.perf_counter()
-                bar = tqdm(total=views * len(train_items), desc="views for fine-tuning", unit="img",
-                           disable=not progress, dynamic_ncols=True)
-                acts, ok = _view_pool(engine, images, views, shape, size, config.fine_tune_augment,
-                                      config.no_flip, config.seed, pool, bar, deadline)
-                bar.close()
-                views_seconds = time.perf_counter() - t
-                views = len(acts)
-                stopped = views == 0  # the deadline passed before the first view
-                images.kept.clear()  # the pixels are no longer needed
+    def __init__(self, step, schedule: Callable[[int], float], y: np.ndarray, class_w: np.ndarray,
+                 max_steps: int | None, deadline: float | None) -> None:
+        self.step, self.schedule, self.y, self.class_w = step, schedule, y, class_w
+        self.max_steps, self.deadline = max_steps, deadline
+        self.steps, self.trained, self.seconds, self.stopped = 0, 0, 0.0, False
 
-            def pixel_batches(epoch: int, order: np.ndarray):
-                yield from _batches(images, order, size, config.fine_tune_augment, config.no_flip,
-                                    config.seed * 1000 + epoch, pool, BATCH_SIZE)
+    @property
+    def out_of_steps(self) -> bool:
+        return self.max_steps is not None and self.steps >= self.max_steps
 
-            def cached_batches(epoch: int, order: np.ndarray):
-                v = (epoch - 1) % views
-                for start in range(0, len(order), BATCH_SIZE):
-                    idx = order[start:start + BATCH_SIZE]
-                    idx = idx[ok[v, idx]]
-                    yield idx, acts[v, idx] if len(idx) else None
+    def no_time_for(self, seconds: float) -> bool:
+        return self.deadline is not None and time.perf_counter() + seconds > self.deadline
 
-            bar = tqdm(total=epochs * len(train_items), desc="fine-tuning", unit="img",
-                       disable=not progress, dynamic_ncols=True)
-            last_epoch_seconds = 0.0
-            for epoch in range(1, epochs + 1):
-                if stopped or deadline is not None and (
-                        time.perf_counter() + last_epoch_seconds > deadline):
-                    stopped = True
-                    break
-                t_epoch, n_epoch, losses = time.perf_counter(), 0, []
-                order = rng.permutation(len(train_items))
-                batches = cached_batches if views else pixel_batches
-                for idx, x in batches(epoch, order):
-                    if x is not None:
-                        optimizer.learning_rate.assign(schedule(steps))
-                        loss = train_step(tf.constant(x, tf.float32), tf.constant(y_train[idx]),
-                                          tf.constant(class_w[y_train[idx]]))
-                        losses.append(float(loss))
-                        n_epoch += len(idx)
-                    bar.update(len(idx))
-                    bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}" if losses else "-",
-                                    refresh=False)
-                    steps += 1
-                    if max_steps is not None and steps >= max_steps:
-                        break
-                    if deadline is not None and time.perf_counter() > deadline:
-                        stopped = True
-                        break
-                seconds = time.perf_counter() - t_epoch
-                train_seconds += seconds
-                trained += n_epoch
-                rate = n_epoch / seconds if seconds else 0.0
-                row = {"epoch": epoch, "loss": round(float(np.mean(losses)), 6) if losses else None,
-                       "images_per_second": round(rate, 1)}
-                result = evaluate()
-                history.append(_scored(row, result))
-                last_epoch_seconds = time.perf_counter() - t_epoch
-                if not progress:
-                    log(f"  epoch {epoch}: loss {row['loss']}, validation accuracy "
-                        f"{row.get('val_accuracy')}, {row['images_per_second']} images/s")
-                bar.set_postfix(epoch=epoch, loss=row["loss"], val_acc=row.get("val_accuracy"),
-                                refresh=True)
-                if epoch > epochs // 2:  # the second half of the schedule is averaged
-                    average.add(model.get_weights())
-                if stopped or (max_steps is not None and steps >= max_steps):
-                    break
-            bar.close()
-    finally:
-        scratch.cleanup()
-    if stopped:
-        log(f"  the time limit stopped fine-tuning after {len(history) - 1} of {epochs} epochs")
+    def run(self, epoch: int, batches, bar) -> dict:
+        """One epoch over ``batches`` (``(index array, inputs or None)``); its history row."""
+        t, n, losses = time.perf_counter(), 0, []
+        for idx, x in batches:
+            if x is not None:
+                y = self.y[idx]
+                losses.append(self.step(x, y, self.class_w[y], self.schedule(self.steps)))
+                n += len(idx)
+            bar.update(len(idx))
+            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}" if losses else "-",
+                            refresh=False)
+            self.steps += 1
+            if self.out_of_steps:
+                break
+            if self.no_time_for(0.0):
+                self.stopped = True
+                break
+        seconds = time.perf_counter() - t
+        self.seconds += seconds
+        self.trained += n
+        return {"epoch": epoch, "loss": round(float(np.mean(losses)), 6) if losses else None,
+                "images_per_second": round(n / seconds if seconds else 0.0, 1)}
+
+
+def run_epochs(loop: _Epochs, batches, images: int, epochs: int, seed: int, validation: _Validation,
+               model, history: list[dict], average: _RunningMean, progress: bool,
+               log: Callable[[str], None]) -> None:
+    """Epochs 1 to ``epochs`` (each on ``batches(epoch, shuffled order)``) until one of
+    ``loop``'s stop conditions; each scored on ``validation`` into ``history``, the second half of
+    the schedule added to ``average``."""
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    bar = tqdm(total=epochs * images, desc="fine-tuning", unit="img", disable=not progress,
+               dynamic_ncols=True)
+    last_epoch_seconds = 0.0
+    for epoch in range(1, epochs + 1):
+        if loop.stopped or loop.no_time_for(last_epoch_seconds):
+            loop.stopped = True
+            break
+        t = time.perf_counter()
+        row = _scored(loop.run(epoch, batches(epoch, rng.permutation(images)), bar), validation())
+        history.append(row)
+        last_epoch_seconds = time.perf_counter() - t
+        if not progress:
+            log(f"  epoch {epoch}: loss {row['loss']}, validation accuracy "
+                f"{row.get('val_accuracy')}, {row['images_per_second']} images/s")
+        bar.set_postfix(epoch=epoch, loss=row["loss"], val_acc=row.get("val_accuracy"), refresh=True)
+        if epoch > epochs // 2:  # the second half of the schedule is averaged
+            average.add(model.get_weights())
+        if loop.stopped or loop.out_of_steps:
+            break
+    bar.close()
+
+
+def choose_result(model, validation: _Validation, history: list[dict], first: tuple | None,
+                  start_weights: list, average: _RunningMean) -> tuple[int, int, float | None, str]:
+    """Set ``model`` to the weights fine-tuning ends with: the average of the epochs of the second
+    half (else the last epoch), unless no epoch ran or the head-only start (``start_weights``,
+    scored ``first``) is clearly better on validation. Returns ``(best epoch, epochs averaged,
+    validation accuracy, what was chosen)``."""
     last = len(history) - 1
     if average.count > 1:
         model.set_weights(average.mean)
-        result = evaluate()
+        result = validation()
         history.append(_scored({"epoch": "average", "epochs_averaged": average.count}, result))
         final = f"the average of epochs {last - average.count + 1}-{last}"
     else:
-        result = evaluate()
+        result = validation()
         final = f"epoch {last}"
     # One epoch's score on a small validation split is mostly chance: only the head-only start
     # competes with the end of the schedule, and it is kept only when clearly better.
@@ -483,25 +394,83 @@ def fine_tune(
     if kept:
         model.set_weights(start_weights)
     averaged = 0 if kept or average.count < 2 else average.count
-    best_epoch = 0 if kept else last
     accuracy = first[1] if kept and first else result[1] if result else None
-    backbone.trainable = False
     chosen = ("the head-only start kept" + (" (clearly better on validation)" if last else "")
               if kept else final)
+    return 0 if kept else last, averaged, accuracy, chosen
+
+
+def fine_tune(backbone, head: Head, train_items: list[tuple[Path, int]],
+              val_items: list[tuple[Path, int]], num_classes: int, config: TrainConfig, size: int,
+              resize: str, progress: bool = True, log: Callable[[str], None] = print,
+              max_steps: int | None = None, deadline: float | None = None) -> FineTuneResult:
+    """Fine-tune ``backbone`` (changed in place) with ``head`` on top; see the module docstring.
+
+    ``train_items``/``val_items``: ``(path, label index)``. ``max_steps``: stop after this many
+    batches in all (tests). ``deadline`` (a ``time.perf_counter()`` value): no epoch starts that
+    would end after it and none goes on past it; the schedule's average so far is kept. Returns
+    the best head weights and the backbone's new weights id; the backbone holds the best weights
+    on return.
+    """
+    import tempfile
+
+    import tensorflow as tf
+
+    from tfguess.engine.model import Classifier
+
+    start_time = time.perf_counter()
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    nets = _networks(backbone, head, num_classes, config, len(train_items))
+    augment = config.fine_tune_augment + (", no mirroring" if config.no_flip else "")
+    how = (f"{nets.views} cached view(s) an image through the top blocks" if nets.views
+           else "fresh views through the whole backbone")
+    log(f"Fine-tuning the top {config.fine_tune_blocks} blocks of {backbone.name} "
+        f"({len(nets.unfrozen)} layers with weights; BatchNorm frozen) on the {device}, "
+        f"augmentation {augment}, {how}")
+
+    y_train = np.array([y for _, y in train_items], np.int64)
+    epochs = config.fine_tune_epochs
+    per_epoch = max(1, -(-len(train_items) // BATCH_SIZE))
+    loop = _Epochs(build_step(nets.net, nets.model, config.fine_tune_lr),
+                   lr_schedule(config.fine_tune_lr, warmup=per_epoch, total=epochs * per_epoch),
+                   y_train, class_weights(y_train, num_classes, config.class_weights),
+                   max_steps, deadline)
+    scratch = tempfile.TemporaryDirectory(prefix="tfguess-finetune-")
+    try:
+        engine = lower_engine(nets.lower, size, device, Path(scratch.name)) if nets.views else None
+        validation = _Validation(nets.net, val_items, size, resize, engine)
+        first = validation()
+        history = [_scored({"epoch": 0}, first)]
+        start_weights = [np.array(v) for v in nets.model.get_weights()]
+        if first:
+            log(f"  before fine-tuning: validation accuracy {first[1]:.4f} (n={len(validation)})")
+        average = _RunningMean()
+        images = Images([p for p, _ in train_items], size)
+        views, views_seconds = nets.views, 0.0
+        with ThreadPoolExecutor(config.workers or default_workers()) as pool:
+            batches = pixel_batches(images, size, config, pool)
+            if views:
+                t = time.perf_counter()
+                acts, ok = cached_views(engine, images, views, nets.shape, config, size, pool,
+                                        progress, deadline)
+                views_seconds, views = time.perf_counter() - t, len(acts)
+                loop.stopped = views == 0  # the deadline passed before the first view
+                batches = cached_batches(acts, ok)
+            run_epochs(loop, batches, len(train_items), epochs, config.seed, validation,
+                       nets.model, history, average, progress, log)
+    finally:
+        scratch.cleanup()
+    if loop.stopped:
+        log(f"  the time limit stopped fine-tuning after {len(history) - 1} of {epochs} epochs")
+    best_epoch, averaged, accuracy, chosen = choose_result(nets.model, validation, history, first,
+                                                           start_weights, average)
+    backbone.trainable = False
     log(f"Fine-tuned in {time.perf_counter() - start_time:.1f} s; {chosen}"
         + (f" (validation accuracy {accuracy:.4f})" if accuracy is not None else ""))
     return FineTuneResult(
-        head=Classifier(model, [], {}).head(),
-        weights_id=f"ft-{weights_digest(backbone)}" if best_epoch else None,
-        history=history,
-        best_epoch=best_epoch,
-        epochs_averaged=averaged,
-        seconds=time.perf_counter() - start_time,
-        images_per_second=trained / train_seconds if train_seconds else 0.0,
-        unfrozen=unfrozen,
-        device=device,
-        augment=augment,
-        cached_views=views,
-        views_seconds=views_seconds,
-        stopped_early=stopped,
-    )
+        head=Classifier(nets.model, [], {}).head(),
+        weights_id=f"ft-{weights_digest(backbone)}" if best_epoch else None, history=history,
+        best_epoch=best_epoch, epochs_averaged=averaged, seconds=time.perf_counter() - start_time,
+        images_per_second=loop.trained / loop.seconds if loop.seconds else 0.0,
+        unfrozen=nets.unfrozen, device=device, augment=augment, cached_views=views,
+        views_seconds=views_seconds, stopped_early=loop.stopped)

@@ -65,6 +65,20 @@ class FitResult:
     best_epoch: int
 
 
+def class_weights(y: np.ndarray, num_classes: int, balanced: bool) -> np.ndarray:
+    """The loss weight of each class (float32): ``n / (num_classes * count)``, so that every class
+    weighs as much as the others in all, when ``balanced`` (``--class-weights``); else ones."""
+    if not balanced:
+        return np.ones(num_classes, np.float32)
+    counts = np.bincount(y, minlength=num_classes).astype(np.float32)
+    return (len(y) / (num_classes * np.maximum(counts, 1))).astype(np.float32)
+
+
+def _glorot(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
+    limit = np.sqrt(6 / (fan_in + fan_out))  # Keras' Dense default
+    return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
+
+
 def fit_head(
     x: np.ndarray,
     y: np.ndarray,
@@ -84,52 +98,23 @@ def fit_head(
     """
     if config.hidden_units:
         return fit_hidden_head(x, y, num_classes, config, val, progress=progress, on_epoch=on_epoch)
-    from tqdm.auto import tqdm
-
     x = np.asarray(x, np.float32)
     rng = np.random.default_rng(config.seed)
-    n, dim = x.shape
-    limit = np.sqrt(6 / (dim + num_classes))  # Glorot uniform, as Keras' Dense
-    head = Head(rng.uniform(-limit, limit, (dim, num_classes)).astype(np.float32),
-                np.zeros(num_classes, np.float32))
-    adam = Adam([head.kernel, head.bias], config.learning_rate)
-
-    counts = np.bincount(y, minlength=num_classes).astype(np.float32)
-    class_w = (len(y) / (num_classes * np.maximum(counts, 1)) if config.class_weights
-               else np.ones(num_classes, np.float32))
-    sample_w = class_w[y].astype(np.float32)
-    targets = np.eye(num_classes, dtype=np.float32)[y]
-    if config.label_smoothing:
-        targets = targets * (1 - config.label_smoothing) + config.label_smoothing / num_classes
+    head = Head(_glorot(rng, x.shape[1], num_classes), np.zeros(num_classes, np.float32))
     keep = 1.0 - config.dropout
-    has_val = val is not None and len(val[1]) > 0
 
-    best = (np.inf, 0, head.kernel.copy(), head.bias.copy())
-    history = []
-    bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", disable=not progress,
-               dynamic_ncols=True)
-    for epoch in bar:
-        order = rng.permutation(n)
-        for start in range(0, n, config.batch_size):
-            idx = order[start:start + config.batch_size]
-            xb = x[idx]
-            if config.dropout:
-                xb = xb * (rng.random(xb.shape, dtype=np.float32) < keep) / keep
-            w = sample_w[idx] / sample_w[idx].sum()
-            grad_logits = (softmax(xb @ head.kernel + head.bias) - targets[idx]) * w[:, None]
-            adam.step([xb.T @ grad_logits + 2 * config.l2 * head.kernel, grad_logits.sum(0)])
-        monitored = _record_epoch(epoch, x, y, val if has_val else None, head, history, on_epoch, bar)
-        if monitored < best[0] - 1e-5:
-            best = (monitored, epoch, head.kernel.copy(), head.bias.copy())
-        elif epoch - best[1] >= config.patience:
-            break
-    bar.close()
-    return FitResult(Head(best[2], best[3]), history, best[1])
+    def gradients(idx: np.ndarray, targets: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
+        xb = x[idx]
+        if config.dropout:
+            xb = xb * (rng.random(xb.shape, dtype=np.float32) < keep) / keep
+        grad_logits = (softmax(xb @ head.kernel + head.bias) - targets) * w[:, None]
+        return [xb.T @ grad_logits + 2 * config.l2 * head.kernel, grad_logits.sum(0)]
 
+    def snapshot() -> Head:
+        return Head(head.kernel.copy(), head.bias.copy())
 
-def _glorot(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
-    limit = np.sqrt(6 / (fan_in + fan_out))  # Keras' Dense default
-    return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
+    return _fit(x, y, num_classes, config, val, head, [head.kernel, head.bias], gradients,
+                snapshot, rng, progress, on_epoch)
 
 
 def fit_hidden_head(
@@ -145,35 +130,55 @@ def fit_hidden_head(
     """The head with one hidden layer: ``features -> dropout -> Dense(hidden_units, ReLU) ->
     dropout -> Dense(softmax)`` (what ``model.build_classifier(hidden_units=...)`` computes),
     trained with the same recipe as :func:`fit_head`."""
-    from tqdm.auto import tqdm
-
     x = np.asarray(x, np.float32)
     rng = np.random.default_rng(config.seed)
-    n, dim = x.shape
-    units = config.hidden_units
+    dim, units = x.shape[1], config.hidden_units
     hidden_kernel = _glorot(rng, dim, units)
     head = Head(_glorot(rng, units, num_classes), np.zeros(num_classes, np.float32),
                 hidden_kernel, np.zeros(units, np.float32))
     w1, b1, w2, b2 = head.hidden_kernel, head.hidden_bias, head.kernel, head.bias
-    adam = Adam([w1, b1, w2, b2], config.learning_rate)
-
-    counts = np.bincount(y, minlength=num_classes).astype(np.float32)
-    class_w = (len(y) / (num_classes * np.maximum(counts, 1)) if config.class_weights
-               else np.ones(num_classes, np.float32))
-    sample_w = class_w[y].astype(np.float32)
-    targets = np.eye(num_classes, dtype=np.float32)[y]
-    if config.label_smoothing:
-        targets = targets * (1 - config.label_smoothing) + config.label_smoothing / num_classes
     keep = 1.0 - config.dropout
-    has_val = val is not None and len(val[1]) > 0
 
     def mask(shape) -> np.ndarray | float:
         if not config.dropout:
             return 1.0
         return (rng.random(shape, dtype=np.float32) < keep) / keep
 
+    def gradients(idx: np.ndarray, targets: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
+        xb = x[idx] * mask((len(idx), dim))
+        pre = xb @ w1 + b1
+        m1 = mask(pre.shape)
+        hd = np.maximum(pre, 0.0) * m1
+        g_logits = (softmax(hd @ w2 + b2) - targets) * w[:, None]
+        g_h = (g_logits @ w2.T) * m1 * (pre > 0)
+        return [xb.T @ g_h + 2 * config.l2 * w1, g_h.sum(0),
+                hd.T @ g_logits + 2 * config.l2 * w2, g_logits.sum(0)]
+
     def snapshot() -> Head:
         return Head(w2.copy(), b2.copy(), w1.copy(), b1.copy())
+
+    return _fit(x, y, num_classes, config, val, head, [w1, b1, w2, b2], gradients, snapshot, rng,
+                progress, on_epoch)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, num_classes: int, config: TrainConfig,
+         val: tuple[np.ndarray, np.ndarray] | None, head: Head, params: list[np.ndarray],
+         gradients: Callable[[np.ndarray, np.ndarray, np.ndarray], list[np.ndarray]],
+         snapshot: Callable[[], Head], rng: np.random.Generator, progress: bool,
+         on_epoch: Callable[[dict], None] | None) -> FitResult:
+    """The training loop of both heads: Adam on ``params`` (``head``'s arrays, updated in place)
+    over shuffled mini-batches, ``gradients(batch indices, targets, sample weights)`` giving their
+    gradients; one history row an epoch; early stopping on the monitored loss. Returns the
+    ``snapshot`` of the best epoch."""
+    from tqdm.auto import tqdm
+
+    n = len(x)
+    adam = Adam(params, config.learning_rate)
+    sample_w = class_weights(y, num_classes, config.class_weights)[y]
+    targets = np.eye(num_classes, dtype=np.float32)[y]
+    if config.label_smoothing:
+        targets = targets * (1 - config.label_smoothing) + config.label_smoothing / num_classes
+    has_val = val is not None and len(val[1]) > 0
 
     best = (np.inf, 0, snapshot())
     history = []
@@ -183,15 +188,8 @@ def fit_hidden_head(
         order = rng.permutation(n)
         for start in range(0, n, config.batch_size):
             idx = order[start:start + config.batch_size]
-            xb = x[idx] * mask((len(idx), dim))
-            pre = xb @ w1 + b1
-            m1 = mask(pre.shape)
-            hd = np.maximum(pre, 0.0) * m1
             w = sample_w[idx] / sample_w[idx].sum()
-            g_logits = (softmax(hd @ w2 + b2) - targets[idx]) * w[:, None]
-            g_h = (g_logits @ w2.T) * m1 * (pre > 0)
-            adam.step([xb.T @ g_h + 2 * config.l2 * w1, g_h.sum(0),
-                       hd.T @ g_logits + 2 * config.l2 * w2, g_logits.sum(0)])
+            adam.step(gradients(idx, targets[idx], w))
         monitored = _record_epoch(epoch, x, y, val if has_val else None, head, history, on_epoch, bar)
         if monitored < best[0] - 1e-5:
             best = (monitored, epoch, snapshot())

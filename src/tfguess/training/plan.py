@@ -2,7 +2,7 @@
 
 A recipe is a backbone, an input size, a number of cached augmented views and, optionally,
 fine-tuning (blocks and epochs). :data:`RECIPES` holds what each one scored on the development
-sets (validation accuracy of cub_songbirds22 and hymenoptera, the README's accuracy table); a
+sets (validation accuracy of cub_songbirds22 and hymenoptera, the accuracy table of docs/benchmarks.md); a
 recipe's value is the mean of the two. Its time is estimated from the number of images and this
 machine's throughput (:class:`Speed`): the previous run's figures in the same TF_FILES when there
 are any (the cache's history), else reference rates measured on a 2-core machine, scaled by the
@@ -158,7 +158,7 @@ def costs(backbone: str, size: int) -> tuple[float, float, float]:
     return 1.35 * area, 1.6 * area, 1.3 * area
 
 
-# What each recipe scored (cub_songbirds22, hymenoptera val; README "Accuracy", the fine-tuned
+# What each recipe scored (cub_songbirds22, hymenoptera val; docs/benchmarks.md, the fine-tuned
 # ones with the views cached through the lower blocks, two runs averaged where there are two).
 # Longer or bigger fine-tuning scored no higher on cub_songbirds22 (20 epochs 0.9152, 9 blocks
 # 0.9136, 320 px x 15 epochs 0.9091, lite2 at 300 px 0.9136, mixup of the activations 0.9076), so

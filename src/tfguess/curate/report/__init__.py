@@ -39,7 +39,6 @@ def _read_history(path: Path) -> list[dict]:
         return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
 
 
-
 def write_report(
     tf_files: str | Path,
     *,

@@ -164,48 +164,16 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
     t0 = time.perf_counter()
     summary = run.read_summary()
     labels: list[str] = summary["labels"]
-    index = {label: i for i, label in enumerate(labels)}
-    rows = [Row(path, label, digest, split) for split, path, label, digest in run.split_rows(summary)]
-    x = _load_features(rows, _cache_of(run, summary), run)
-    y = np.array([index[r.label] for r in rows], dtype=np.int64)
-    finite = np.isfinite(x).all(axis=1) if len(rows) else np.zeros(0, bool)
-    warnings_ = []
-    if len(rows) and not finite.all():
-        warnings_.append(f"{int((~finite).sum())} of {len(rows)} cached feature vectors are not finite "
-                         "(NaN/inf): the backbone produced invalid features; suspects and near-duplicates "
-                         "leave them out. Delete TF_FILES/bottlenecks and train again.")
+    rows, x, y, finite, warnings_ = _load_rows(run, summary)
     timings = {"load": time.perf_counter() - t0}
-
-    # The model's own predictions on the evaluation split.
     split = _eval_split(summary)
     metrics = summary.get("metrics", {}).get(split, {"n": 0, "accuracy": None})
-    head = read_head(run.model)
-    misclassified = []
-    sel = [i for i, r in enumerate(rows) if r.split == split]
-    if sel:
-        probs = head(x[sel])
-        for i, p in zip(sel, probs, strict=True):
-            pred = int(np.nanargmax(p)) if np.isfinite(p).any() else -1
-            if pred != y[i]:
-                misclassified.append({
-                    "path": str(rows[i].path), "digest": rows[i].digest, "label": rows[i].label,
-                    "predicted": labels[pred] if pred >= 0 else None,
-                    "score": float(p[pred]) if pred >= 0 else None,
-                    "label_score": float(p[y[i]]) if np.isfinite(p[y[i]]) else None,
-                })
-        misclassified.sort(key=lambda m: -(m["score"] or 0))
-
+    misclassified = _misclassified(read_head(run.model), rows, x, y, labels, split)
     hyg = _cached_hygiene(run, rows, x, y, labels, finite, folds, threshold)
     timings.update(hyg["timings"])
-    suspects, oos_accuracy, folds_used = hyg["suspects"], hyg["oos_accuracy"], hyg["folds_used"]
-    outliers, near, threshold = hyg["outliers"], hyg["near"], hyg["threshold"]
-
-    counts = summary.get("counts", {})
-    totals = {label: int(sum(counts.get(label, {}).values())) for label in labels}
-    nonzero = [n for n in totals.values() if n]
-    per_label = metrics.get("per_label", {})
-    measured = [k for k, v in per_label.items() if v["support"]]
-    worst = min(measured, key=lambda k: (per_label[k]["f1"], k)) if measured else None
+    near = hyg["near"]
+    imbalance = _imbalance(summary, labels)
+    worst = _worst_label(metrics)
     timings["total"] = time.perf_counter() - t0
     return {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -221,27 +189,89 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
                         for s, m in summary.get("metrics", {}).items()},
         "eval_dir": summary.get("metrics", {}).get("eval_dir"),
         "best_epoch": summary.get("best_epoch"),
-        "imbalance": {"counts": counts, "totals": totals,
-                      "ratio": round(max(nonzero) / min(nonzero), 2) if nonzero else None},
+        "imbalance": imbalance,
         "misclassified": misclassified,
-        "suspects": suspects,
-        "suspect_method": {
-            "model": "logistic regression on L2-normalised cached features",
-            "folds": folds_used,
-            "images": hyg["good"],
-            "out_of_sample_accuracy": None if oos_accuracy is None else round(oos_accuracy, 4),
-            "ranking": "cleanlab.filter.find_label_issues, ranked by self-confidence",
-        },
-        "atypical": outliers,
+        "suspects": hyg["suspects"],
+        "suspect_method": _suspect_method(hyg),
+        "atypical": hyg["outliers"],
         "exact_duplicates": [{"kept": str(run.resolve(a)), "duplicate": str(run.resolve(b))}
                              for a, b in summary.get("duplicates", [])],
         "conflicts": summary.get("conflicts", []),
-        "near_duplicates": {"threshold": threshold, "pairs": near,
+        "near_duplicates": {"threshold": hyg["threshold"], "pairs": near,
                             "cross_split": sum(p["cross_split"] for p in near)},
-        "skipped": [{**s, "path": str(run.resolve(s["path"]))} for s in summary.get("skipped", [])] + [
-            {**s, "reason": f"{s['reason']} (evaluation folder)"}
-            for s in summary.get("metrics", {}).get("eval_dir", {}).get("skipped", [])],
+        "skipped": _skipped(run, summary),
         "notes": summary.get("notes", []),
         "warnings": warnings_,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
+
+
+def _load_rows(run: RunFolder, summary: dict):
+    """The images of the run's splits (:class:`Row`), their cached features ``x``, label indices
+    ``y``, which feature vectors are ``finite``, and the warnings about them."""
+    index = {label: i for i, label in enumerate(summary["labels"])}
+    rows = [Row(path, label, digest, split) for split, path, label, digest in run.split_rows(summary)]
+    x = _load_features(rows, _cache_of(run, summary), run)
+    y = np.array([index[r.label] for r in rows], dtype=np.int64)
+    finite = np.isfinite(x).all(axis=1) if len(rows) else np.zeros(0, bool)
+    warnings_ = []
+    if len(rows) and not finite.all():
+        warnings_.append(f"{int((~finite).sum())} of {len(rows)} cached feature vectors are not finite "
+                         "(NaN/inf): the backbone produced invalid features; suspects and near-duplicates "
+                         "leave them out. Delete TF_FILES/bottlenecks and train again.")
+    return rows, x, y, finite, warnings_
+
+
+def _misclassified(head, rows: list[Row], x: np.ndarray, y: np.ndarray, labels: list[str],
+                   split: str) -> list[dict]:
+    """The model's own wrong predictions on the evaluation ``split``, the most confident first."""
+    misclassified = []
+    sel = [i for i, r in enumerate(rows) if r.split == split]
+    if sel:
+        probs = head(x[sel])
+        for i, p in zip(sel, probs, strict=True):
+            pred = int(np.nanargmax(p)) if np.isfinite(p).any() else -1
+            if pred != y[i]:
+                misclassified.append({
+                    "path": str(rows[i].path), "digest": rows[i].digest, "label": rows[i].label,
+                    "predicted": labels[pred] if pred >= 0 else None,
+                    "score": float(p[pred]) if pred >= 0 else None,
+                    "label_score": float(p[y[i]]) if np.isfinite(p[y[i]]) else None,
+                })
+        misclassified.sort(key=lambda m: -(m["score"] or 0))
+    return misclassified
+
+
+def _suspect_method(hyg: dict) -> dict:
+    """How the suspected label errors were found."""
+    oos_accuracy = hyg["oos_accuracy"]
+    return {
+        "model": "logistic regression on L2-normalised cached features",
+        "folds": hyg["folds_used"],
+        "images": hyg["good"],
+        "out_of_sample_accuracy": None if oos_accuracy is None else round(oos_accuracy, 4),
+        "ranking": "cleanlab.filter.find_label_issues, ranked by self-confidence",
+    }
+
+
+def _imbalance(summary: dict, labels: list[str]) -> dict:
+    """Images per label and split, per label, and the largest over the smallest label."""
+    counts = summary.get("counts", {})
+    totals = {label: int(sum(counts.get(label, {}).values())) for label in labels}
+    nonzero = [n for n in totals.values() if n]
+    return {"counts": counts, "totals": totals,
+            "ratio": round(max(nonzero) / min(nonzero), 2) if nonzero else None}
+
+
+def _worst_label(metrics: dict) -> str | None:
+    """The measured label with the lowest F1 (by name on a tie)."""
+    per_label = metrics.get("per_label", {})
+    measured = [k for k, v in per_label.items() if v["support"]]
+    return min(measured, key=lambda k: (per_label[k]["f1"], k)) if measured else None
+
+
+def _skipped(run: RunFolder, summary: dict) -> list[dict]:
+    """The files training skipped, then those of the evaluation folder."""
+    return [{**s, "path": str(run.resolve(s["path"]))} for s in summary.get("skipped", [])] + [
+        {**s, "reason": f"{s['reason']} (evaluation folder)"}
+        for s in summary.get("metrics", {}).get("eval_dir", {}).get("skipped", [])]

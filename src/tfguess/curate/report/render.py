@@ -188,25 +188,19 @@ def _metrics_table(m: dict, labels: list[str], worst: str | None) -> str:
     return "\n".join(out)
 
 
-def render_html(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> str:
-    root = data.get("image_dir")
-    labels = data["labels"]
-    m = data["metrics"]
-    split = data["eval_split"]
-    out: list[str] = []
-    w = out.append
-    near = data["near_duplicates"]
-    w(f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tfguess report: "
-      f"{_e(Path(data['tf_files']).name)}</title><meta name='viewport' content='width=device-width'>"
-      f"<style>{CSS}</style></head><body><main>")
-    w(f"<h1>Evaluation report</h1><p class='muted'>{_e(data['tf_files'])} · images from {_e(root)} · "
-      f"backbone {_e(data['backbone'])} · mode {_e(data.get('mode', 'frozen'))} · "
-      f"{_e(data['generated'])}</p>")
-    w("<nav><a href='#metrics'>Metrics</a><a href='#confusion'>Confusion</a><a href='#curves'>Training</a>"
-      "<a href='#misclassified'>Misclassified</a><a href='#suspects'>Suspected label errors</a>"
-      "<a href='#atypical'>Atypical</a><a href='#duplicates'>Duplicates</a><a href='#skipped'>Skipped</a><a href='#balance'>Balance</a></nav>")
-    for text in data["warnings"]:
-        w(f"<p class='warn'>{_e(text)}</p>")
+def _page_top(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
+    """The head, the title line, the section links, the warnings and the summary cards."""
+    m, split, near = data["metrics"], data["eval_split"], data["near_duplicates"]
+    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tfguess report: "
+           f"{_e(Path(data['tf_files']).name)}</title><meta name='viewport' content='width=device-width'>"
+           f"<style>{CSS}</style></head><body><main>",
+           f"<h1>Evaluation report</h1><p class='muted'>{_e(data['tf_files'])} · images from "
+           f"{_e(data.get('image_dir'))} · backbone {_e(data['backbone'])} · mode "
+           f"{_e(data.get('mode', 'frozen'))} · {_e(data['generated'])}</p>",
+           "<nav><a href='#metrics'>Metrics</a><a href='#confusion'>Confusion</a><a href='#curves'>Training</a>"
+           "<a href='#misclassified'>Misclassified</a><a href='#suspects'>Suspected label errors</a>"
+           "<a href='#atypical'>Atypical</a><a href='#duplicates'>Duplicates</a><a href='#skipped'>Skipped</a><a href='#balance'>Balance</a></nav>"]
+    out += [f"<p class='warn'>{_e(text)}</p>" for text in data["warnings"]]
     cards = [
         (_pct(m.get("accuracy")), f"{split} accuracy (n={m.get('n', 0)})"),
         (str(len(data["misclassified"])), f"misclassified {split} images"),
@@ -215,137 +209,184 @@ def render_html(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> str:
         (str(len(near["pairs"])), f"near-duplicate pairs ({near['cross_split']} across splits)"),
         (str(len(data["skipped"])), "skipped files"),
     ]
-    w("<div class='cards'>" + "".join(f"<div class='card'><b>{_e(v)}</b>{_e(k)}</div>" for v, k in cards)
-      + "</div>")
+    out.append("<div class='cards'>" + "".join(f"<div class='card'><b>{_e(v)}</b>{_e(k)}</div>"
+                                               for v, k in cards) + "</div>")
+    return out
 
-    w(f"<h2 id='metrics'>Metrics on the {split} split</h2>")
+
+def _metrics_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
+    m, labels = data["metrics"], data["labels"]
+    out = [f"<h2 id='metrics'>Metrics on the {data['eval_split']} split</h2>"]
     if m.get("per_label"):
-        w(_metrics_table(m, labels, data["worst_label"]))
+        out.append(_metrics_table(m, labels, data["worst_label"]))
         other = ", ".join(f"{s}: {_pct(v['accuracy'])} (n={v['n']})" for s, v in data["all_metrics"].items())
-        w(f"<p class='muted'>All splits: {_e(other)}.</p>")
+        out.append(f"<p class='muted'>All splits: {_e(other)}.</p>")
     else:
-        w("<p>No images in any held-out split: nothing to measure.</p>")
+        out.append("<p>No images in any held-out split: nothing to measure.</p>")
     extra = data.get("eval_dir")
     if extra and extra.get("per_label"):
-        w(f"<h3>Metrics on {_e(extra.get('folder', 'the evaluation folder'))}</h3>")
-        w(_metrics_table(extra, labels, None))
+        out.append(f"<h3>Metrics on {_e(extra.get('folder', 'the evaluation folder'))}</h3>")
+        out.append(_metrics_table(extra, labels, None))
+    return out
 
-    w("<h2 id='confusion'>Confusion matrix</h2>")
+
+def _figures_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
+    """The confusion matrices and the training curves."""
+    out = ["<h2 id='confusion'>Confusion matrix</h2>"]
     if "confusion" in figures:
-        w(f"<figure><img id='confusion-matrix' src='{figures['confusion']}' alt='confusion matrix'>"
-          f"<figcaption class='muted'>Rows: the folder's label; columns: the model's guess ({split} "
-          "split). Colour: share of the row.</figcaption></figure>")
+        out.append(f"<figure><img id='confusion-matrix' src='{figures['confusion']}' alt='confusion matrix'>"
+                   f"<figcaption class='muted'>Rows: the folder's label; columns: the model's guess "
+                   f"({data['eval_split']} split). Colour: share of the row.</figcaption></figure>")
     if "confusion_eval_dir" in figures:
-        w(f"<figure><img id='confusion-eval-dir' src='{figures['confusion_eval_dir']}' "
-          "alt='confusion matrix of the evaluation folder'></figure>")
-    w("<h2 id='curves'>Training curves</h2>")
+        out.append(f"<figure><img id='confusion-eval-dir' src='{figures['confusion_eval_dir']}' "
+                   "alt='confusion matrix of the evaluation folder'></figure>")
+    out.append("<h2 id='curves'>Training curves</h2>")
     if "curves" in figures:
-        w(f"<figure><img id='training-curves' src='{figures['curves']}' alt='training curves'></figure>")
+        out.append(f"<figure><img id='training-curves' src='{figures['curves']}' alt='training curves'></figure>")
     else:
-        w("<p>No history.csv in TF_FILES.</p>")
+        out.append("<p>No history.csv in TF_FILES.</p>")
+    return out
 
-    w(f"<h2 id='misclassified'>Misclassified {split} images ({len(data['misclassified'])})</h2>")
-    if data["misclassified"]:
-        w("<div class='grid'>")
-        for item in data["misclassified"][:MAX_SHOWN]:
-            score = "–" if item["score"] is None else f"{item['score']:.2f}"
-            w(f"<div class='tile'>{thumbs.tag(item['path'], item['digest'])}{_link(item['path'], root)}<br>"
-              f"folder: <b>{_e(item['label'])}</b><br>guess: <span class='bad'>{_e(item['predicted'])}</span>"
-              f" ({score})</div>")
-        w("</div>")
-    else:
-        w("<p>None.</p>")
 
-    sm = data["suspect_method"]
-    w(f"<h2 id='suspects'>Suspected label errors ({len(data['suspects'])})</h2>"
-      f"<p class='muted'>Each usable image was predicted by a {_e(sm['model'])} that never saw it "
-      f"({sm['folds']}-fold cross-validation over {sm['images']} images; out-of-sample accuracy "
-      f"{_pct(sm['out_of_sample_accuracy'])}). Confident learning (cleanlab) flags the images whose "
-      "folder disagrees with a confident prediction; the lowest score (probability of the folder's "
-      "label) first. Look at them: move the wrong ones, delete the junk. Full list: "
-      "<a href='suspects.csv'>suspects.csv</a>.</p>")
-    if data["suspects"]:
-        w("<table><tr><th>#</th><th>image</th><th>file</th><th>folder label</th><th>suggested</th>"
-          "<th>score</th><th>split</th></tr>")
-        for s in data["suspects"][:MAX_SHOWN]:
-            w(f"<tr><td class='num'>{s['rank']}</td><td>{thumbs.tag(s['path'], s['digest'])}</td>"
-              f"<td>{_link(s['path'], root)}</td><td>{_e(s['given'])}</td>"
-              f"<td class='bad'>{_e(s['suggested'])} ({s['suggested_prob']:.2f})</td>"
-              f"<td class='num'>{s['self_confidence']:.3f}</td><td>{_e(s['split'])}</td></tr>")
-        w("</table>")
-    else:
-        w("<p>None found.</p>")
+def _misclassified_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
+    root, items = data.get("image_dir"), data["misclassified"]
+    out = [f"<h2 id='misclassified'>Misclassified {data['eval_split']} images ({len(items)})</h2>"]
+    if not items:
+        return [*out, "<p>None.</p>"]
+    out.append("<div class='grid'>")
+    for item in items[:MAX_SHOWN]:
+        score = "–" if item["score"] is None else f"{item['score']:.2f}"
+        out.append(f"<div class='tile'>{thumbs.tag(item['path'], item['digest'])}{_link(item['path'], root)}<br>"
+                   f"folder: <b>{_e(item['label'])}</b><br>guess: <span class='bad'>{_e(item['predicted'])}</span>"
+                   f" ({score})</div>")
+    out.append("</div>")
+    return out
 
-    w(f"<h2 id='atypical'>Most atypical images ({len(data['atypical'])})</h2>"
-      "<p class='muted'>The images least like any other (cleanlab out-of-distribution score of the "
-      "features, lowest first): often junk, placeholders or photos of something else. Not necessarily "
-      "wrong; worth a look.</p>")
-    if data["atypical"]:
-        w("<div class='grid'>")
-        for a in data["atypical"]:
-            w(f"<div class='tile'>{thumbs.tag(a['path'], a['digest'])}{_link(a['path'], root)}<br>"
-              f"folder: <b>{_e(a['label'])}</b><br>score {a['score']:.3f}</div>")
-        w("</div>")
 
-    w("<h2 id='duplicates'>Duplicates</h2>")
-    w(f"<h3>Exact duplicates ({len(data['exact_duplicates'])})</h3><p class='muted'>Files with identical "
-      "content; training used each content once.</p>")
-    if data["exact_duplicates"]:
-        w("<table><tr><th>image</th><th>kept</th><th>duplicate (not used)</th></tr>")
-        for d in data["exact_duplicates"][:MAX_SHOWN]:
-            w(f"<tr><td>{thumbs.tag(d['kept'])}</td><td>{_link(d['kept'], root)}</td>"
-              f"<td>{_link(d['duplicate'], root)}</td></tr>")
-        w("</table>")
-    for c in data["conflicts"]:
-        w(f"<p class='warn'>Same content under different labels ({_e(', '.join(c['labels']))}): "
-          f"{_e(', '.join(_short(p, root) for p in c['paths']))}</p>")
-    w(f"<h3>Near-duplicates ({_n(len(near['pairs']), 'pair')}, {near['cross_split']} across splits)</h3>"
-      f"<p class='muted'>Different files whose features have a cosine similarity of at least "
-      f"{near['threshold']:.3f} (resized, re-encoded or slightly cropped copies, bursts). The threshold is "
-      f"{hygiene.NEAR_DUPLICATE_THRESHOLD:.2f}, raised for data sets whose images are all alike. A pair "
-      "split between train and validation/test makes the held-out accuracy look better than it is.</p>")
-    if near["pairs"]:
-        w("<table><tr><th colspan='2'>first</th><th colspan='2'>second</th><th>similarity</th><th>note</th></tr>")
-        for p in near["pairs"][:MAX_SHOWN]:
-            notes = []
-            if p["cross_split"]:
-                notes.append(f"across splits ({p['a_split']} / {p['b_split']})")
-            if p["label_conflict"]:
-                notes.append(f"different labels ({p['a_label']} / {p['b_label']})")
-            w(f"<tr><td>{thumbs.tag(p['a'], p['a_digest'])}</td><td>{_link(p['a'], root)}</td>"
-              f"<td>{thumbs.tag(p['b'], p['b_digest'])}</td><td>{_link(p['b'], root)}</td>"
-              f"<td class='num'>{p['similarity']:.3f}</td><td class='bad'>{_e('; '.join(notes))}</td></tr>")
-        w("</table>")
+def _suspects_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
+    root, suspects, sm = data.get("image_dir"), data["suspects"], data["suspect_method"]
+    out = [f"<h2 id='suspects'>Suspected label errors ({len(suspects)})</h2>"
+           f"<p class='muted'>Each usable image was predicted by a {_e(sm['model'])} that never saw it "
+           f"({sm['folds']}-fold cross-validation over {sm['images']} images; out-of-sample accuracy "
+           f"{_pct(sm['out_of_sample_accuracy'])}). Confident learning (cleanlab) flags the images whose "
+           "folder disagrees with a confident prediction; the lowest score (probability of the folder's "
+           "label) first. Look at them: move the wrong ones, delete the junk. Full list: "
+           "<a href='suspects.csv'>suspects.csv</a>.</p>"]
+    if not suspects:
+        return [*out, "<p>None found.</p>"]
+    out.append("<table><tr><th>#</th><th>image</th><th>file</th><th>folder label</th><th>suggested</th>"
+               "<th>score</th><th>split</th></tr>")
+    for s in suspects[:MAX_SHOWN]:
+        out.append(f"<tr><td class='num'>{s['rank']}</td><td>{thumbs.tag(s['path'], s['digest'])}</td>"
+                   f"<td>{_link(s['path'], root)}</td><td>{_e(s['given'])}</td>"
+                   f"<td class='bad'>{_e(s['suggested'])} ({s['suggested_prob']:.2f})</td>"
+                   f"<td class='num'>{s['self_confidence']:.3f}</td><td>{_e(s['split'])}</td></tr>")
+    out.append("</table>")
+    return out
 
-    w(f"<h2 id='skipped'>Skipped files ({len(data['skipped'])})</h2>")
-    if data["skipped"]:
-        w("<table><tr><th>preview</th><th>file</th><th>reason</th></tr>")
-        for s in data["skipped"][:MAX_SHOWN * 5]:
-            w(f"<tr><td>{thumbs.tag(s['path'])}</td><td>{_link(s['path'], root)}</td>"
-              f"<td>{_e(s['reason'])}</td></tr>")
-        w("</table>")
-    else:
-        w("<p>None.</p>")
 
+def _atypical_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
+    root, atypical = data.get("image_dir"), data["atypical"]
+    out = [f"<h2 id='atypical'>Most atypical images ({len(atypical)})</h2>"
+           "<p class='muted'>The images least like any other (cleanlab out-of-distribution score of the "
+           "features, lowest first): often junk, placeholders or photos of something else. Not necessarily "
+           "wrong; worth a look.</p>"]
+    if atypical:
+        out.append("<div class='grid'>")
+        out += [f"<div class='tile'>{thumbs.tag(a['path'], a['digest'])}{_link(a['path'], root)}<br>"
+                f"folder: <b>{_e(a['label'])}</b><br>score {a['score']:.3f}</div>" for a in atypical]
+        out.append("</div>")
+    return out
+
+
+def _exact_duplicates_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
+    """Exact duplicates, and the same content under different labels."""
+    root, dups = data.get("image_dir"), data["exact_duplicates"]
+    out = ["<h2 id='duplicates'>Duplicates</h2>",
+           f"<h3>Exact duplicates ({len(dups)})</h3><p class='muted'>Files with identical "
+           "content; training used each content once.</p>"]
+    if dups:
+        out.append("<table><tr><th>image</th><th>kept</th><th>duplicate (not used)</th></tr>")
+        out += [f"<tr><td>{thumbs.tag(d['kept'])}</td><td>{_link(d['kept'], root)}</td>"
+                f"<td>{_link(d['duplicate'], root)}</td></tr>" for d in dups[:MAX_SHOWN]]
+        out.append("</table>")
+    out += [f"<p class='warn'>Same content under different labels ({_e(', '.join(c['labels']))}): "
+            f"{_e(', '.join(_short(p, root) for p in c['paths']))}</p>" for c in data["conflicts"]]
+    return out
+
+
+def _near_duplicates_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
+    root, near = data.get("image_dir"), data["near_duplicates"]
+    out = [f"<h3>Near-duplicates ({_n(len(near['pairs']), 'pair')}, {near['cross_split']} across splits)</h3>"
+           f"<p class='muted'>Different files whose features have a cosine similarity of at least "
+           f"{near['threshold']:.3f} (resized, re-encoded or slightly cropped copies, bursts). The threshold is "
+           f"{hygiene.NEAR_DUPLICATE_THRESHOLD:.2f}, raised for data sets whose images are all alike. A pair "
+           "split between train and validation/test makes the held-out accuracy look better than it is.</p>"]
+    if not near["pairs"]:
+        return out
+    out.append("<table><tr><th colspan='2'>first</th><th colspan='2'>second</th><th>similarity</th><th>note</th></tr>")
+    for p in near["pairs"][:MAX_SHOWN]:
+        notes = []
+        if p["cross_split"]:
+            notes.append(f"across splits ({p['a_split']} / {p['b_split']})")
+        if p["label_conflict"]:
+            notes.append(f"different labels ({p['a_label']} / {p['b_label']})")
+        out.append(f"<tr><td>{thumbs.tag(p['a'], p['a_digest'])}</td><td>{_link(p['a'], root)}</td>"
+                   f"<td>{thumbs.tag(p['b'], p['b_digest'])}</td><td>{_link(p['b'], root)}</td>"
+                   f"<td class='num'>{p['similarity']:.3f}</td><td class='bad'>{_e('; '.join(notes))}</td></tr>")
+    out.append("</table>")
+    return out
+
+
+def _skipped_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
+    root, skipped = data.get("image_dir"), data["skipped"]
+    out = [f"<h2 id='skipped'>Skipped files ({len(skipped)})</h2>"]
+    if not skipped:
+        return [*out, "<p>None.</p>"]
+    out.append("<table><tr><th>preview</th><th>file</th><th>reason</th></tr>")
+    out += [f"<tr><td>{thumbs.tag(s['path'])}</td><td>{_link(s['path'], root)}</td>"
+            f"<td>{_e(s['reason'])}</td></tr>" for s in skipped[:MAX_SHOWN * 5]]
+    out.append("</table>")
+    return out
+
+
+def _balance_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
+    """Images per label and split, and the notes from training."""
     imb = data["imbalance"]
-    w(f"<h2 id='balance'>Label balance</h2><p>Largest / smallest label: <b>{imb['ratio']}</b>"
-      + (" (above 3: consider more images of the small labels; training weights them up)."
-         if (imb["ratio"] or 0) > 3 else ".") + "</p>")
+    out = [f"<h2 id='balance'>Label balance</h2><p>Largest / smallest label: <b>{imb['ratio']}</b>"
+           + (" (above 3: consider more images of the small labels; training weights them up)."
+              if (imb["ratio"] or 0) > 3 else ".") + "</p>"]
     top = max(imb["totals"].values() or [1]) or 1
-    w("<table><tr><th>label</th><th>train</th><th>validation</th><th>test</th><th>total</th><th></th></tr>")
-    for label in labels:
+    out.append("<table><tr><th>label</th><th>train</th><th>validation</th><th>test</th><th>total</th><th></th></tr>")
+    for label in data["labels"]:
         c = imb["counts"].get(label, {})
         n = imb["totals"][label]
-        w(f"<tr><td>{_e(label)}</td>" + "".join(f"<td class='num'>{c.get(s, 0)}</td>"
-                                                for s in ("train", "validation", "test"))
-          + f"<td class='num'>{n}</td><td><span class='bar' style='width:{int(200 * n / top)}px'></span></td></tr>")
-    w("</table>")
+        out.append(f"<tr><td>{_e(label)}</td>" + "".join(f"<td class='num'>{c.get(s, 0)}</td>"
+                                                         for s in ("train", "validation", "test"))
+                   + f"<td class='num'>{n}</td><td><span class='bar' style='width:{int(200 * n / top)}px'></span></td></tr>")
+    out.append("</table>")
     if data["notes"]:
-        w("<h3>Notes from training</h3><ul>" + "".join(f"<li>{_e(n)}</li>" for n in data["notes"]) + "</ul>")
-    w(f"<p class='muted'>Analysis took {data['timings_s']['total']:.1f} s. Machine-readable: "
-      "<a href='report.json'>report.json</a>, <a href='suspects.csv'>suspects.csv</a>.</p>")
-    w("</main></body></html>\n")
-    return "\n".join(out)
+        out.append("<h3>Notes from training</h3><ul>" + "".join(f"<li>{_e(n)}</li>" for n in data["notes"])
+                   + "</ul>")
+    return out
+
+
+def _page_end(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
+    return [f"<p class='muted'>Analysis took {data['timings_s']['total']:.1f} s. Machine-readable: "
+            "<a href='report.json'>report.json</a>, <a href='suspects.csv'>suspects.csv</a>.</p>",
+            "</main></body></html>\n"]
+
+
+# The page, top to bottom: each section gives its lines of HTML.
+SECTIONS = (_page_top, _metrics_section, _figures_section, _misclassified_section, _suspects_section,
+            _atypical_section, _exact_duplicates_section, _near_duplicates_section, _skipped_section,
+            _balance_section, _page_end)
+
+
+def render_html(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> str:
+    """The report page of ``data`` (what :func:`~tfguess.curate.report.analysis.analyse`
+    returns), with the thumbnails of ``thumbs`` and the figure files ``figures``."""
+    return "\n".join(line for section in SECTIONS for line in section(data, thumbs, figures))
 
 
 def write_suspects_csv(path: Path, suspects: list[dict]) -> None:

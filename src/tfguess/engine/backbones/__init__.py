@@ -174,7 +174,7 @@ def _lite_available(name: str) -> bool:
 # The EfficientNet-Lite models squash the whole image to the input size (not the 87.5 % centre
 # crop of their ImageNet evaluation): what metadata-driven TFLite clients (MediaPipe, the Task
 # Library) do, so they give the same answers as ``guess``. On photos of mixed shapes the crop or
-# the pad can be more accurate (README, "Export").
+# the pad can be more accurate (docs/guide/resize.md).
 for _name, (_w, _d, _size, _module, _cls) in _lite.VARIANTS.items():
     register_backbone(
         Backbone(

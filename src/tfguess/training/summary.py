@@ -1,0 +1,97 @@
+"""What ``run_summary.json`` records of a training run (:func:`run_summary`), and what the end of a
+run says (:func:`report`)."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+from tfguess.core.config import TrainConfig
+from tfguess.core.runfolder import RunFolder
+from tfguess.data.dataset import SPLITS, DatasetScan
+from tfguess.engine.runtime import runtime_name
+from tfguess.training.extraction import Features, SplitData
+from tfguess.training.head import FitResult
+
+
+def fine_tune_summary(result) -> dict | None:
+    """What run_summary.json records of a fine-tuning run."""
+    if result is None:
+        return None
+    return {
+        "device": result.device,
+        "augment": result.augment,
+        "best_epoch": result.best_epoch,
+        "epochs_averaged": result.epochs_averaged,
+        "epochs_run": sum(isinstance(h["epoch"], int) and h["epoch"] > 0 for h in result.history),
+        "seconds": round(result.seconds, 1),
+        "images_per_second": round(result.images_per_second, 1),
+        "cached_views": getattr(result, "cached_views", 0),
+        "views_seconds": round(getattr(result, "views_seconds", 0.0), 1),
+        "stopped_early": getattr(result, "stopped_early", False),
+        "unfrozen_layers": len(result.unfrozen),
+        "weights_id": result.weights_id,
+        "history": result.history,
+    }
+
+
+def run_summary(run: RunFolder, config: TrainConfig, image_dir: Path, scan: DatasetScan,
+                data: SplitData, features: Features, fit: FitResult, fine_tuned, metrics: dict, *,
+                choices: dict, backbone: dict, precision: dict, calibration_images: list[str],
+                timings: dict[str, float]) -> dict:
+    """The run summary. ``features``: those the metrics were computed on (the fine-tuned
+    backbone's, if any); ``choices``: the summaries of ``time_limit``, ``auto_backbone`` and
+    ``auto_resize`` (None: not chosen); ``backbone``: the model's backbone block."""
+    feats, splits, labels = features.result, data.splits, data.labels
+    return {
+        "image_dir": run.store(image_dir),
+        "config": config.to_dict(),
+        "mode": config.mode,
+        "fine_tune": fine_tune_summary(fine_tuned),
+        "time_limit": choices["time_limit"],
+        "auto_backbone": choices["auto_backbone"],
+        "auto_resize": choices["auto_resize"],
+        "backbone": backbone,
+        "engine": "tflite (ray)" if config.ray and feats.computed else features.extractor.name,
+        "precision": precision,
+        "runtime": runtime_name(),
+        "bottleneck_key": features.cache.key,
+        "calibration_images": calibration_images,
+        "labels": labels,
+        "counts": {label: {split: sum(1 for it in splits[split] if it.label == label) for split in SPLITS}
+                   for label in labels},
+        "features": {"computed": feats.computed, "cached": feats.cached},
+        "skipped": [{**s, "path": run.store(s["path"])} for s in data.skipped],
+        "duplicates": [[run.store(a), run.store(b)] for a, b in scan.duplicates],
+        "conflicts": [{"digest": d, "paths": [run.store(p) for p in ps], "labels": ls}
+                      for d, ps, ls in scan.conflicts],
+        "notes": scan.notes,
+        "splits": {split: [[run.store(it.path), it.label, it.digest] for it in items]
+                   for split, items in splits.items()},
+        "best_epoch": fit.best_epoch,
+        "epochs_run": len(fit.history),
+        "metrics": metrics,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "platform": {"python": platform.python_version(), "machine": platform.machine(),
+                     "system": platform.system()},
+    }
+
+
+def report(run: RunFolder, config: TrainConfig, data: SplitData, metrics: dict, model_path: Path,
+           seconds: float, log: Callable[[str], None]) -> None:
+    """The end of a run: the mode, the accuracy of each split, the hint that fine-tuning would
+    help when the frozen features look weak, and what was written."""
+    acc = {s: metrics[s].get("accuracy") for s in SPLITS}
+    log(f"Mode: {config.mode}")
+    log(f"Accuracy: train {acc['train']}, validation {acc['validation']}, test {acc['test']} "
+        f"(test n={metrics['test']['n']})")
+    if not config.fine_tune and not config.time_limit:
+        from tfguess.training.plan import weak_features_hint
+
+        hint = weak_features_hint(acc["train"], acc["validation"], len(data.usable),
+                                  len(data.splits["train"]), run.summary)
+        if hint:
+            log(hint)
+    log(f"Wrote {model_path}, {run.labels}, {run.summary.name}, {run.history.name} "
+        f"in {seconds:.1f} s")
