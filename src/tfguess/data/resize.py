@@ -105,7 +105,7 @@ def squash(pixels: np.ndarray, size: int) -> np.ndarray:
 
 def squash_reduced(im: Image.Image, size: int) -> np.ndarray:
     """"squash" beyond a :data:`SQUASH_BILINEAR_MAX` reduction: Pillow's antialiased bilinear
-    (the exports reproduce it: ``export._resize_like_pil``)."""
+    (the exports reproduce it: ``export.preprocessing._resize_like_pil``)."""
     return np.array(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
