@@ -134,10 +134,21 @@ def _suggest_parser(sub) -> None:
     p = sub.add_parser("suggest", help="the most informative unlabelled images of DIR, as CSV")
     p.add_argument("tf_files", help="TF_FILES with photos in data/<label>/ (2 labels at least)")
     p.add_argument("dir", help="folder of unlabelled photos (only read)")
-    p.add_argument("--n", type=int, default=50, help="how many (default 50)")
+    p.add_argument("--n", type=_at_least_one, default=50, help="how many (default 50)")
     p.add_argument("--strategy", choices=["margin", "entropy", "kcenter-margin", "random"],
                    default=None, help="default: the inbox page's (see docs/guide/inbox.md)")
     p.add_argument("--out", help="write the CSV here (never over an existing file); default: stdout")
+
+
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number of 1 or more (argparse says which flag, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: give a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
 
 
 # --- the commands: each calls the Python API ------------------------------------------------

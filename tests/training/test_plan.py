@@ -33,7 +33,7 @@ def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "10x", "m", "-5m", "0s", "ten minutes", "1e9999"])
+@pytest.mark.parametrize("text", ["", "10x", "m", "-5m", "0s", "ten minutes", "1e9999", "0.0001s", "0.4"])
 def test_a_bad_duration_is_one_config_error(text):
     with pytest.raises(ConfigError, match="invalid duration"):
         parse_duration(text)

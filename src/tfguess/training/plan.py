@@ -104,6 +104,9 @@ _L0 = "efficientnet_lite0"
 _L2 = "efficientnet_lite2"
 
 
+MIN_DURATION_S = 1   # a time limit is given in whole seconds or more
+
+
 def parse_duration(text: str) -> float:
     """Seconds of ``90s``, ``10m``, ``1h30m``, ``1.5h`` or ``600`` (seconds)."""
     m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*",
@@ -114,6 +117,9 @@ def parse_duration(text: str) -> float:
         seconds = 3600 * h + 60 * mi + s
     if not seconds or not math.isfinite(seconds):
         raise ConfigError(f"invalid duration {text!r}: give a positive time such as 90s, 10m or 1h30m")
+    if seconds < MIN_DURATION_S:   # shown as "0 s" and too short for any recipe
+        raise ConfigError(f"invalid duration {text!r}: give at least {MIN_DURATION_S} s, such as "
+                          "90s, 10m or 1h30m")
     return seconds
 
 
