@@ -91,8 +91,13 @@ def test_auto_precision_trains_float32_features_and_guesses_with_int8(tmp_path, 
     result = train.train(tf_files, TrainConfig(report=False, epochs=30, views=0), progress=False,
                          log=lambda *_: None)
     summary = result.summary
-    assert summary["precision"] == {"setting": "auto", "features": "float32", "guess": cpu,
-                                    "cpu": f"test: {cpu}"}
+    precision = summary["precision"]
+    assert {k: precision[k] for k in ("setting", "features", "guess", "cpu")} == {
+        "setting": "auto", "features": "float32", "guess": cpu, "cpu": f"test: {cpu}"}
+    if cpu == "int8":   # checked against float32 on the held-out photos first
+        check = precision["int8_check"]
+        assert check["passed"] and check["n"] > 0
+        assert check["int8_correct"] >= check["float32_correct"] - 1
     assert summary["backbone"]["precision"] == "float32"
     with zipfile.ZipFile(tf_files / "model.keras") as archive:
         assert (ENGINE_MEMBER in archive.namelist()) == (cpu == "int8")
@@ -245,3 +250,38 @@ def test_fast_jpeg_decoding_gives_pillows_pixels(tmp_path, monkeypatch, orientat
     with pytest.raises(images.ImageError) as fast_error:
         images.load_image(truncated, 224, "crop")
     assert fast_error.value.reason == slow_error.value.reason
+
+
+@pytest.mark.parametrize("int8_wrong,passed", [(0, True), (1, True), (2, False)])
+def test_int8_guessing_only_when_as_accurate_as_float32_on_held_out_photos(monkeypatch, int8_wrong,
+                                                                           passed):
+    """The int8 engine is kept for guessing only when it gets at most one held-out photo fewer
+    right than float32; else guessing runs float32 and the summary says why."""
+    from types import SimpleNamespace
+
+    from tfguess.training import train
+
+    y = np.array([0, 1, 0, 1, 0, 1])
+    x32 = np.eye(2, dtype=np.float32)[y]                  # float32: every photo right
+    x8 = x32.copy()
+    x8[:int8_wrong] = 1 - x8[:int8_wrong]                 # int8: the first photos wrong
+    items = [SimpleNamespace(digest=f"d{i}") for i in range(len(y))]
+    data = SimpleNamespace(splits={"validation": items[:4], "test": items[4:]},
+                           arrays={"validation": (x32[:4], y[:4]), "test": (x32[4:], y[4:])})
+    int8_features = {it.digest: x8[i] for i, it in enumerate(items)}
+    monkeypatch.setattr(train, "extract", lambda *a, **k: SimpleNamespace(
+        result=SimpleNamespace(features=int8_features)))
+    check = train._int8_check(None, None, None, data, lambda x: x, None)
+    assert check["passed"] == passed
+    assert (check["n"], check["float32_correct"], check["int8_correct"]) == (6, 6, 6 - int8_wrong)
+    assert f"int8 got {6 - int8_wrong} of 6 held-out photos right, float32 6" in check["why"]
+
+
+def test_no_int8_guessing_without_held_out_photos():
+    from types import SimpleNamespace
+
+    from tfguess.training import train
+
+    data = SimpleNamespace(splits={"validation": [], "test": []}, arrays={})
+    check = train._int8_check(None, None, None, data, lambda x: x, None)
+    assert not check["passed"] and "no held-out photos" in check["why"]

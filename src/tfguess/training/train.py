@@ -126,7 +126,8 @@ def train(
     # 8. save the model (and the int8 engine it guesses with), its labels and history
     with stage(timings, "save"):
         with stage(timings, "guess_engine"):
-            guess_ref, precision = _guess_engine(scan, features.ref, backbone, config, log)
+            guess_ref, precision = _guess_engine(run, scan, data, head, features.ref, backbone,
+                                                 config, log)
             meta = backbone_meta(spec, features.ref, head, weights_id, guess_ref)
         model_path = save_model(run, features.ref, backbone, head, data.labels, config, meta,
                                 metrics, log, guess_ref)
@@ -311,13 +312,15 @@ def _evaluate(head: Head, data: SplitData, features: Features, config: TrainConf
     return metrics
 
 
-def _guess_engine(scan: DatasetScan, ref: BackboneRef, backbone: LazyBackbone,
-                  config: TrainConfig, log: Callable[[str], None]) -> tuple[BackboneRef | None, dict]:
+def _guess_engine(run: RunFolder, scan: DatasetScan, data: SplitData, head, ref: BackboneRef,
+                  backbone: LazyBackbone, config: TrainConfig,
+                  log: Callable[[str], None]) -> tuple[BackboneRef | None, dict]:
     """``--precision auto``: the features stay float32 (int8 features cost accuracy on some data
-    sets, docs/benchmarks.md, "Speed"); where the CPU has int8 dot-product instructions the model also carries
-    an int8 engine, calibrated on 100 training photos (the smallest content digests), which
-    ``guess``, ``guess-dir`` and ``serve`` run. Returns that engine's ref (or None) and what the
-    run summary records."""
+    sets, docs/benchmarks.md, "Speed"). Where the CPU has int8 dot-product instructions, an int8
+    engine is calibrated on 100 training photos (the smallest content digests) and the model
+    carries it for ``guess``, ``guess-dir`` and ``serve`` only when it is as accurate as float32
+    on the held-out photos (:func:`_int8_check`): guessing never trades accuracy unasked.
+    Returns that engine's ref (or None) and what the run summary records."""
     info = {"setting": config.precision, "features": ref.precision, "guess": ref.precision}
     if config.precision != "auto":
         return None, info
@@ -336,4 +339,40 @@ def _guess_engine(scan: DatasetScan, ref: BackboneRef, backbone: LazyBackbone,
             log(f"  note: no int8 engine for guessing ({exc.__class__.__name__}: {exc}); "
                 "guessing runs float32")
             return None, info
+    check = _int8_check(run, int8, backbone, data, head, config)
+    info["int8_check"] = check
+    if not check["passed"]:
+        log(f"Guessing runs float32: {check['why']}")
+        return None, info
     return int8, {**info, "guess": "int8"}
+
+
+INT8_RULE = ("int8 guessing only when, on the held-out photos (validation and test splits), it "
+             "gets at most one photo fewer right than float32")
+
+
+def _int8_check(run: RunFolder, int8: BackboneRef, backbone: LazyBackbone, data: SplitData, head,
+                config: TrainConfig) -> dict:
+    """The int8 engine against float32 on the held-out photos: how many each gets right, and
+    whether int8 passes :data:`INT8_RULE`. Their int8 features are cached like any others."""
+    held_out = [s for s in ("validation", "test") if data.splits[s]]
+    items = [it for s in held_out for it in data.splits[s]]
+    if not items:
+        return {"passed": False, "n": 0, "rule": INT8_RULE,
+                "why": "no held-out photos to check the int8 engine on (--validation-pct 0)"}
+    x32 = np.concatenate([data.arrays[s][0] for s in held_out])
+    y = np.concatenate([data.arrays[s][1] for s in held_out])
+    int8_features = extract(run, int8, backbone, items, config, progress=False,
+                            log=lambda *_: None).result.features
+    if any(it.digest not in int8_features for it in items):
+        return {"passed": False, "n": len(items), "rule": INT8_RULE,
+                "why": "the int8 engine could not read every held-out photo"}
+    x8 = np.stack([int8_features[it.digest] for it in items]).astype(np.float32)
+    right32 = int((head(x32).argmax(1) == y).sum())
+    right8 = int((head(x8).argmax(1) == y).sum())
+    passed = right8 >= right32 - 1
+    verdict = "within one photo" if passed else "more than one photo fewer"
+    return {"passed": passed, "n": len(items), "float32_correct": right32, "int8_correct": right8,
+            "rule": INT8_RULE,
+            "why": f"int8 got {right8} of {len(items)} held-out photos right, float32 {right32} "
+                   f"({verdict})"}
