@@ -1466,3 +1466,521 @@ def test_ray_address_where_nothing_answers_is_one_line_at_once():
     assert time.monotonic() - start < 10
     message = str(exc.value)
     assert f"127.0.0.1:{port}" in message and "ray start --head" in message and "\n" not in message
+
+
+# --- the command line: faults found by adversarial cases ---
+
+def test_suggest_refuses_a_count_below_one(tmp_path, capsys):
+    """`suggest --n -1` listed all but one photo (a negative slice) and exited 0."""
+    from conftest import DEMO_DATA
+
+    tf_files, pile = tmp_path / "tf", tmp_path / "pile"
+    shutil.copytree(DEMO_DATA, tf_files / "data")
+    pile.mkdir()
+    for photo in sorted((tf_files / "data").rglob("*.jpg"))[:3]:
+        shutil.copy(photo, pile / photo.name)
+    for bad in ("-1", "0"):
+        with pytest.raises(SystemExit) as stop:
+            main(["-q", "suggest", str(tf_files), str(pile), "--n", bad])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and "argument --n: must be at least 1" in err, err
+
+
+def test_a_time_limit_below_a_second_is_refused(tmp_path, capsys):
+    """`--time-limit 0.0001s` was accepted and planned as "0 s"."""
+    r = run_main(capsys, "train", tmp_path / "tf", "--time-limit", "0.0001s")
+    check(r, 2, "invalid duration '0.0001s': give at least 1 s")
+
+
+# --- the inbox: faults found by adversarial cases ---
+
+INBOX_DEMO = Path(__file__).resolve().parents[1] / "tf_files" / "data"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def inbox_world(tmp_path):
+    """TF_FILES with 4 demo photos a label in data/, an inbox of 6 others a label, and a feature
+    cache holding every demo photo (vectors that separate the labels), so no backbone runs and a
+    photo put into the inbox later has its features too."""
+    from tfguess.core.runfolder import RunFolder
+    from tfguess.curate.inbox import _backbone_source, run_config
+    from tfguess.engine.bottlenecks import BottleneckCache
+
+    tf_files, pile = tmp_path / "tf", tmp_path / "inbox"
+    pile.mkdir()
+    for label in ("face", "not_face"):
+        photos = sorted((INBOX_DEMO / label).iterdir())
+        (tf_files / "data" / label).mkdir(parents=True)
+        for p in photos[:4]:
+            shutil.copy2(p, tf_files / "data" / label / p.name)
+        for p in photos[40:46]:
+            shutil.copy2(p, pile / p.name)
+    run = RunFolder.at(tf_files)
+    ref, _ = _backbone_source(run, run_config(run))
+    cache = BottleneckCache(run.bottlenecks, ref.cache_key)
+    rng = np.random.default_rng(0)
+    for axis, label in enumerate(("face", "not_face")):
+        for p in sorted((INBOX_DEMO / label).iterdir()):
+            v = rng.normal(0, 0.15, 16).astype(np.float32)
+            v[axis] += 1.0
+            cache.put(_sha(p), v)
+    return tf_files, pile
+
+
+def _journal_rows(tf_files: Path) -> list[dict]:
+    with open(tf_files / "inbox-journal.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@contextmanager
+def _inbox_client(tf_files: Path, pile: Path):
+    """The inbox's API on a test client (server errors answered as 500, not raised), and the
+    headers of a write from the page."""
+    pytest.importorskip("fastapi")
+    import re
+
+    from starlette.testclient import TestClient
+
+    from tfguess.serve import create_app
+
+    app = create_app(tf_files, log=lambda *_: None, inbox_dir=pile, inbox_every=0)
+    with TestClient(app, base_url="http://127.0.0.1:8080", raise_server_exceptions=False) as client:
+        page = client.get("/inbox")
+        token = re.search(r'name="tfguess-token" content="([^"]+)"', page.text).group(1)
+        yield client, {"X-Tfguess-Token": token, "Origin": "http://127.0.0.1:8080"}
+
+
+def _names(client) -> list[str]:
+    answer = client.get("/api/inbox")
+    assert answer.status_code == 200, answer.text
+    return [item["name"] for item in answer.json()["items"]]
+
+
+def test_inbox_two_pages_on_one_tf_files_copy_a_photo_once(inbox_world, monkeypatch):
+    """Two servers on one TF_FILES labelling one photo at the same moment made two copies
+    (X.png, X-1.png) with two journal rows: each checked the journal, then copied. The check and
+    the copy now hold the review page's lock of TF_FILES; the second is refused."""
+    from tfguess.curate import inbox_actions
+    from tfguess.curate.inbox import Inbox, InboxError
+
+    tf_files, pile = inbox_world
+    first, second = (Inbox(tf_files, pile, auto_every=0, log=lambda *_: None) for _ in range(2))
+    both_checked = threading.Barrier(2, timeout=1)
+    real_copy = inbox_actions.copy_no_overwrite
+
+    def copy_when_both_checked(*args, **kwargs):  # the race, made certain
+        try:
+            both_checked.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(inbox_actions, "copy_no_overwrite", copy_when_both_checked)
+    errors = []
+
+    def label(inbox):
+        try:
+            inbox.label("face_040.png", "face")
+        except InboxError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=label, args=(ib,)) for ib in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(p.name for p in (tf_files / "data" / "face").glob("face_040*")) == ["face_040.png"]
+    assert len(errors) == 1 and "labelled already" in errors[0], errors
+    rows = _journal_rows(tf_files)
+    assert len(rows) == 1 and [r["id"] for r in rows] == ["1"]
+
+
+@pytest.mark.slow
+def test_inbox_two_server_processes_label_each_photo_once(inbox_world, tmp_path):
+    """The same across processes (two `serve --inbox` on one TF_FILES): both label every photo of
+    the inbox at once; each photo is copied once and the journal's ids are unique."""
+    tf_files, pile = inbox_world
+    script = tmp_path / "label_all.py"
+    script.write_text(
+        "import sys, time\n"
+        "from tfguess.curate import inbox_actions\n"
+        "from tfguess.curate.inbox import Inbox, InboxError\n"
+        "real = inbox_actions.copy_no_overwrite\n"
+        "def slow(*a, **k):\n"
+        "    time.sleep(0.2)  # a slow disk: the window between the check and the copy\n"
+        "    return real(*a, **k)\n"
+        "inbox_actions.copy_no_overwrite = slow\n"
+        "ib = Inbox(sys.argv[1], sys.argv[2], auto_every=0, log=lambda *_: None)\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "done = 0\n"
+        "for name in list(ib.pending()):\n"
+        "    try:\n"
+        "        ib.label(name, 'not_face' if name.startswith('not_face') else 'face')\n"
+        "        done += 1\n"
+        "    except InboxError as e:\n"
+        "        assert 'labelled already' in str(e), e\n"
+        "print(done, flush=True)\n")
+    originals = {p.name for p in (tf_files / "data").rglob("*.png")}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tf_files), str(pile)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:  # both start labelling at the same moment
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    done = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sum(done) == 12
+    copies = sorted(p.name for p in (tf_files / "data").rglob("*.png") if p.name not in originals)
+    assert copies == sorted(p.name for p in pile.iterdir())  # one copy each, none named X-1
+    rows = _journal_rows(tf_files)
+    assert len(rows) == 12 and len({r["id"] for r in rows}) == 12
+    assert sorted(r["source"] for r in rows) == sorted(p.name for p in pile.iterdir())
+
+
+def test_inbox_photo_deleted_while_served_is_404_then_gone(inbox_world):
+    """A photo deleted from the inbox folder while the page was open: its thumbnail answered 500
+    (FileNotFoundError) and it stayed listed. Now: 404, and the list read again leaves it out."""
+    tf_files, pile = inbox_world
+    with _inbox_client(tf_files, pile) as (client, headers):
+        assert "face_041.png" in _names(client)
+        (pile / "face_041.png").unlink()
+        thumb = client.get("/api/inbox/image", params={"name": "face_041.png"})
+        assert thumb.status_code == 404 and "no longer in the inbox folder" in thumb.json()["detail"]
+        labelled = client.post("/api/inbox/label", json={"name": "face_041.png", "label": "face"},
+                               headers=headers)
+        assert labelled.status_code in (404, 409), labelled.text
+        names = _names(client)
+        assert "face_041.png" not in names and len(names) == 11
+        gone = client.get("/api/inbox/image", params={"name": "face_041.png"})
+        assert gone.status_code == 404
+    assert not (tf_files / "data" / "face" / "face_041.png").exists()
+
+
+def test_inbox_photo_replaced_while_served_is_read_again(inbox_world):
+    """A photo replaced in the inbox folder (same name, new content) answered 409 "reload the
+    page" for ever: the folder was never read again. Now the list read again scores the new
+    content, and labelling it copies the new content with its own digest."""
+    tf_files, pile = inbox_world
+    other = sorted((INBOX_DEMO / "not_face").iterdir())[70]  # a not_face photo, not in the inbox
+    with _inbox_client(tf_files, pile) as (client, headers):
+        before = {i["name"]: i for i in client.get("/api/inbox").json()["items"]}
+        assert before["face_042.png"]["top"][0][0] == "face"
+        shutil.copyfile(other, pile / "face_042.png")
+        after = {i["name"]: i for i in client.get("/api/inbox").json()["items"]}
+        assert after["face_042.png"]["top"][0][0] == "not_face"  # the new content, classified
+        labelled = client.post("/api/inbox/label", json={"name": "face_042.png",
+                                                         "label": "not_face"}, headers=headers)
+        assert labelled.status_code == 200, labelled.text
+        assert labelled.json()["sha256"] == _sha(other)
+    copy = tf_files / "data" / "not_face" / "face_042.png"
+    assert copy.read_bytes() == other.read_bytes()
+
+
+def test_inbox_photo_added_while_served_appears(inbox_world):
+    """A photo added to the inbox folder while the server ran never appeared. Now it does on
+    the next reload of the list, scored."""
+    tf_files, pile = inbox_world
+    new = sorted((INBOX_DEMO / "not_face").iterdir())[71]
+    with _inbox_client(tf_files, pile) as (client, headers):
+        assert len(_names(client)) == 12
+        shutil.copy2(new, pile / "new-photo.png")
+        items = {i["name"]: i for i in client.get("/api/inbox").json()["items"]}
+        assert len(items) == 13 and items["new-photo.png"]["top"][0][0] == "not_face"
+        thumb = client.get("/api/inbox/image", params={"name": "new-photo.png"})
+        assert thumb.status_code == 200
+        labelled = client.post("/api/inbox/label", json={"name": "new-photo.png",
+                                                         "label": "not_face"}, headers=headers)
+        assert labelled.status_code == 200, labelled.text
+
+
+@contextmanager
+def _unwritable(path: Path):
+    """``path`` cannot be written for the block: mode 0444, or (as root, who ignores modes) the
+    immutable attribute; skipped where neither works."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(0o444)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("root ignores file modes and chattr +i does not work here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_inbox_journal_not_writable_labels_nothing(inbox_world):
+    """inbox-journal.csv not writable: labelling answered 409 but left the copy in data/<label>/
+    with no journal row; labelled again once writable, a second copy appeared that no undo
+    removed. Now a label is its copy and its row or neither, and the message names the file."""
+    from tfguess.curate.inbox import Inbox, InboxError
+
+    tf_files, pile = inbox_world
+    journal = tf_files / "inbox-journal.csv"
+    inbox = Inbox(tf_files, pile, auto_every=0, log=lambda *_: None)
+    inbox.label("not_face_040.png", "not_face")
+    before = sorted(p.name for p in (tf_files / "data" / "face").iterdir())
+    with _unwritable(journal):
+        with pytest.raises(InboxError) as refused:
+            inbox.label("face_043.png", "face")
+        message = str(refused.value)
+        assert str(journal) in message and "writable" in message and "\n" not in message
+        assert sorted(p.name for p in (tf_files / "data" / "face").iterdir()) == before
+        with pytest.raises(InboxError, match="inbox-journal.csv"):
+            inbox.none_of_these("face_044.png")
+        with pytest.raises(InboxError, match="inbox-journal.csv"):
+            inbox.undo()
+        assert (tf_files / "data" / "not_face" / "not_face_040.png").is_file()  # not undone
+    done = inbox.label("face_043.png", "face")
+    assert done["destination"] == "data/face/face_043.png"  # its own name: no -1 copy
+    inbox.undo()
+    assert sorted(p.name for p in (tf_files / "data" / "face").iterdir()) == before
+    assert [r["action"] for r in _journal_rows(tf_files)] == ["copy", "copy", "undo"]
+
+
+def test_inbox_suggest_refuses_a_count_below_one(inbox_world):
+    """`Inbox.suggest(-1)` listed all but the last photo (a negative slice); 0 listed none."""
+    from tfguess.core.errors import ConfigError
+    from tfguess.curate.inbox import Inbox
+
+    tf_files, pile = inbox_world
+    inbox = Inbox(tf_files, pile, auto_every=0, log=lambda *_: None)
+    for bad in (-1, 0):
+        with pytest.raises(ConfigError, match="--n") as refused:
+            inbox.suggest(bad)
+        assert "at least 1" in str(refused.value)
+    assert len(inbox.suggest(1)) == 1
+
+
+# --- the pages: faults found by adversarial cases ---
+
+
+def _page_token(client) -> dict:
+    """The page token header the review page's script sends (its write check)."""
+    html = client.get("/review").text
+    return {"X-Tfguess-Token": html.split('name="tfguess-token" content="', 1)[1].split('"', 1)[0]}
+
+
+def _no_model_tf(tmp_path: Path, summary: bool = False) -> Path:
+    """A TF_FILES with labelled photos and no model (``summary``: and a run summary naming its
+    labels, as a training that failed after its scan would leave)."""
+    tf = tmp_path / "tf"
+    for label in ("face", "not_face"):
+        (tf / "data" / label).mkdir(parents=True)
+        shutil.copy(sorted((DEMO_DATA / label).iterdir())[0], tf / "data" / label)
+    if summary:
+        (tf / "run_summary.json").write_text(json.dumps({"labels": ["face", "not_face"]}))
+    return tf
+
+
+def _retrain_through_the_page(client, headers: dict) -> dict:
+    started = client.post("/api/review/retrain", headers=headers)
+    assert started.status_code == 200, started.text
+    deadline = time.monotonic() + 600
+    while (state := client.get("/api/review/retrain").json())["state"] == "running":
+        assert time.monotonic() < deadline, "the re-training did not end in 10 minutes"
+        time.sleep(0.5)
+    assert state["state"] == "done", state
+    return state
+
+
+@pytest.mark.slow
+def test_pages_undo_stays_offered_after_a_retrain_and_the_undone_error_is_flagged_again(
+        demo_trained, tmp_path):
+    """A change made before a Re-train could no longer be undone from the review page (the page
+    offered Undo only on a tile of the report, which the new report no longer lists), and after
+    an undo the page offered no Re-train (an undo did not count as a change since the report), so
+    the undone wrong label was never flagged again. The journal now says which changes are in
+    effect and undoable and which wait for a re-training, across re-trains and restarts."""
+    from fastapi.testclient import TestClient
+
+    from tfguess.core.config import TrainConfig
+    from tfguess.curate.report import write_report
+    from tfguess.serve import create_app
+    from tfguess.training.train import train
+
+    tf = tmp_path / "tf"
+    shutil.copytree(demo_trained, tf)
+    planted, original = "face_001.png", "data/not_face/face_001.png"
+    shutil.move(tf / "data" / "face" / planted, tf / original)
+    summary = json.loads((tf / "run_summary.json").read_text())
+    train(tf, TrainConfig.from_dict({**summary["config"], "report": True}), progress=False,
+          log=lambda *_: None)
+    write_report(tf, log=lambda *_: None)
+
+    def flagged(state: dict) -> list:
+        return [i for i in state["items"] if i["path"] == original and i["where"] == "data"]
+
+    with TestClient(create_app(tf, log=lambda *_: None), base_url="http://127.0.0.1") as client:
+        headers = _page_token(client)
+        review = lambda: client.get("/api/review").json()  # noqa: E731
+        assert flagged(review()), "the planted label error is not flagged"
+        moved = client.post("/api/review/move", headers=headers,
+                            json={"path": original, "label": "face"})
+        assert moved.status_code == 200, moved.text
+        assert review()["pending"] == 1
+        _retrain_through_the_page(client, headers)
+        state = review()
+        assert not flagged(state) and state["pending"] == 0
+        assert [(c["id"], c["undoable"]) for c in state["changes"]] == [(moved.json()["id"], True)]
+    # a restart of the server: the journal is on disk, the change is still undoable
+    with TestClient(create_app(tf, log=lambda *_: None), base_url="http://127.0.0.1") as client:
+        headers = _page_token(client)
+        review = lambda: client.get("/api/review").json()  # noqa: E731
+        assert [c["undoable"] for c in review()["changes"]] == [True]
+        back = client.post("/api/review/undo", headers=headers, json={"id": moved.json()["id"]})
+        assert back.status_code == 200, back.text
+        state = review()
+        assert state["pending"] == 1, "the undo waits for a re-training: the page must offer it"
+        assert [(c["action"], c["undone"], c["undoable"]) for c in state["changes"]] == [
+            ("move", True, False), ("undo", False, False)]
+        _retrain_through_the_page(client, headers)
+        state = review()
+        assert flagged(state) and state["pending"] == 0, state["items"]
+        assert flagged(state)[0]["kind"] == "suspect"
+
+
+def test_pages_home_without_a_model_says_what_to_do_and_links_the_inbox(tmp_path):
+    """A TF_FILES with photos and no model: the home page showed "engine: null" and no way to
+    the inbox page, where such a TF_FILES is trained."""
+    from fastapi.testclient import TestClient
+
+    from tfguess.serve import create_app
+
+    tf = _no_model_tf(tmp_path)
+    with TestClient(create_app(tf, log=lambda *_: None), base_url="http://127.0.0.1") as client:
+        card = client.get("/api/model").json()
+        assert (card["model"], card["inbox"], card["review"]) == (False, True, False)
+        page = client.get("/").text
+        assert 'href="/inbox"' in page and "No model yet" in page
+        assert client.get("/inbox").status_code == 200
+
+
+@pytest.mark.slow
+def test_pages_a_tf_files_started_from_nothing_gets_its_report(tmp_path):
+    """The first training on the inbox page (train_from_nothing) wrote no evaluation report, so
+    /report/ and the review page stayed empty for that TF_FILES."""
+    from fastapi.testclient import TestClient
+
+    from tfguess.curate.inbox_start import MIN_PHOTOS_PER_LABEL, train_from_nothing
+    from tfguess.serve import create_app
+
+    tf = tmp_path / "tf"
+    for label in ("face", "not_face"):
+        (tf / "data" / label).mkdir(parents=True)
+        for photo in sorted((DEMO_DATA / label).iterdir())[:MIN_PHOTOS_PER_LABEL + 1]:
+            shutil.copy(photo, tf / "data" / label)
+    train_from_nothing(tf, log=lambda *_: None)
+    assert (tf / "report" / "index.html").is_file() and (tf / "report" / "report.json").is_file()
+    assert json.loads((tf / "run_summary.json").read_text())["config"]["report"] is True
+    with TestClient(create_app(tf, log=lambda *_: None), base_url="http://127.0.0.1") as client:
+        assert client.get("/api/model").json()["report"] is True
+        assert client.get("/report/").status_code == 200
+        assert client.get("/api/review").json()["report"] is True
+
+
+def test_pages_docs_predict_has_a_file_picker_and_a_real_example(tmp_path):
+    """/docs: "Try it out" on /api/predict showed no file picker until "Add string item" (and
+    Swagger UI asked for a component it lacks, JsonSchema_string_binary); the 200 answer's
+    example read "string"."""
+    from fastapi.testclient import TestClient
+
+    from tfguess.serve import create_app
+
+    with TestClient(create_app(_no_model_tf(tmp_path), log=lambda *_: None),
+                    base_url="http://127.0.0.1") as client:
+        spec = client.get("/openapi.json").json()
+        page = client.get("/docs").text
+    op = spec["paths"]["/api/predict"]["post"]
+    body = op["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["properties"]["files"]["items"] == {"type": "string", "format": "binary"}
+    assert "JsonSchema_string_binary" in page and "FilePickerPlugin" in page
+    answer = op["responses"]["200"]["content"]["application/json"]
+    assert answer["schema"]["items"] == {"$ref": "#/components/schemas/PredictResult"}
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["PredictResult"]["properties"]) == {"path", "error", "predictions",
+                                                           "model_digest"}
+    assert set(schemas["Prediction"]["properties"]) == {"label", "score"}
+    first = answer["example"][0]
+    assert first["error"] is None and first["model_digest"].startswith("sha256:")
+    assert [set(p) for p in first["predictions"]] == [{"label", "score"}] * 2
+    assert sum(p["score"] for p in first["predictions"]) == pytest.approx(1)
+
+
+def test_pages_a_nul_byte_in_a_name_is_never_a_5xx(tmp_path):
+    """A file name or path with a NUL byte answered 500 (ValueError: embedded null byte): an
+    upload on the inbox page (now saved under the name without it), and the review page's
+    thumbnails, files, moves and take-outs."""
+    from fastapi.testclient import TestClient
+
+    from tfguess.serve import create_app
+
+    tf = _no_model_tf(tmp_path, summary=True)
+    photo = sorted((DEMO_DATA / "face").iterdir())[0].read_bytes()
+    boundary = "tfguess-nul-test"
+    upload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+              f"filename=\"a\0b.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + photo + (
+        f"\r\n--{boundary}--\r\n").encode()
+    with TestClient(create_app(tf, log=lambda *_: None), base_url="http://127.0.0.1",
+                    raise_server_exceptions=False) as client:
+        headers = _page_token(client)
+        r = client.post("/api/inbox/photos", params={"label": "face"}, content=upload, headers={
+            **headers, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        # the photo is saved under its name without the control character
+        assert r.status_code == 200 and r.json()["added"] == ["ab.png"], r.text
+        for path in ("data/face/a\0b.png", "data/face/a\\x00b.png"):
+            for route in ("/api/review/image", "/api/review/file"):
+                r = client.get(route, params={"path": path})
+                assert r.status_code == 404, (route, path, r.status_code, r.text)
+            for body in ({"path": path, "label": "not_face"}, {"path": path}):
+                r = client.post("/api/review/move", headers=headers, json=body)
+                assert r.status_code == 409 and "NUL byte" in r.json()["detail"], (body, r.text)
+    assert sorted(p.name for p in (tf / "data" / "face").iterdir()) == sorted([
+        sorted((DEMO_DATA / "face").iterdir())[0].name, "ab.png"])
+
+
+@pytest.mark.slow
+def test_inbox_sort_leaves_the_report_of_the_model_it_trained(tmp_path):
+    """"Sort the inbox" trained the model with report=False: the report left behind described
+    the older model (or none), so /report/ and the review page did not match what was served."""
+    from tfguess.curate.inbox import Inbox
+
+    tf, pile = tmp_path / "tf", tmp_path / "pile"
+    pile.mkdir()
+    for label in ("face", "not_face"):
+        photos = sorted((DEMO_DATA / label).iterdir())
+        (tf / "data" / label).mkdir(parents=True)
+        for photo in photos[:12]:
+            shutil.copy(photo, tf / "data" / label)
+        for photo in photos[40:43]:
+            shutil.copy(photo, pile / photo.name)
+    inbox = Inbox(tf, pile, log=lambda *_: None)
+    result = inbox.finish(log=lambda *_: None)
+    assert not result.skipped
+    report = json.loads((tf / "report" / "report.json").read_text())
+    summary = json.loads((tf / "run_summary.json").read_text())
+    assert report["all_metrics"] == {s: {"n": m["n"], "accuracy": m["accuracy"]}
+                                     for s, m in summary["metrics"].items()}
+    assert report["metrics"] == summary["metrics"][report["eval_split"]]
+
+
+def test_inbox_upload_with_a_nul_byte_in_its_name_is_saved_under_a_clean_name(tmp_path):
+    """An upload to the inbox page whose file name held a NUL byte failed the whole request
+    (`ValueError: embedded null byte`); it is one photo like any other, its name cleaned."""
+    from tfguess.curate.inbox_start import add_photo
+
+    photo = sorted((DEMO_DATA / "face").iterdir())[0]
+    saved = add_photo(tmp_path / "tf", "face", "holiday\x00\x01.jpg", photo.read_bytes())
+    assert saved == tmp_path / "tf" / "data" / "face" / "holiday.jpg"
+    assert saved.read_bytes() == photo.read_bytes()

@@ -209,7 +209,9 @@ def test_retrain_every_n_and_bulk_accept(inbox_setup):
     results = [inbox.label(n, "face") for n in ("face_040.png", "face_041.png", "face_042.png")]
     assert [r["retrained"] for r in results] == [False, False, True]
     s = inbox.stats()
-    assert s["since_retrain"] == 0 and s["cv_accuracy"] is not None
+    assert s["since_retrain"] == 0 and "cv_accuracy" not in s
+    # three guesses recorded (the model's guess shown when each was labelled)
+    assert s["guesses"]["checked"] == 3 and s["guesses"]["estimated_accuracy"] is not None
     done = inbox.accept("not_face", 0.8)
     assert done and all(d["label"] == "not_face" for d in done)
     assert all(n.startswith("not_face") for n in (d["source"] for d in done))
@@ -311,3 +313,114 @@ def test_inbox_api_needs_the_page_token(inbox_setup):
         assert client.get("/api/inbox", params={"order": "nope"}).status_code == 422
     assert _snapshot(inbox_dir) == before
     assert not (tf_files / "data" / "cat").exists()
+
+
+# ---- the page's figures: the model's guesses shown when each photo was labelled
+
+def test_guess_figures_are_the_fraction_right_among_recorded_labels():
+    guesses = [(True, 0.9)] * 60 + [(False, 0.6)] * 3 + [(True, 0.7)] * 7
+    pool = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2]])
+    g = active.guess_figures(guesses, pool, window=50)
+    assert (g["right"], g["checked"], g["recorded"]) == (47, 50, 70)
+    assert g["accuracy"] == pytest.approx(47 / 50)
+    doubt = 60 * 0.1 + 3 * 0.4 + 7 * 0.3
+    factor = (3 + active.OVERCONFIDENCE_PRIOR) / (doubt + active.OVERCONFIDENCE_PRIOR)
+    assert g["overconfidence"] == pytest.approx(factor, abs=1e-3)
+    mistakes = (0.1 + 0.4 + 0.2) * factor
+    assert g["remaining_mistakes"] == pytest.approx(mistakes, abs=0.05)
+    assert g["estimated_accuracy"] == pytest.approx(1 - mistakes / 3)
+    none = active.guess_figures([], np.zeros((4, 0)))
+    assert none["accuracy"] is None and none["estimated_accuracy"] is None and none["checked"] == 0
+    assert active.guess_figures([], pool)["overconfidence"] == 1.0  # no record: its own scores
+
+
+def test_inbox_figure_counts_the_guesses_shown_when_labelled(inbox_setup):
+    """The page's figure is the fraction of the photos a person labelled whose guess, shown at
+    that moment and written into the journal, was the label given; bulk-accepted photos and
+    undone labels are not counted."""
+    tf_files, inbox_dir = inbox_setup
+    inbox = Inbox(tf_files, inbox_dir, auto_every=0, log=lambda *_: None)
+    shown = {i["name"]: i["top"][0][0] for i in inbox.items()}
+    labels = {"face_040.png": "face", "face_041.png": "face", "not_face_040.png": "not_face",
+              "face_042.png": "not_face", "not_face_041.png": "face"}  # 2 against the guess
+    for name, label in labels.items():
+        inbox.label(name, label)
+    inbox.label("face_043.png", "face")
+    inbox.undo()                        # not counted
+    inbox.accept("face", 0.0)           # bulk: not counted
+    with open(tf_files / JOURNAL_FILENAME, newline="") as f:
+        rows = {r["source"]: r for r in csv.DictReader(f) if r["action"] == "copy"}
+    assert all(rows[n]["guess"] == shown[n] for n in labels)
+    g = inbox.stats()["guesses"]
+    right = sum(shown[n] == lb for n, lb in labels.items())
+    assert (g["right"], g["checked"]) == (right, 5) and g["accuracy"] == pytest.approx(right / 5)
+
+
+# ---- a label is its copy and its journal row, or neither
+
+def test_row_that_cannot_be_written_takes_the_copy_back(inbox_setup, monkeypatch):
+    import errno
+
+    from tfguess.curate.inbox_journal import InboxJournal
+
+    tf_files, inbox_dir = inbox_setup
+    inbox = Inbox(tf_files, inbox_dir, auto_every=0, log=lambda *_: None)
+    kept = inbox.label("face_040.png", "face")
+    journal = (tf_files / JOURNAL_FILENAME).read_bytes()
+    before = _snapshot(tf_files / "data" / "face")
+
+    def disk_full(self, header, row):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(InboxJournal, "_write", disk_full)
+    with pytest.raises(InboxError, match="disk is full.*not labelled.*taken back"):
+        inbox.label("face_041.png", "face")
+    with pytest.raises(InboxError, match="Nothing was undone"):
+        inbox.undo()
+    assert _snapshot(tf_files / "data" / "face") == before  # the undone copy is back, unchanged
+    assert (tf_files / JOURNAL_FILENAME).read_bytes() == journal
+    monkeypatch.undo()
+    assert inbox.undo()["undoes"] == kept["id"]
+    assert not (tf_files / kept["destination"]).exists()
+
+
+def test_torn_row_is_cut_off(tmp_path, monkeypatch):
+    from tfguess.curate.inbox_journal import InboxJournal
+
+    journal = InboxJournal(tmp_path / JOURNAL_FILENAME)
+    journal.append(action="none", source="a.jpg", sha256="1", destination="", label="")
+    size = journal.path.stat().st_size
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, data[:5]))  # a short write
+    with pytest.raises(InboxError, match="cannot write the inbox journal"):
+        journal.append(action="none", source="b.jpg", sha256="2", destination="", label="")
+    monkeypatch.undo()
+    assert journal.path.stat().st_size == size and [a.source for a in journal.read()] == ["a.jpg"]
+
+
+def test_older_journal_gets_the_new_columns_and_a_damaged_one_is_named(tmp_path):
+    from tfguess.curate.inbox_journal import InboxJournal
+
+    path = tmp_path / JOURNAL_FILENAME
+    path.write_text("id,time,action,source,sha256,destination,label,undoes\n"
+                    "1,2024-01-01T00:00:00+00:00,copy,a.jpg,abc,data/x/a.jpg,x,\n")
+    journal = InboxJournal(path)
+    assert journal.read()[0].guess == ""
+    journal.append(action="none", source="b.jpg", sha256="d", destination="", label="",
+                   guess="x", guess_score="0.90000")
+    rows = journal.read()
+    assert [a.id for a in rows] == [1, 2] and rows[1].guess == "x" and rows[0].label == "x"
+    assert path.read_text().splitlines()[0].endswith(",guess,guess_score")
+    path.write_text(path.read_text() + "three,x,copy\n")
+    with pytest.raises(InboxError, match=f"{JOURNAL_FILENAME} line 4 is damaged"):
+        journal.read()
+
+
+def test_labelled_photo_replaced_in_the_inbox_is_a_new_photo(inbox_setup):
+    tf_files, inbox_dir = inbox_setup
+    inbox = Inbox(tf_files, inbox_dir, auto_every=0, log=lambda *_: None)
+    inbox.label("face_040.png", "face")
+    assert "face_040.png" not in inbox.pending() and not inbox.refresh()
+    shutil.copyfile(inbox_dir / "face_041.png", inbox_dir / "face_040.png")
+    assert inbox.refresh() and "face_040.png" in inbox.pending()
+    assert inbox.label("face_040.png", "face")["destination"] == "data/face/face_040-1.png"

@@ -135,6 +135,9 @@ def test_report_metrics_match_the_training_summary(demo_report):
     wrong = int(test["n"] - np.trace(np.array(test["confusion"])))
     assert len(data["misclassified"]) == wrong
     assert data["imbalance"]["totals"] == {k: sum(v.values()) for k, v in summary["counts"].items()}
+    precision = summary["precision"]    # what guessing runs, and why, is said on the page
+    why = (precision.get("int8_check") or {}).get("why") or precision.get("cpu")
+    assert f"Guessing runs {precision['guess']}: {why}." in html
 
 
 @pytest.mark.slow
@@ -323,3 +326,34 @@ def test_the_weakest_label_is_flagged_only_when_it_is_not_perfect():
     assert "class='bad'" not in _metrics_table(metrics(1.0, 1.0), ["a", "b"], "a")
     flagged = _metrics_table(metrics(0.8, 1.0), ["a", "b"], "a")
     assert "<td class='bad'>a</td>" in flagged
+
+
+# ---------------------------------------------------------------- the review page's journal
+
+
+def test_journal_rows_say_what_is_undoable_and_what_waits_for_a_retraining(tmp_path):
+    """Every change still in effect is undoable whatever report came since, unless its image
+    moved again (the newer change first); a change counts as waiting for a re-training when the
+    report's data did not include it (``journal_seen``), an undo of a change it did include too."""
+    from tfguess.curate.relabel import DataSetEditor, last_change_id
+
+    tf = tmp_path / "tf"
+    for label in ("a", "b", "c"):
+        (tf / "data" / label).mkdir(parents=True)
+    for name in ("x.png", "y.png"):
+        shutil.copy(sorted((DEMO_DATA / "face").iterdir())[0], tf / "data" / "a" / name)
+    ed = DataSetEditor(tf, tf / "data", ["a", "b", "c"])
+    state = lambda seen: [(r["id"], r["undoable"], r["pending"]) for r in ed.journal_rows(seen)]  # noqa: E731
+    assert last_change_id(tf) == 0 and state(None) == []
+    first = ed.move("data/a/x.png", "b")
+    ed.remove("data/a/y.png")
+    seen = last_change_id(tf)   # a re-training reads the data now
+    assert seen == 2 and state(seen) == [(1, True, False), (2, True, False)]
+    ed.move("data/b/x.png", "c")   # the same image again: undo that one first
+    assert state(seen) == [(1, False, False), (2, True, False), (3, True, True)]
+    ed.undo(3)
+    assert state(seen) == [(1, True, False), (2, True, False), (3, False, False), (4, False, False)]
+    ed.undo(first.id)   # a change the report saw: the data differ from it again
+    assert state(seen) == [(1, False, False), (2, True, False), (3, False, False), (4, False, False),
+                           (5, False, True)]
+    assert [r["pending"] for r in ed.journal_rows()] == [False, True, False, False, False]

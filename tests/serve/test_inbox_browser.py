@@ -3,6 +3,9 @@ real server (``tfguess serve`` on uvicorn, in its own process), on the demo phot
 
 (a) an inbox of 40 photos: 10 labelled with the keys, one undone, re-train: the order changes;
     the files on disk and the journal agree; the inbox folder is untouched.
+(c) at 1280x900 and 390x844: the figure of the model's guesses and what it means, whole label
+    names, every label's button above the fold (1280x900), a photo deleted while the page is
+    open gone on reload.
 (b) start from nothing: 2 labels created, 6 photos uploaded to each, train, classify a new photo.
 
 Every page: every <img> loaded (naturalWidth > 0), no request failed, the console stayed clean
@@ -27,7 +30,7 @@ pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 # The review page's browser fixture (Debian's chromium; skipped without it, a failure under
 # CI=true) and its check of what a person sees: every picture loaded, console clean, no 4xx/5xx.
-from test_browser import _assert_clean, _drain, _screenshot, browser  # noqa: E402, F401
+from test_browser import _assert_clean, _drain, _no_sideways_scroll, _screenshot, browser  # noqa: E402, F401
 
 pytestmark = pytest.mark.slow
 
@@ -135,7 +138,8 @@ def test_inbox_label_with_keys_undo_retrain(tmp_path, browser, server):  # noqa:
     _wait(browser, lambda d: "re-trained in" in d.find_element(By.ID, "status").text, 60, "re-train")
     order_after = _card_names(browser)
     assert sorted(order_after) == sorted(order_before) and order_after != order_before
-    assert "%" in browser.find_element(By.ID, "cv").text
+    assert "%" in browser.find_element(By.ID, "estimate").text
+    assert "of the last 9 photos you labelled" in browser.find_element(By.ID, "guess-accuracy").text
     _assert_clean(browser, url)
     _screenshot(browser, "inbox-retrained.png")
 
@@ -200,3 +204,88 @@ def test_start_from_nothing(tmp_path, browser, server):  # noqa: F811
     assert browser.find_element(By.CSS_SELECTOR, ".try-top").text.startswith("face (")
     _assert_clean(browser, url)
     _screenshot(browser, "inbox-from-nothing.png")
+
+
+LONG_LABELS = {  # label -> (demo folder, photos of it in data/): names as long as real ones
+    "Black_and_white_Warbler": ("face", slice(0, 5)),
+    "Chestnut_sided_Warbler": ("face", slice(5, 10)),
+    "White_crowned_Sparrow": ("not_face", slice(0, 5)),
+    "Worm_eating_Warbler": ("not_face", slice(5, 10)),
+    "Rock_Wren": ("not_face", slice(10, 15)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width,height", [(1280, 900), (390, 844)], ids=["desktop", "phone"])
+def test_inbox_figures_whole_labels_and_a_photo_deleted_while_open(tmp_path, browser, server,  # noqa: F811
+                                                                     width, height):
+    """The figure of the model's guesses with what it means; every label's whole name; at
+    1280x900 every label's button of the photo to label without scrolling; a photo deleted from
+    the inbox folder while the page is open is gone on reload, with no failed request, no console
+    error and every image loaded."""
+    from selenium.webdriver.common.by import By
+
+    tf_files, inbox = tmp_path / "tf", tmp_path / "inbox"
+    inbox.mkdir()
+    for label, (demo, which) in LONG_LABELS.items():
+        (tf_files / "data" / label).mkdir(parents=True)
+        for p in sorted((DEMO / demo).iterdir())[which]:
+            shutil.copy2(p, tf_files / "data" / label / p.name)
+    for demo in ("face", "not_face"):
+        for p in sorted((DEMO / demo).iterdir())[50:56]:
+            shutil.copy2(p, inbox / p.name)
+    url = server(str(tf_files), "--inbox", str(inbox), "--inbox-every", "0")
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600})
+    try:
+        _drain(browser)
+        browser.get(url + "/inbox")
+        _wait(browser, lambda d: d.execute_script("return !!(state && state.stats && state.stats.pending)"),
+              90, "the cards")
+        cards = len(_card_names(browser))
+        assert cards >= 10  # 12 photos, unusable ones left out (the demo holds a broken one)
+        guesses = browser.find_element(By.ID, "guess-accuracy")
+        assert "none checked yet" in guesses.text
+        meaning = browser.find_element(By.ID, "figures-meaning").text
+        assert "before you gave the label" in meaning and "least sure of first" in meaning
+        assert "%" in browser.find_element(By.ID, "estimate").text
+        cut = browser.execute_script(
+            "return [...document.querySelectorAll('.inbox-card .bar .label, .inbox-card .choices button')]"
+            ".filter(e => e.scrollWidth > e.clientWidth + 1 || e.textContent.includes('…'))"
+            ".map(e => e.textContent)")
+        assert cut == [], f"label names cut: {cut}"
+        outside = browser.execute_script(
+            "return [...document.querySelectorAll('.inbox-card *')].filter(e => {"
+            " const c = e.closest('.inbox-card').getBoundingClientRect(), r = e.getBoundingClientRect();"
+            " return r.width > 0 && (r.right > c.right + 0.5 || r.left < c.left - 0.5); }).map(e => e.outerHTML.slice(0, 80))")
+        assert outside == [], f"sticking out of their card: {outside}"
+        shown = browser.execute_script(
+            "return [...document.querySelectorAll('.inbox-card.current .choices button')].map(b => b.textContent)")
+        assert [s.split(" ", 1)[1] for s in shown[:5]] == sorted(LONG_LABELS)
+        if width >= 1280:
+            below = browser.execute_script(
+                "return [...document.querySelectorAll('.inbox-card.current .choices button')]"
+                ".filter(b => b.getBoundingClientRect().bottom > window.innerHeight).map(b => b.textContent)")
+            assert below == [], f"below the fold at {width}x{height}: {below}"
+        _no_sideways_scroll(browser)
+
+        body = browser.find_element(By.TAG_NAME, "body")
+        for key in ("1", "3"):
+            name = _card_names(browser)[0]
+            body.send_keys(key)
+            _wait(browser, lambda d, n=name: n not in _card_names(d), 30, f"{name} labelled")
+        _wait(browser, lambda d: "of the last 2 photos you labelled" in d.find_element(By.ID, "guess-accuracy").text,
+              30, "the figure of 2 guesses")
+        with open(tf_files / "inbox-journal.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 2 and all(r["guess"] in LONG_LABELS and float(r["guess_score"]) > 0 for r in rows)
+
+        gone = _card_names(browser)[-1]
+        (inbox / gone).unlink()
+        browser.refresh()
+        _wait(browser, lambda d: len(_card_names(d)) == cards - 3, 60, "the list read again")
+        assert gone not in _card_names(browser)
+        _assert_clean(browser, url)
+        _screenshot(browser, f"inbox-figures-{width}x{height}.png")
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

@@ -167,6 +167,41 @@ def test_model_card_and_health(server, review_tf):
 
 
 @pytest.mark.slow
+def test_the_card_of_a_trained_tf_files_served_without_an_inbox(server):
+    card = httpx.get(server.url + "/api/model").json()
+    assert (card["model"], card["review"], card["inbox"]) == (True, True, False)
+
+
+@pytest.mark.slow
+def test_explain_gives_an_occlusion_map_of_the_best_label(server):
+    """"why?" on the page: each cell of a 5x5 grid covered in turn; the drops of the best label."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = TEST_DATA / "face_090.jpg"
+    r = httpx.post(server.url + "/api/explain", params={"grid": 5}, timeout=60,
+                   files=[("files", (image.name, image.read_bytes(), "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    best = post_images(server.url, [image]).json()[0]["predictions"][0]
+    assert body["label"] == best["label"] and body["score"] == pytest.approx(best["score"], abs=1e-5)
+    assert len(body["grid"]) == 5 and {len(row) for row in body["grid"]} == {5}
+    assert all(-1 <= v <= 1 for row in body["grid"] for v in row)
+    assert 0 < body["seconds"] < 30 and body["model_digest"].startswith("sha256:")
+    png = base64.b64decode(body["image"].removeprefix("data:image/png;base64,"))
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.format == "PNG" and im.size[0] == im.size[1] > 0
+    bad = httpx.post(server.url + "/api/explain", timeout=60,
+                     files=[("files", ("notes.txt", b"just text", "text/plain"))])
+    assert bad.status_code == 415 and "not an image" in bad.json()["detail"]
+    two = httpx.post(server.url + "/api/explain", timeout=60,
+                     files=[("files", (image.name, image.read_bytes(), "image/jpeg"))] * 2)
+    assert two.status_code == 422
+
+
+@pytest.mark.slow
 def test_docs_work_offline(server):
     page = httpx.get(server.url + "/docs")
     assert page.status_code == 200

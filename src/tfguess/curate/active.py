@@ -11,7 +11,16 @@ model is so far. Plain numpy (and scikit-learn for the cross-validation): no Ten
   aware: among the ``CANDIDATES_PER_PICK`` x n smallest margins, a k-center greedy choice on the
   L2-normalised features, each pick the candidate farthest from every labelled or already picked
   image), ``random``.
-* :func:`cv_accuracy` and :func:`remaining_mistakes`: the page's figures.
+* :func:`guess_figures`: the page's figures, from the model's guesses shown when a person
+  labelled each photo (prequential: every guess was made before the model saw that photo's
+  label): how many of the last :data:`GUESS_WINDOW` were right, and the accuracy the current model
+  is estimated to have on the photos left (:func:`remaining_mistakes`, its own doubt scaled by how
+  over-confident its guesses proved, :func:`overconfidence`). ``bench/inbox_accuracy.py`` shows it
+  tracks the true accuracy on the rest of the pile within a few points.
+* :func:`cv_accuracy`: the labelled photos' cross-validated accuracy, which the page no longer
+  shows: the photos labelled first are the ones the model is least sure of, so cross-validation
+  on them measures the hardest photos (and a different, heavily regularised model): on weather4
+  it said 62 % while the model was right on 93 % of the rest (``bench/inbox_accuracy.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from tfguess.training.head import fit_head
 STRATEGIES = ("margin", "entropy", "kcenter-margin", "random")
 DEFAULT_STRATEGY = "margin"   # bench/active_learning.py chooses it (docs/benchmarks.md)
 CANDIDATES_PER_PICK = 5       # kcenter-margin: candidates per image picked
+GUESS_WINDOW = 50             # the page's "right on k of the last n photos you labelled"
+OVERCONFIDENCE_PRIOR = 1.0    # one expected mistake: a few right guesses don't make it sure
 
 
 def fit(x: np.ndarray, y: np.ndarray, num_classes: int, config: TrainConfig | None = None) -> Head:
@@ -155,6 +166,35 @@ def remaining_mistakes(pool_probs: np.ndarray, factor: float = 1.0) -> float:
     if len(pool_probs) == 0:
         return 0.0
     return min(float((1.0 - pool_probs.max(1)).sum()) * factor, float(len(pool_probs)))
+
+
+def overconfidence(wrong: int, doubt: float, prior: float = OVERCONFIDENCE_PRIOR) -> float:
+    """How much more often the model erred than its scores said, on the guesses recorded:
+    ``(wrong + prior) / (doubt + prior)`` (``doubt``: the sum of ``1 - score`` of those guesses);
+    1 with none recorded, and ``prior`` keeps a handful of right guesses from making it 0."""
+    return (wrong + prior) / (doubt + prior)
+
+
+def guess_figures(guesses: list[tuple[bool, float]], pool_probs: np.ndarray,
+                  window: int = GUESS_WINDOW) -> dict:
+    """The page's figures from ``guesses``: ``(right, score)`` of the model's guess shown when a
+    person labelled each photo, oldest first.
+
+    ``right`` of the last ``checked`` (at most ``window``) guesses were the label given
+    (``accuracy``, None before the first); ``remaining_mistakes`` and ``estimated_accuracy``: the
+    current model on the ``pool`` photos left, its own doubt times :func:`overconfidence` on all
+    the guesses recorded."""
+    recent = guesses[-window:]
+    right = sum(1 for ok, _ in recent if ok)
+    factor = overconfidence(sum(1 for ok, _ in guesses if not ok),
+                            float(sum(1.0 - score for _, score in guesses)))
+    scored = len(pool_probs) and pool_probs.shape[1]   # no model yet: no scores, no estimate
+    mistakes = remaining_mistakes(pool_probs, factor) if scored else 0.0
+    n = len(pool_probs)
+    return {"right": right, "checked": len(recent), "recorded": len(guesses),
+            "accuracy": right / len(recent) if recent else None, "window": window,
+            "overconfidence": round(factor, 3), "remaining_mistakes": round(mistakes, 1),
+            "estimated_accuracy": 1.0 - mistakes / n if scored else None}
 
 
 @dataclasses.dataclass

@@ -5,7 +5,10 @@ extractor as ``train``: ``TF_FILES/bottlenecks``), listed by uncertainty, and la
 action: a labelled image is **copied** into ``TF_FILES/data/<label>/`` (DIR is only read, never
 modified), under its own name or ``<stem>-N<ext>`` when that is taken (never overwriting). Each
 action is a row of ``TF_FILES/inbox-journal.csv`` and can be undone: the undo deletes the copy
-it made (only when its content is still the one copied) and is journalled too. A re-train
+it made (only when its content is still the one copied) and is journalled too; an action and its
+row are done together or not at all, under the review page's lock of TF_FILES, so two servers on
+one TF_FILES stay consistent (:mod:`.inbox_actions`). DIR is read again when the page reloads
+(:meth:`Inbox.refresh`: photos added, deleted or replaced; rows another server wrote). A re-train
 (:func:`tfguess.curate.active.refit`: seconds, no TensorFlow) re-orders the rest. "Finish" trains
 TF_FILES' model with the settings of its last run and sorts DIR with ``guess_dir`` (renamed
 copies, manifest, resume).
@@ -14,9 +17,9 @@ Start from nothing: :func:`create_label` and :func:`add_photo` fill ``data/<labe
 :func:`train_from_nothing` trains once every label has :data:`MIN_PHOTOS_PER_LABEL` photos.
 
 This module holds the inbox's state (its images, features, scores, the labelled set), the warm
-re-train and "Finish"; the actions and their journal are in :mod:`.inbox_actions`, the order
-and suggestions in :mod:`.inbox_order`, starting from nothing in :mod:`.inbox_start`. Every
-name is importable from here.
+re-train, the page's figures and "Finish"; the actions are in :mod:`.inbox_actions`, their
+journal in :mod:`.inbox_journal`, the order and suggestions in :mod:`.inbox_order`, starting
+from nothing in :mod:`.inbox_start`. Every name is importable from here.
 """
 
 from __future__ import annotations
@@ -113,6 +116,8 @@ class Inbox(InboxActions, InboxOrder):
         self.lock = threading.RLock()
         self.since_retrain = 0
         self.last: active.Refit | None = None
+        self.mine: list[int] = []           # ids of the actions of this page (what "undo" takes)
+        self.journal_seen = None            # the journal's signature when the list was made
         self.load()
 
     # ---- features
@@ -145,12 +150,8 @@ class Inbox(InboxActions, InboxOrder):
         with self.lock:
             self.config = run_config(self.run)
             self.ref, self.build = _backbone_source(self.run, self.config)
-            self.images = walk(self.dir, recursive=True).images
-            digests, feats, skipped = self._features(self.images)
-            self.names = [p.relative_to(self.dir).as_posix() for p in self.images]
-            self.digest = dict(zip(self.names, digests))
-            self.skipped = {n: skipped[d] for n, d in self.digest.items() if d in skipped}
-            self.feats = {n: feats[d] for n, d in self.digest.items() if d in feats}
+            self.names, self.digest, self.feats, self.skipped, self.seen = [], {}, {}, {}, {}
+            self._read_dir()
             self._load_labelled()
             # The inbox's own head (what "re-train" fits) when there are labelled photos; else the
             # model's, when its labels are the folders'.
@@ -165,6 +166,43 @@ class Inbox(InboxActions, InboxOrder):
                 if labels == self.labels:
                     self.head, self.head_labels = read_head(self.run.model), labels
             self._score()
+
+    def _read_dir(self) -> bool:
+        """Read DIR's images that are new or changed since it was last read (by size, time and
+        inode), forget the ones that are gone; whether anything changed."""
+        images, seen = walk(self.dir, recursive=True).images, {}
+        for p in images:
+            try:
+                st = p.stat()
+            except OSError:  # gone since the walk
+                continue
+            seen[p.relative_to(self.dir).as_posix()] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        changed = [n for n, sig in seen.items() if self.seen.get(n) != sig]
+        gone = [n for n in self.seen if n not in seen]
+        if not changed and not gone:
+            return False
+        digests, feats, skipped = self._features([self.dir / n for n in changed])
+        for n in changed + gone:
+            for table in (self.digest, self.feats, self.skipped):
+                table.pop(n, None)
+        for n, d in zip(changed, digests):
+            self.digest[n] = d
+            if d in feats:
+                self.feats[n] = feats[d]
+            elif d in skipped:
+                self.skipped[n] = skipped[d]
+        self.names, self.seen = list(seen), seen
+        return True
+
+    def refresh(self) -> bool:
+        """Notice what changed since the inbox was read: photos added to DIR, deleted or replaced
+        (read again, the new content scored), rows another server wrote into the journal. Cheap
+        when nothing changed (a walk of DIR); whether the list changed."""
+        with self.lock:
+            if self._read_dir() or self.journal.signature() != self.journal_seen:
+                self._score()
+                return True
+            return False
 
     def _load_labelled(self) -> None:
         data = self.run.data
@@ -190,10 +228,11 @@ class Inbox(InboxActions, InboxOrder):
 
     def pending(self) -> list[str]:
         """The inbox images not labelled yet (nor marked "none of these"), usable ones only."""
-        done = {a.source for a in self.journal.active()}
-        return [n for n in self.names if n in self.feats and n not in done]
+        done = {(a.source, a.sha256) for a in self.journal.active()}
+        return [n for n in self.names if n in self.feats and (n, self.digest[n]) not in done]
 
     def _score(self) -> None:
+        self.journal_seen = self.journal.signature()
         names = self.pending()
         self.pool_names = names
         if self.head is None or not names:
@@ -212,7 +251,8 @@ class Inbox(InboxActions, InboxOrder):
             names = self.pending()
             pool = (np.stack([self.feats[n] for n in names]).astype(np.float32) if names
                     else np.zeros((0, self.lab_x.shape[1]), np.float32))
-            result = active.refit(self.lab_x, self.lab_y, len(self.labels), pool, self.config)
+            result = active.refit(self.lab_x, self.lab_y, len(self.labels), pool, self.config,
+                                  cv=False)
             self.head, self.head_labels, self.last = result.head, list(self.labels), result
             self.since_retrain = 0
             self._score()
@@ -221,12 +261,15 @@ class Inbox(InboxActions, InboxOrder):
     # ---- figures
 
     def stats(self) -> dict:
+        """The page's counts and figures. ``guesses``: how often the model's guess, shown when a
+        person labelled a photo, was that label, and the accuracy it is estimated to have on the
+        photos left (:func:`tfguess.curate.active.guess_figures`)."""
         with self.lock:
             rows = self.journal.active()
             counts = np.bincount(self.lab_y, minlength=len(self.labels)) if self.labels else []
             last = self.last
-            remaining = active.remaining_mistakes(self.pool_probs,
-                                                  last.calibration if last else 1.0)
+            guesses = [g for g in (a.guessed() for a in rows) if g is not None]
+            figures = active.guess_figures(guesses, self.pool_probs)
             return {
                 "inbox": len(self.names), "pending": len(self.pool_names),
                 "unusable": len(self.skipped),
@@ -234,8 +277,8 @@ class Inbox(InboxActions, InboxOrder):
                 "none": sum(1 for a in rows if a.action == "none"),
                 "labels": list(self.labels), "model_labels": list(self.head_labels),
                 "per_label": {lb: int(n) for lb, n in zip(self.labels, counts)},
-                "cv_accuracy": None if last is None else last.cv_accuracy,
-                "remaining_mistakes": round(remaining, 1),
+                "guesses": figures,
+                "remaining_mistakes": figures["remaining_mistakes"],
                 "retrain_seconds": None if last is None else round(last.seconds, 2),
                 "since_retrain": self.since_retrain, "auto_every": self.auto_every,
                 "strategy": self.strategy, "model": self.run.model.exists(),
@@ -257,11 +300,11 @@ class Inbox(InboxActions, InboxOrder):
 
     def finish(self, dst: str | Path | None = None, *, log: Callable[[str], None] | None = None,
                progress: bool = False):
-        """Train TF_FILES' model with the settings of its last run (features cached), then sort
-        DIR into ``dst`` (default ``TF_FILES/inbox-sorted``) with ``guess_dir``: renamed copies and
-        the manifest, resuming an earlier sort."""
+        """Train TF_FILES' model with the settings of its last run (features cached) and write its
+        report, then sort DIR into ``dst`` (default ``TF_FILES/inbox-sorted``) with ``guess_dir``:
+        renamed copies and the manifest, resuming an earlier sort."""
+        from tfguess.curate.retrain import train_with_report
         from tfguess.guess.predict import guess_dir
-        from tfguess.training.train import train
 
         log = log or self.log
         dst = Path(dst) if dst else self.run.root / SORTED_DIRNAME
@@ -269,8 +312,8 @@ class Inbox(InboxActions, InboxOrder):
             if self.model_is_current():
                 log("The model was trained on the photos of data/ as they are: not trained again")
             else:
-                train(self.run.root, dataclasses.replace(self.config, report=False, eval_dir=None),
-                      progress=progress, log=log)
+                train_with_report(self.run.root, dataclasses.replace(self.config, eval_dir=None),
+                                  progress=progress, log=log)
             result = guess_dir(self.run.model, self.dir, dst, recursive=True, progress=progress, log=log)
             self.load()
             return result

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfguess.core.errors import ConfigError
 from tfguess.curate import active
 from tfguess.curate.inbox_actions import InboxError
 
@@ -59,7 +60,11 @@ class InboxOrder:
 
     def suggest(self, n: int = 50, strategy: str | None = None, seed: int = 0) -> list[dict]:
         """The ``n`` most informative pending images (``strategy``: margin, entropy,
-        kcenter-margin, random), best first, with their scores."""
+        kcenter-margin, random), best first, with their scores; ``n`` < 1 is a
+        :class:`ConfigError` (a negative count once listed all but the last photos)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ConfigError(f"--n must be a whole number of photos, at least 1 (got {n!r}): "
+                              "e.g. --n 50")
         strategy = strategy or self.strategy
         if strategy not in active.STRATEGIES:
             raise InboxError(f"unknown strategy {strategy!r}: one of {', '.join(active.STRATEGIES)}")

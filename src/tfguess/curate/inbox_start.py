@@ -30,7 +30,9 @@ def add_photo(tf_files: str | Path, label: str, filename: str, data: bytes) -> P
     from tfguess.data.images import ImageError, check_header
 
     folder = create_label(tf_files, label)
-    name = os.path.basename(filename.replace("\\", "/")) or "photo.jpg"
+    # the base name only, without control characters (a NUL byte cannot be in a file name)
+    name = "".join(c for c in os.path.basename(filename.replace("\\", "/")) if c >= " ")
+    name = name or "photo.jpg"
     if name.startswith("."):
         name = "photo" + name
     tmp = folder / f".tfguess-upload.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -68,11 +70,13 @@ def ready_to_train(tf_files: str | Path) -> str | None:
 
 def train_from_nothing(tf_files: str | Path, log: Callable[[str], None] = print,
                        progress: bool = False):
-    """Train an ordinary TF_FILES from the photos given on the page (default settings)."""
-    from tfguess.training.train import train
+    """Train an ordinary TF_FILES from the photos given on the page (default settings), and
+    write its evaluation report as ``tfguess train`` does (the review page reads it)."""
+    from tfguess.curate.retrain import train_with_report
 
     missing = ready_to_train(tf_files)
     if missing:
         raise InboxError(f"not ready to train: {missing}")
-    return train(tf_files, TrainConfig(report=False), progress=progress, log=log)
+    result = train_with_report(tf_files, TrainConfig(), progress=progress, log=log)
+    return result
 

@@ -92,6 +92,20 @@ def _change(row: dict) -> Change | None:
         return None
 
 
+def read_journal(tf_files: str | Path) -> list[Change]:
+    """The changes of ``TF_FILES/relabel-journal.csv``, oldest first (none without one)."""
+    path = Path(tf_files) / JOURNAL_FILENAME
+    if not path.exists():
+        return []
+    return _read_changes(path.read_bytes().decode("utf-8", "surrogateescape"))
+
+
+def last_change_id(tf_files: str | Path) -> int:
+    """The id of the newest change of the journal (0 when none): a report records it, so that
+    the review page knows which changes came after the data the report is about."""
+    return max((c.id for c in read_journal(tf_files)), default=0)
+
+
 def _free_name(folder: Path, name: str) -> Path:
     """``folder/name``, or ``folder/<stem>-N<ext>`` when taken: a path that does not exist yet."""
     stem, ext = os.path.splitext(name)
@@ -159,6 +173,9 @@ class DataSetEditor:
     def _abs(self, path: str | Path) -> Path:
         """The absolute path of ``path``: text as :meth:`_rel` writes it, or a Path."""
         p = path if isinstance(path, Path) else Path(text_path(path))
+        if "\0" in str(p):  # no file name holds one: the OS would refuse it (ValueError)
+            shown = display_path(p).replace("\0", "\\x00")
+            raise RelabelError(f"{shown}: no such file (a file name cannot hold a NUL byte)")
         return p if p.is_absolute() else self.tf_files / p
 
     def label_of(self, path: Path) -> str:
@@ -180,10 +197,7 @@ class DataSetEditor:
     # ---- journal
 
     def journal(self) -> list[Change]:
-        if not self.journal_path.exists():
-            return []
-        text = self.journal_path.read_bytes().decode("utf-8", "surrogateescape")
-        return _read_changes(text)
+        return read_journal(self.tf_files)
 
     def _append(self, change: Change) -> None:
         new = not self.journal_path.exists()
@@ -211,6 +225,40 @@ class DataSetEditor:
         changes = self.journal()
         undone = {c.undoes for c in changes if c.action == "undo"}
         return [c for c in changes if c.action != "undo" and c.id not in undone]
+
+    def journal_rows(self, seen: int | None = None, since: str | None = None) -> list[dict]:
+        """The journal as the review page shows it, oldest first: each change's fields and
+        ``undone`` (an undo of it follows), ``undoable`` (still in effect, and its image not moved
+        again since: :meth:`undo` takes it) and ``pending`` (it changed the data set after the
+        report's data, and no later change cancels it: a move or take-out still in effect, or
+        the undo of a change the report saw). The report saw the changes up to id ``seen``
+        (:func:`last_change_id` when it was made), or, for a report that does not say, those
+        before its time ``since``; without either (no report), every change in effect is
+        pending."""
+        changes = self.journal()
+
+        def after(c: Change) -> bool:
+            return c.id > seen if seen is not None else c.time >= since
+
+        by_id = {c.id: c for c in changes}
+        undone = {c.undoes for c in changes if c.action == "undo"}
+        in_effect = [c for c in changes if c.action != "undo" and c.id not in undone]
+        last_move_from: dict[str, int] = {}   # path -> the newest change in effect moving it
+        for c in in_effect:
+            last_move_from[c.source] = max(c.id, last_move_from.get(c.source, 0))
+        rows = []
+        for c in changes:
+            active = c.action != "undo" and c.id not in undone
+            if seen is None and since is None:
+                pending = active
+            elif c.action != "undo":
+                pending = active and after(c)
+            else:
+                target = by_id.get(c.undoes)
+                pending = after(c) and target is not None and not after(target)
+            rows.append({**asdict(c), "undone": c.id in undone, "pending": pending,
+                         "undoable": active and last_move_from.get(c.destination, 0) < c.id})
+        return rows
 
     def current_path(self, original: str | Path) -> Path:
         """Where an image that was at ``original`` is now, following the journal (undos too)."""

@@ -203,6 +203,20 @@ def _observe(app, routes, metrics_, access_log: Callable[[str], None] | None):
     return middleware
 
 
+NUL_IN_NAME = "embedded null byte"   # what the OS functions raise (ValueError) for such a name
+
+
+async def _nul_in_a_name(request, exc: ValueError):
+    """A file name or path with a NUL byte, which no file can have (the OS refuses it with a
+    ValueError): the request's fault, a 400 that says so; any other ValueError stays a 500."""
+    from starlette.responses import JSONResponse
+
+    if NUL_IN_NAME not in str(exc):
+        raise exc
+    return JSONResponse({"detail": "a file name holds a NUL byte, which no file name can: "
+                                   "rename the file"}, 400)
+
+
 def create_app(model: str | Path, limits: ServeLimits | None = None, host: str = "127.0.0.1",
                log: Callable[[str], None] = print, *, api_key: str | None = None,
                cors_origins=(), access_log: bool = False, inbox_dir: str | Path | None = None,
@@ -243,6 +257,7 @@ def create_app(model: str | Path, limits: ServeLimits | None = None, host: str =
     app.state.served, app.state.batcher, app.state.limits, app.state.ctx = served, batcher, limits, ctx
     app.state.inbox_dir, app.state.inbox_every = (str(inbox_dir) if inbox_dir else None), inbox_every
     app.state.metrics = served_metrics
+    app.add_exception_handler(ValueError, _nul_in_a_name)
     for module in page_modules():
         module.register(app, ctx)
     # outermost first: count and log everything, then the host and body limits, CORS (its

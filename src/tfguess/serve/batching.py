@@ -34,6 +34,7 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._network = threading.Lock()   # one caller of the network at a time (not thread-safe)
         self._admitted = 0
         self.batches = 0
         self.images = 0
@@ -60,6 +61,13 @@ class MicroBatcher:
         future.add_done_callback(lambda _: self.release())
         self._queue.put((pixels, future))
         return future
+
+    def exclusive(self, fn: Callable[[Any], Any]) -> tuple[Any, str]:
+        """``(fn(predictor), tag)``, run between two batches, alone on the network: work of an
+        admitted image that needs many runs of its own (an occlusion map)."""
+        predictor, tag = self._model()
+        with self._network:
+            return fn(predictor), tag
 
     def close(self) -> None:
         self._queue.put(None)
@@ -92,7 +100,8 @@ class MicroBatcher:
     def _run(self, batch: list[tuple[np.ndarray, Future]]) -> None:
         predictor, tag = self._model()
         try:
-            probs = predictor.probabilities(np.stack([pixels for pixels, _ in batch]))
+            with self._network:
+                probs = predictor.probabilities(np.stack([pixels for pixels, _ in batch]))
         except Exception as exc:  # the network failed: every waiting request hears why
             for _, future in batch:
                 future.set_exception(exc)

@@ -2,7 +2,9 @@
 description it renders.
 
 The bundled Swagger UI (4.15) renders OpenAPI 2.0 and 3.0.x only, while FastAPI writes 3.1;
-:func:`openapi_3_0` rewrites the few 3.1 constructs FastAPI emits into their 3.0 spelling.
+:func:`openapi_3_0` rewrites the few 3.1 constructs FastAPI emits into their 3.0 spelling. Its
+form for a multipart array of files (the 3.0 spelling of several uploads) has no file picker
+until "Add string item" is clicked: the page gives it one (:data:`FILE_PICKER_PLUGIN`).
 """
 
 import functools
@@ -92,13 +94,64 @@ def openapi(app, api_key: str | None) -> dict:
                 "apiKey": {"type": "http", "scheme": "bearer",
                            "description": "the server's API key (--api-key)"}}
             spec["security"] = [{"apiKey": []}]
+        _restore_examples(spec, app.routes)
         app.openapi_schema = openapi_3_0(spec)
     return app.openapi_schema
 
 
+def _restore_examples(spec: dict, routes) -> None:
+    """The response examples of ``routes`` as written: FastAPI leaves out every null when it
+    writes the description, a null of an example's answer too (``"error": null``)."""
+    from fastapi.routing import APIRoute
+
+    from tfguess.serve.app import flat_routes
+
+    for route in flat_routes(routes):
+        if not isinstance(route, APIRoute):
+            continue
+        for status, answer in route.responses.items():
+            for media, content in answer.get("content", {}).items():
+                if "example" not in content:
+                    continue
+                for method in route.methods:
+                    op = spec.get("paths", {}).get(route.path_format, {}).get(method.lower())
+                    shown = (op or {}).get("responses", {}).get(str(status), {}).get("content", {})
+                    if media in shown:
+                        shown[media]["example"] = content["example"]
+
+
+# Swagger UI 4.15 shows a multipart array of files as an "Add string item" button, and asks for a
+# component it does not have (JsonSchema_string_binary: a console error): one file picker for
+# one or several files instead, right when "Try it out" opens the form.
+FILE_PICKER_PLUGIN = """
+function FilePickerPlugin(system) {
+  const h = system.React.createElement;
+  const binary = (s) => !!(s && s.get && s.get("type") === "string" &&
+    ["binary", "base64"].includes(s.get("format")));
+  const picker = (props, multiple) => h("input", {
+    type: "file", multiple: multiple, disabled: props.disabled,
+    onChange: (e) => props.onChange(multiple ? system.Im.List([...e.target.files]) : e.target.files[0]),
+  });
+  return {
+    components: { JsonSchema_string_binary: (props) => picker(props, false) },
+    wrapComponents: {
+      JsonSchema_array: (Original) => (props) =>
+        binary(props.schema && props.schema.get && props.schema.get("items")) ?
+          picker(props, true) : h(Original, props),
+    },
+  };
+}
+"""
+
+
 @router.get("/docs", include_in_schema=False)
 def docs() -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="tfguess API",
+    page = get_swagger_ui_html(openapi_url="/openapi.json", title="tfguess API",
                                swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                swagger_css_url="/docs-assets/swagger-ui.css",
                                swagger_favicon_url="/docs-assets/favicon-32x32.png")
+    html = page.body.decode("utf-8")
+    start = "const ui = SwaggerUIBundle({"
+    if start in html:  # the file picker: a plugin of Swagger UI's own
+        html = html.replace(start, FILE_PICKER_PLUGIN + start + "\n    plugins: [FilePickerPlugin],", 1)
+    return HTMLResponse(html)

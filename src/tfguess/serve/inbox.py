@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from tfguess.core.errors import TfguessError
+from tfguess.core.errors import TfguessError, describe_os_error
 from tfguess.core.runfolder import RunFolder
 from tfguess.curate import inbox as inbox_mod
 from tfguess.curate.inbox import Inbox
@@ -83,8 +83,8 @@ class InboxState:
                 try:
                     self.inbox = Inbox(self.tf_files, self.dir, auto_every=self.auto_every,
                                        log=self.log)
-                except TfguessError as exc:
-                    raise HTTPException(409, str(exc)) from None
+                except (TfguessError, OSError) as exc:
+                    raise HTTPException(409, _message(exc)) from None
             return self.inbox
 
 
@@ -95,12 +95,16 @@ def _quietly(fn) -> None:
         pass
 
 
+def _message(exc: Exception) -> str:
+    return describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+
+
 def _call(fn, *args):
-    """``fn(*args)``, a user's mistake answered as 409 with its one line."""
+    """``fn(*args)``, a user's mistake (or the file system's) answered as 409 with its one line."""
     try:
         return fn(*args)
     except (TfguessError, OSError) as exc:
-        raise HTTPException(409, str(exc)) from None
+        raise HTTPException(409, _message(exc)) from None
 
 
 class Label(BaseModel):
@@ -167,9 +171,14 @@ def inbox_items(state: State, order: str = Query("uncertainty")) -> dict:
     ib = state.get(required=False)
     if ib is None:
         return {**base, "stats": None, "items": [], "journal": []}
-    items = _call(ib.items, order)
-    journal = [vars(a) for a in ib.journal.read()[-50:]]
-    return {**base, "stats": ib.stats(), "items": items[:MAX_ITEMS], "journal": journal}
+
+    def read() -> dict:
+        ib.refresh()  # photos added, deleted or replaced in DIR; rows of another server
+        items = ib.items(order)
+        journal = [vars(a) for a in ib.journal.read()[-50:]]
+        return {"stats": ib.stats(), "items": items[:MAX_ITEMS], "journal": journal}
+
+    return {**base, **_call(read)}
 
 
 @router.get("/api/inbox/image", summary="a thumbnail of an image of the inbox folder")
@@ -178,8 +187,11 @@ def inbox_image(state: State, name: str) -> Response:
     if name not in ib.digest:
         raise HTTPException(404, "not an image of the inbox")
     p = ib.dir / name
-    return Response(thumbnail(p, p.stat().st_mtime_ns), media_type="image/jpeg",
-                    headers={"Cache-Control": "no-cache"})
+    try:
+        jpeg = thumbnail(p, p.stat().st_mtime_ns)
+    except OSError:  # deleted (or made unreadable) since the list was made
+        raise HTTPException(404, f"{name} is no longer in the inbox folder: reload the page") from None
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
 
 @router.post("/api/inbox/label", summary="copy an inbox image into data/<label>/ (or mark it none of these)")
@@ -206,7 +218,7 @@ def inbox_accept(body: Accept, request: Request, ctx: Ctx, state: State) -> dict
 def inbox_retrain(request: Request, ctx: Ctx, state: State) -> dict:
     ctx.check_write(request)
     r = _call(state.get().retrain)
-    return {"seconds": round(r.seconds, 2), "cv_accuracy": r.cv_accuracy}
+    return {"seconds": round(r.seconds, 2)}
 
 
 @router.post("/api/inbox/finish", summary="train TF_FILES' model, then sort the inbox (guess-dir layout)")

@@ -1,13 +1,17 @@
-"""The prediction API: ``POST /api/predict``, ``GET /api/model``, ``GET /healthz``."""
+"""The prediction API: ``POST /api/predict``, ``POST /api/explain`` (why: an occlusion map),
+``GET /api/model``, ``GET /healthz``."""
 
 import asyncio
+import base64
 import functools
+import io
 import time
 from concurrent.futures import Future
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,6 +28,40 @@ PREDICT_BODY = {
         "properties": {"files": {"type": "array", "description": "image files (the field repeated)",
                                  "items": {"type": "string", "format": "binary"}}},
     }}},
+}
+
+
+
+class Prediction(BaseModel):
+    """One label and its probability."""
+
+    label: str
+    score: float = Field(description="probability, 0 to 1")
+
+
+class PredictResult(BaseModel):
+    """The answer for one uploaded file."""
+
+    path: str = Field(description="the uploaded file's name")
+    error: str | None = Field(description="why the file could not be classified; null when it was")
+    predictions: list[Prediction] = Field(description="best first (top_k of them); empty on an error")
+    model_digest: str | None = Field(description="sha256 of the weights that answered")
+
+
+DIGEST_EXAMPLE = "sha256:" + "3f1c9a" * 10 + "3f1c"
+PREDICT_EXAMPLE = [
+    {"path": "IMG_2041.jpg", "error": None,
+     "predictions": [{"label": "ants", "score": 0.917342}, {"label": "bees", "score": 0.082658}],
+     "model_digest": DIGEST_EXAMPLE},
+    {"path": "notes.txt", "error": "not an image (looks like text)", "predictions": [],
+     "model_digest": None},
+]
+PREDICT_RESPONSES = {
+    200: {"model": list[PredictResult],
+          "content": {"application/json": {"example": PREDICT_EXAMPLE}}},
+    415: {"description": "no file could be classified: `detail` says why, `results` per file",
+          "content": {"application/json": {"example": {
+              "detail": "notes.txt: not an image (looks like text)", "results": PREDICT_EXAMPLE[1:]}}}},
 }
 
 router = APIRouter()
@@ -53,12 +91,19 @@ def healthz(ctx: Ctx) -> dict:
 
 @router.get("/api/model", summary="the model card: labels, backbone, settings, accuracy, date, "
             "weights digest, and the upload limits")
-def model_card(ctx: Ctx) -> dict:
-    return {**ctx.served.card, "limits": ctx.limits.public()}
+def model_card(request: Request, ctx: Ctx) -> dict:
+    """The card, with ``model`` (whether one is trained yet) and ``inbox`` (whether /inbox is
+    worth a link: a folder to sort, or a TF_FILES to start from nothing)."""
+    card = ctx.served.card
+    model = bool(card.get("digest"))
+    inbox = ctx.served.tf_files is not None and (
+        not model or getattr(request.app.state, "inbox_dir", None) is not None)
+    return {**card, "model": model, "inbox": inbox, "review": bool(card.get("review")) and model,
+            "limits": ctx.limits.public()}
 
 
 @router.post("/api/predict", summary="classify one or more images (field 'files', repeated)",
-             openapi_extra={"requestBody": PREDICT_BODY},
+             openapi_extra={"requestBody": PREDICT_BODY}, responses=PREDICT_RESPONSES,
              response_description="per file: path (the uploaded name), error, predictions best "
                                   "first, model_digest (the weights that answered)")
 async def predict(request: Request, ctx: Ctx,
@@ -147,3 +192,85 @@ def _results(files, futures, errors, answers, k: int | None) -> tuple[list[dict]
             digests.add(digest)
         results.append(entry)
     return results, digests
+
+
+# ---- why: an occlusion map
+
+GREY = 128           # what covers a cell of the image
+HEAT_RGB = np.array([230, 40, 20], np.float32)
+MIN_SHOWN_DROP = 0.02  # a drop of 2 points is red at most: noise of a sure result stays faint
+
+
+@router.post("/api/explain", summary="why: which parts of one image the best label depends on "
+             "(an occlusion map; field 'files', one image)", openapi_extra={"requestBody": PREDICT_BODY},
+             response_description="label and score; grid: the best label's probability drop when "
+                                  "each cell is covered (rows top to bottom); image: the model's "
+                                  "input with the drops in red (PNG data URL); seconds")
+async def explain(request: Request, ctx: Ctx,
+                  grid: int = Query(7, ge=2, le=14, description="cells a side")) -> dict:
+    files = await _uploads(request, ctx.limits)
+    if len(files) != 1:
+        raise HTTPException(422, "one image at a time: send it as the multipart field 'files'")
+    upload = files[0]
+    predictor, _ = ctx.served.current
+    try:
+        ctx.batcher.admit(1)
+    except Saturated:
+        raise HTTPException(503, "the server is busy (queue full); retry shortly",
+                            headers={"Retry-After": "1"}) from None
+    loop = asyncio.get_running_loop()
+    try:
+        data = await upload.read()
+        name = upload.filename or "upload"
+        try:
+            pixels = await loop.run_in_executor(ctx.decoder, functools.partial(
+                load_image, name, predictor.input_size, predictor.resize, data=data))
+        except ImageError as exc:
+            raise HTTPException(error_status(exc.reason), f"{name}: {exc.reason}") from None
+        job = functools.partial(ctx.batcher.exclusive,
+                                functools.partial(occlusion, pixels=pixels, grid=grid))
+        result, digest = await asyncio.wait_for(loop.run_in_executor(ctx.decoder, job),
+                                                deadline_left(request, ctx.limits.timeout_s))
+    except asyncio.TimeoutError:
+        raise HTTPException(504, f"no answer within {ctx.limits.timeout_s:g} s") from None
+    finally:
+        ctx.batcher.release(1)
+        await upload.close()
+    return {"path": name, **result, "model_digest": digest}
+
+
+def occlusion(predictor, pixels: np.ndarray, grid: int = 7) -> dict:
+    """How much the best label's probability drops when each cell of a ``grid`` x ``grid``
+    over the model's input is covered with grey: where the model looks. ``grid ** 2 + 1`` runs
+    of the network, in batches of 32."""
+    t0 = time.perf_counter()
+    edges = np.linspace(0, pixels.shape[0], grid + 1).round().astype(int)
+    variants = [pixels]
+    for i in range(grid):
+        for j in range(grid):
+            covered = pixels.copy()
+            covered[edges[i]:edges[i + 1], edges[j]:edges[j + 1]] = GREY
+            variants.append(covered)
+    batch = np.stack(variants)
+    probs = np.concatenate([predictor.probabilities(batch[k:k + 32])
+                            for k in range(0, len(batch), 32)])
+    best = int(np.argmax(probs[0]))
+    drop = (probs[0, best] - probs[1:, best]).reshape(grid, grid)
+    return {"label": predictor.labels[best], "score": round(float(probs[0, best]), 6),
+            "grid": drop.round(4).tolist(), "image": heat_image(pixels, drop),
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def heat_image(pixels: np.ndarray, drop: np.ndarray) -> str:
+    """``pixels`` with the cells whose cover lowers the score most in red, as a PNG data URL."""
+    from PIL import Image
+
+    size = pixels.shape[0]
+    heat = np.clip(drop / max(float(drop.max()), MIN_SHOWN_DROP), 0, 1)
+    cells = Image.fromarray((heat * 255).astype(np.uint8))
+    alpha = 0.6 * np.asarray(cells.resize((size, size), Image.Resampling.BILINEAR),
+                             np.float32)[..., None] / 255
+    out = pixels.astype(np.float32) * (1 - alpha) + HEAT_RGB * alpha
+    buf = io.BytesIO()
+    Image.fromarray(out.round().astype(np.uint8)).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -46,9 +46,7 @@ class Retrainer:
 
     def _work(self) -> None:
         from tfguess.core.config import TrainConfig
-        from tfguess.core.locks import run_folder_lock
-        from tfguess.curate.report import write_report
-        from tfguess.training.train import train
+        from tfguess.curate.retrain import train_with_report
 
         tf_files = self.served.tf_files
         run = RunFolder.at(tf_files)
@@ -56,12 +54,7 @@ class Retrainer:
         lines: list[str] = []
         try:
             config = TrainConfig.from_dict(run.read_summary().get("config", {}))
-            # The model and its report are written under one hold of the TF_FILES lock, so a
-            # shell `train` or `evaluate` cannot slip in between them.
-            with run_folder_lock(tf_files, "train", log=lines.append):
-                result = train(tf_files, config, progress=False, log=lines.append)
-                if config.report or run.report.is_dir():
-                    write_report(tf_files, progress=False, log=lines.append)
+            result = train_with_report(tf_files, config, log=lines.append)
             self.served.reload()
             state = {"state": "done", "accuracy": result.metrics.get("test", {}).get("accuracy"),
                      "n_test": result.metrics.get("test", {}).get("n")}
@@ -140,7 +133,10 @@ def data_file(ctx: ServeContext, path: str) -> Path:
     """``path`` (relative to TF_FILES or absolute) when it is a file of the data set or of
     ``removed/``; else 404."""
     ed = editor(ctx)
-    p = Path(os.path.abspath(ed._abs(path)))
+    try:
+        p = Path(os.path.abspath(ed._abs(path)))
+    except RelabelError:   # a name no file can have (a NUL byte)
+        raise HTTPException(404, "not an image of this data set") from None
     inside = any(root == p.resolve() or root in p.resolve().parents
                  for root in (ed.image_dir, ed.removed_dir))
     if not inside or not p.is_file():
@@ -165,17 +161,18 @@ def review_items(ctx: Ctx) -> dict:
     tf_files = ctx.served.tf_files
     report_json = RunFolder.at(tf_files).report / "report.json"
     if not report_json.is_file():
-        return {"report": False, "labels": ed.labels, "items": [], "changes": [],
+        changes = ed.journal_rows()
+        return {"report": False, "labels": ed.labels, "items": [], "changes": changes,
+                "pending": sum(c["pending"] for c in changes),
                 "hint": f"no evaluation report yet: tfguess evaluate {tf_files}"}
     from tfguess.curate.report import load_report
 
     data = load_report(tf_files)
-    changes = [vars(c) for c in ed.journal()]
-    undone = {c["undoes"] for c in changes if c["action"] == "undo"}
-    for c in changes:
-        c["undone"] = c["id"] in undone
+    # every change still in effect can be undone, whether or not a re-training came since
+    changes = ed.journal_rows(seen=data.get("journal_seen"), since=data.get("generated"))
     return {"report": True, "labels": ed.labels, "items": _review_rows(ed, data),
-            "changes": changes, "generated": data.get("generated"),
+            "changes": changes, "pending": sum(c["pending"] for c in changes),
+            "generated": data.get("generated"),
             "accuracy": data.get("metrics", {}).get("accuracy"), "split": data.get("eval_split")}
 
 

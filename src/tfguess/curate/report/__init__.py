@@ -46,15 +46,22 @@ def write_report(
     log: Callable[[str], None] = print,
     threshold: float | None = None,
     folds: int = hygiene.CV_FOLDS,
+    journal_seen: int | None = None,
 ) -> Path:
     """Write ``TF_FILES/report/`` and return the path of its ``index.html``.
 
     A previous report there is replaced (the new one is built aside first, then swapped in).
+    ``journal_seen``: the newest change of the review page's journal in the data the model was
+    trained on (default: the newest now); the review page counts the changes after it as
+    waiting for a re-training.
     """
+    from tfguess.curate.relabel import last_change_id
+
     run = RunFolder.at(tf_files)
     if progress:
         log("Writing the evaluation report ...")
     data = analyse(run.root, threshold=threshold, folds=folds)
+    data["journal_seen"] = last_change_id(run.root) if journal_seen is None else journal_seen
 
     def build(work: Path) -> None:
         work.mkdir(parents=True)

@@ -188,6 +188,7 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
         "all_metrics": {s: {"n": m.get("n"), "accuracy": m.get("accuracy")}
                         for s, m in summary.get("metrics", {}).items()},
         "eval_dir": summary.get("metrics", {}).get("eval_dir"),
+        "precision": summary.get("precision"),   # what guessing runs, and why
         "best_epoch": summary.get("best_epoch"),
         "imbalance": imbalance,
         "misclassified": misclassified,

@@ -227,7 +227,18 @@ def _metrics_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> lis
     if extra and extra.get("per_label"):
         out.append(f"<h3>Metrics on {_e(extra.get('folder', 'the evaluation folder'))}</h3>")
         out.append(_metrics_table(extra, labels, None))
-    return out
+    return out + _guessing_note(data.get("precision"))
+
+
+def _guessing_note(precision: dict | None) -> list[str]:
+    """Which arithmetic ``guess``, ``guess-dir`` and ``serve`` run, and why: ``--precision auto``
+    keeps the int8 engine only when it is as accurate as float32 on the held-out photos."""
+    if not precision:
+        return []
+    why = ((precision.get("int8_check") or {}).get("why") or precision.get("cpu")
+           or f"--precision {precision.get('setting')}")
+    return [f"<p class='muted'>Guessing runs {_e(precision.get('guess', 'float32'))}: "
+            f"{_e(why)}.</p>"]
 
 
 def _figures_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:

@@ -5,7 +5,7 @@ const PARALLEL = 2;     // requests in flight at once
 const PART_OVERHEAD = 1024;  // multipart headers of one file, bytes (a generous bound)
 const IMAGE_TYPES = /\.(jpe?g|png|gif|bmp|webp|tiff?|heic|heif|avif)$/i;
 
-const pct = (v) => (100 * v).toFixed(1) + " %";
+const pct = (v) => (100 * v).toFixed(1) + "\u00a0%";   // never "98.3 / %" on two lines
 const mb = (bytes) => (bytes / 2 ** 20).toFixed(bytes < 10 * 2 ** 20 ? 1 : 0) + " MB";
 
 // What the server accepts (GET /api/model publishes it); the page builds its requests by it.
@@ -28,26 +28,37 @@ async function loadCard() {
     const m = await r.json();
     if (!r.ok) throw new Error(m.detail || `HTTP ${r.status}`);
     if (m.limits) limits = m.limits;
-    labels = m.labels;
+    labels = m.labels || [];
     $("model-name").textContent = m.name;
     $("report-link").hidden = !m.report;
     $("review-link").hidden = !m.review;
+    $("inbox-link").hidden = !m.inbox;
+    showNextStep(m);
     const rows = [
-      ["labels", m.labels.join(", ")],
-      ["backbone", m.backbone ? `${m.backbone.name} (${m.input_size} px, ${m.resize})` : (m.input_size ? `${m.input_size} px` : "–")],
-      ["mode", m.mode || "–"],
-      ["test accuracy", m.test_accuracy == null ? "–" :
+      ["labels", labels.length ? labels.join(", ") : "none yet"],
+      ["backbone", m.backbone ? `${m.backbone.name} (${m.input_size} px, ${m.resize})` : (m.input_size ? `${m.input_size} px` : null)],
+      ["mode", m.mode],
+      ["test accuracy", m.test_accuracy == null ? null :
         `${pct(m.test_accuracy)} (n=${m.metrics && m.metrics.test ? m.metrics.test.n : "?"})`],
-      ["trained", m.date ? new Date(m.date).toLocaleString() : "not yet: label photos on the inbox page"],
+      ["trained", m.date ? new Date(m.date).toLocaleString() : "not yet"],
       ["engine", m.engine],
-      ["weights", m.digest ? m.digest.slice(0, 19) + "…" : "–"],
+      ["weights", m.digest ? m.digest.slice(0, 19) + "…" : null],
       ["uploads", `up to ${mb(m.limits.max_upload_bytes)} a photo`],
     ];
-    facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-fact": k }, v)]));
+    // a fact the model does not have reads "–", never "null"
+    facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-fact": k }, v == null || v === "" ? "–" : String(v))]));
     if (m.report) facts.append(el("dt", {}, "report"), el("dd", {}, el("a", { href: "/report/" }, "evaluation report")));
   } catch (e) {
     facts.replaceChildren(el("dt", {}, "error"), el("dd", { class: "error-text" }, String(e.message || e)));
   }
+}
+
+// Without a model the page says how to get one, instead of offering uploads that cannot be answered.
+function showNextStep(m) {
+  const none = m.model === false;
+  $("next-step").hidden = !none;
+  $("next-inbox").hidden = !m.inbox;
+  for (const id of ["drop", "controls"]) $(id).hidden = none;
 }
 
 function bars(predictions) {
@@ -65,6 +76,18 @@ function shownLabel(result) {
   return best.score < minScore() ? unknownLabel() : best.label;
 }
 
+// Why a result shows "unknown": the threshold, and the best label with its own score.
+function belowText(result) {
+  const best = result.predictions[0];
+  return `below ${Math.round(100 * minScore())}\u00a0% (best: ${best.label} ${pct(best.score)})`;
+}
+
+// Where a picture cannot be shown: the file's name and why (its error, once the server answered).
+function placeholder(name, why) {
+  return el("div", { class: "no-preview", role: "img", "aria-label": name },
+    el("span", { class: "file" }, name), el("span", { class: "reason" }, why));
+}
+
 function render(row) {
   const { tile, result } = row;
   if (!result) return;
@@ -74,6 +97,8 @@ function render(row) {
   if (result.error) {
     tile.classList.add("error");
     top.textContent = result.error;
+    const reason = tile.querySelector(".no-preview .reason");
+    if (reason) reason.textContent = result.error;
     return;
   }
   const best = result.predictions[0];
@@ -83,7 +108,44 @@ function render(row) {
   tile.dataset.shown = label;
   tile.classList.toggle("unknown", label !== best.label);
   top.textContent = label;
-  tile.append(...bars(result.predictions));
+  tile.querySelectorAll(".below, .why-button").forEach((b) => b.remove());
+  if (label !== best.label) top.after(el("div", { class: "below" }, belowText(result)));
+  tile.append(...bars(result.predictions), whyButton(row));
+}
+
+// "why?": the server covers each cell of the photo in turn and measures the best label's drop;
+// the photo is then shown as the model sees it, the cells it depends on in red.
+function whyButton(row) {
+  const button = el("button", { class: "secondary why-button", type: "button" }, row.why ? "photo again" : "why?");
+  button.onclick = async () => {
+    row.tile.querySelectorAll(".why-note").forEach((n) => n.remove());
+    if (row.why) {   // back to the photo
+      row.tile.querySelector(".heat").replaceWith(row.why.photo);
+      row.why = null;
+      button.textContent = "why?";
+      return;
+    }
+    button.disabled = true;
+    button.textContent = "…";
+    const form = new FormData();
+    form.append("files", row.file, row.file.name);
+    try {
+      const r = await fetch("/api/explain", { method: "POST", body: form });
+      const body = await r.json().catch(() => ({ detail: `HTTP ${r.status}` }));
+      if (!r.ok) throw new Error(body.detail || `HTTP ${r.status}`);
+      const photo = row.tile.querySelector("img, .no-preview");
+      photo.replaceWith(el("img", { class: "heat", alt: `where the model looks for ${body.label}`, src: body.image }));
+      row.why = { ...body, photo };
+      row.tile.querySelector(".name").after(el("div", { class: "why-note" },
+        `in red: what ${body.label} depends on (covering it lowers the score most; ${body.seconds.toFixed(1)} s)`));
+      button.textContent = "photo again";
+    } catch (e) {
+      button.textContent = "why?";
+      row.tile.querySelector(".name").after(el("div", { class: "why-note error-text" }, "no answer: " + e.message));
+    }
+    button.disabled = false;
+  };
+  return button;
 }
 
 function renderTable() {
@@ -93,8 +155,12 @@ function renderTable() {
     const cells = [el("td", { class: "num" }, String(row.n)), el("td", { class: "file" }, row.name)];
     if (!r) cells.push(el("td", { class: "muted" }, "classifying…"), el("td"), el("td"));
     else if (r.error) cells.push(el("td", { class: "error-text", colspan: "3" }, r.error));
-    else {
-      cells.push(el("td", {}, shownLabel(r)), el("td", { class: "num" }, pct(r.predictions[0].score)),
+    else if (shownLabel(r) !== r.predictions[0].label) {   // the score shown is the best label's, beside it
+      cells.push(el("td", { class: "label" }, shownLabel(r), el("span", { class: "below" }, " — " + belowText(r))),
+        el("td", { class: "num muted" }, "–"),
+        el("td", { class: "muted" }, r.predictions.slice(1, SHOWN).map((p) => `${p.label} ${pct(p.score)}`).join(", ")));
+    } else {
+      cells.push(el("td", { class: "label" }, shownLabel(r)), el("td", { class: "num" }, pct(r.predictions[0].score)),
         el("td", { class: "muted" }, r.predictions.slice(1, SHOWN).map((p) => `${p.label} ${pct(p.score)}`).join(", ")));
     }
     return el("tr", {}, ...cells);
@@ -187,13 +253,15 @@ async function classify(fileList, onlyImages = false) {
   const status = $("status");
   const t0 = performance.now();
   const items = files.map((file) => {
-    const img = el("img", { alt: file.name });
-    if (file.type.startsWith("image/")) img.src = URL.createObjectURL(file);
-    img.onerror = () => img.classList.add("no-preview");
     const name = file.webkitRelativePath || file.name;
-    const tile = el("article", { class: "result pending" }, img,
+    let preview = placeholder(name, "no preview");
+    if (file.type.startsWith("image/")) {   // the browser may still not show it (HEIC, a broken file)
+      preview = el("img", { alt: file.name, src: URL.createObjectURL(file) });
+      preview.onerror = () => preview.replaceWith(placeholder(name, (row.result && row.result.error) || "no preview in this browser"));
+    }
+    const tile = el("article", { class: "result pending" }, preview,
       el("div", { class: "name" }, name), el("div", { class: "top" }, "classifying…"));
-    const row = { n: rows.length + 1, name, tile, result: null };
+    const row = { n: rows.length + 1, name, tile, result: null, file, why: null };
     rows.push(row);
     $("results").append(tile);   // in the order chosen
     return { file, row };

@@ -31,15 +31,16 @@ async function act(fn, working) {
     return out;
   } catch (e) {
     say(e.message, true);
+    await load(true);  // a photo deleted or replaced meanwhile: the list as it is now
   } finally {
     busy = false;
   }
 }
 
-async function load() {
+async function load(quiet) {
   const r = await fetch("/api/inbox?order=" + encodeURIComponent($("order").value));
   const data = await r.json().catch(() => ({}));
-  if (!r.ok) { say(data.detail || `HTTP ${r.status}`, true); return; }
+  if (!r.ok) { if (!quiet) say(data.detail || `HTTP ${r.status}`, true); return; }
   state = data;
   render();
 }
@@ -105,28 +106,52 @@ function labelsForKeys() {
   return keyOrder.slice(0, 9);
 }
 
+// A label's whole name, with a line break allowed after each "_" or "-" (never cut with "…").
+function labelText(label) {
+  return label.split(/(?<=[_-])/).flatMap((part, i) => (i ? [el("wbr"), part] : [part]));
+}
+
 function cardNode(item, index) {
   const node = el("article", { class: "inbox-card" + (index === 0 ? " current" : ""), "data-name": item.name });
   const img = el("img", { alt: item.name, loading: index < 60 ? "eager" : "lazy" });
   img.src = "/api/inbox/image?name=" + encodeURIComponent(item.name);
   node.append(img, el("div", { class: "name" }, item.name));
   for (const [label, score] of item.top) {
-    const bar = el("div", { class: "bar" }, el("span", { class: "label" }, label),
+    const bar = el("div", { class: "bar" }, el("span", { class: "label", title: label }, ...labelText(label)),
       el("span", { class: "track" }, el("span", { class: "fill" })), el("span", { class: "score" }, score.toFixed(2)));
     bar.querySelector(".fill").style.width = (100 * score).toFixed(1) + "%";
     node.append(bar);
   }
   const choices = el("div", { class: "choices" });
   labelsForKeys().forEach((label, i) => {
-    const b = el("button", { class: "secondary", "data-label": label }, `${i + 1} ${label}`);
+    const b = el("button", { class: "secondary", "data-label": label, title: `key ${i + 1}: ${label}` },
+      el("span", { class: "key" }, String(i + 1)), " ", ...labelText(label));
     b.onclick = () => labelImage(item.name, label);
     choices.append(b);
   });
-  const none = el("button", { class: "secondary none" }, "x none");
+  const none = el("button", { class: "secondary none", title: "key x: none of these" },
+    el("span", { class: "key" }, "x"), " none");
   none.onclick = () => labelImage(item.name, null);
   choices.append(none);
   node.append(choices);
   return node;
+}
+
+// How often the model's guess was the label given, and its estimated accuracy on the rest.
+function guessFigures(s) {
+  const g = s.guesses;
+  const right = g.checked
+    ? el("span", { id: "guess-accuracy" }, "the model's guess was right on ", el("b", {}, `${g.right} of the last ${g.checked}`),
+      ` photos you labelled (${pct(g.accuracy)})`)
+    : el("span", { id: "guess-accuracy" }, "the model's guesses: ", el("b", {}, "none checked yet"), " (label a photo)");
+  const estimate = el("span", { id: "estimate" }, `estimated accuracy on the ${s.pending} left: `,
+    el("b", {}, g.estimated_accuracy == null ? "–" : `${pct(g.estimated_accuracy)} (about ${g.remaining_mistakes} mistakes)`));
+  const meaning = el("p", { id: "figures-meaning", class: "muted" },
+    "“Right”: the guess the page showed, before you gave the label, was your label (bulk-accepted photos not counted). " +
+    "You label the photos it is least sure of first, so it does better on the rest: the estimate is its own doubt on the " +
+    "photos left, " + (g.recorded ? `scaled by how over-confident its ${g.recorded} checked guesses proved (×${g.overconfidence}).`
+      : "until your labels show how far to trust it."));
+  return [right, estimate, meaning];
 }
 
 function renderSorter() {
@@ -134,10 +159,9 @@ function renderSorter() {
   const fig = (name, value) => el("span", {}, name + ": ", el("b", {}, String(value)));
   $("figures").replaceChildren(
     fig("to sort", s.pending), fig("labelled", s.labelled), fig("none of these", s.none),
-    el("span", { id: "cv" }, "cross-validated accuracy: ", el("b", {}, s.cv_accuracy == null ? "– (2 photos a label needed)" : pct(s.cv_accuracy))),
-    el("span", { id: "remaining" }, "estimated mistakes left: ", el("b", {}, String(s.remaining_mistakes))),
-    fig("photos per label", Object.entries(s.per_label).map(([k, v]) => `${k} ${v}`).join(", ")),
-    fig("re-train", s.retrain_seconds == null ? "–" : `${s.retrain_seconds} s` + (s.auto_every ? `, every ${s.auto_every} labels (${s.since_retrain} since)` : "")));
+    fig("re-train", s.retrain_seconds == null ? "–" : `${s.retrain_seconds} s` + (s.auto_every ? `, every ${s.auto_every} labels (${s.since_retrain} since)` : "")),
+    ...guessFigures(s),
+    fig("photos per label", Object.entries(s.per_label).map(([k, v]) => `${k} ${v}`).join(", ")));
   $("keys").replaceChildren("Keys: ", ...labelsForKeys().flatMap((l, i) => [el("kbd", {}, String(i + 1)), ` ${l}  `]),
     el("kbd", {}, "n"), " new label  ", el("kbd", {}, "x"), " none of these  ", el("kbd", {}, "u"), " undo");
   $("cards").replaceChildren(...state.items.map(cardNode));
@@ -193,7 +217,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("order").addEventListener("change", load);
   $("retrain").onclick = () => act(async () => {
     const out = await call("/api/inbox/retrain");
-    say(`re-trained in ${out.seconds} s; cross-validated accuracy ${pct(out.cv_accuracy)}`);
+    say(`re-trained in ${out.seconds} s`);
   }, "re-training…");
   $("undo").onclick = () => act(() => call("/api/inbox/undo", {}).then((a) => say(`undone: #${a.undoes}`)));
   $("finish").onclick = () => act(() => call("/api/inbox/finish"), "training the model and sorting the inbox…");

@@ -16,28 +16,24 @@ async function post(url, body) {
 
 let state = null;
 
-function pendingChanges() {
-  if (!state) return [];
-  return state.changes.filter((c) => c.action !== "undo" && !c.undone &&
-    (!state.generated || c.time >= state.generated));
-}
-
 let retraining = false;
 
-// The banner shows while changes wait for a re-training (or one is running), never otherwise.
+// The banner shows while changes wait for a re-training (or one is running), never otherwise;
+// the server counts them (an undo of a change the report already saw is one too).
 function renderBanner() {
-  const n = pendingChanges().length;
+  const n = state && state.changes ? state.pending || 0 : 0;
   $("banner").hidden = !n && !retraining;
   $("banner-text").textContent = retraining ? "re-training…" :
     `${n} change(s) since the report. Re-train to update the model (seconds: features are cached).`;
 }
 
 function itemNode(item) {
-  const active = state.changes.filter((c) => c.action !== "undo" && !c.undone && c.destination === item.path);
-  const last = active[active.length - 1];
+  const last = state.changes.filter((c) => c.undoable && c.destination === item.path).pop();
   const node = el("article", { class: "review-item" + (last ? " changed" : ""), "data-path": item.path });
-  const img = el("img", { alt: item.name, loading: "lazy" });
-  if (item.where !== "gone") img.src = "/api/review/image?path=" + encodeURIComponent(item.path);
+  let img;
+  if (item.where === "gone") img = el("div", { class: "no-preview", role: "img", "aria-label": item.name },
+    el("span", { class: "file" }, item.name), el("span", { class: "reason" }, "file not found"));
+  else img = el("img", { alt: item.name, loading: "lazy", src: "/api/review/image?path=" + encodeURIComponent(item.path) });
   const info = el("div");
   info.append(el("div", {}, el("span", { class: "tag " + item.kind }, item.kind === "suspect" ? "suspected label error" : "misclassified"),
     " ", el("b", {}, item.name)));
@@ -60,22 +56,37 @@ function itemNode(item) {
     if (select.options.length) actions.append(select, move);
     actions.append(out);
   }
-  if (last) {
-    const undo = el("button", { class: "secondary undo", "data-change": last.id }, `Undo (${last.action === "move" ? "move to " + last.to_label : "take-out"})`);
-    undo.onclick = () => act(() => post("/api/review/undo", { id: last.id }));
-    actions.append(undo);
-  }
+  if (last) actions.append(undoButton(last, `Undo (${last.action === "move" ? "move to " + last.to_label : "take-out"})`));
   info.append(actions);
   node.append(img, info);
   return node;
 }
 
+function undoButton(change, text) {
+  const undo = el("button", { class: "secondary undo", "data-change": change.id }, text);
+  undo.onclick = () => act(() => post("/api/review/undo", { id: change.id }));
+  return undo;
+}
+
+// The newest change in effect that moved the image of change c again.
+function movedAgain(c) {
+  const inEffect = (o) => o.action !== "undo" && !o.undone;
+  let last = c;
+  for (let next; (next = state.changes.find((o) => inEffect(o) && o.id > last.id && o.source === last.destination));) last = next;
+  return last === c ? null : last;
+}
+
+// Every change still in effect has its Undo here, before and after re-trainings alike; one whose
+// image was moved again since says which change to undo first.
 function renderJournal() {
   const rows = state.changes.slice().reverse().map((c) => {
     const what = c.action === "move" ? `${c.from_label} → ${c.to_label}` :
       c.action === "remove" ? `${c.from_label} → taken out` : `undo #${c.undoes}`;
-    return el("tr", {}, el("td", {}, String(c.id)), el("td", {}, what + (c.undone ? " (undone)" : "")),
-      el("td", {}, c.destination), el("td", { class: "muted" }, new Date(c.time).toLocaleString()));
+    const later = c.action !== "undo" && !c.undone && !c.undoable ? movedAgain(c) : null;
+    const action = c.undoable ? undoButton(c, "Undo") : later ? el("span", { class: "muted" }, `undo #${later.id} first`) : "";
+    return el("tr", { "data-change": c.id }, el("td", {}, String(c.id)), el("td", { class: "what" }, what + (c.undone ? " (undone)" : "")),
+      el("td", { class: "file" }, c.destination), el("td", { class: "muted when" }, new Date(c.time).toLocaleString()),
+      el("td", {}, action));
   });
   $("journal").replaceChildren(...rows);
 }
