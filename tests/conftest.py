@@ -47,6 +47,42 @@ def pytest_runtest_makereport(item, call):
 _setup_seconds = pytest.StashKey[float]()
 
 
+def demo_inbox(root: Path, in_data: int = 4, in_pile: slice = slice(40, 52),
+               features: bool = True) -> tuple[Path, Path]:
+    """``root/tf`` with the first ``in_data`` demo photos of each label in ``data/`` and
+    ``root/inbox`` with the ``in_pile`` ones; with ``features``, a feature cache that holds every
+    demo photo (vectors that separate the two labels), so no backbone runs and a photo put into
+    the inbox later has its features too. (tests/curate/test_inbox.py keeps its own cache of
+    the photos it uses: its expected orders and scores are those of its vectors.)"""
+    import hashlib
+
+    import numpy as np
+
+    tf_files, pile = root / "tf", root / "inbox"
+    pile.mkdir(parents=True)
+    for label in ("face", "not_face"):
+        photos = sorted((DEMO_DATA / label).iterdir())
+        (tf_files / "data" / label).mkdir(parents=True)
+        for p in photos[:in_data]:
+            shutil.copy2(p, tf_files / "data" / label / p.name)
+        for p in photos[in_pile]:
+            shutil.copy2(p, pile / p.name)
+    if features:
+        from tfguess.core.runfolder import RunFolder
+        from tfguess.curate.inbox import _backbone_source, run_config
+        from tfguess.engine.bottlenecks import BottleneckCache
+
+        run = RunFolder.at(tf_files)
+        cache = BottleneckCache(run.bottlenecks, _backbone_source(run, run_config(run))[0].cache_key)
+        rng = np.random.default_rng(0)
+        for axis, label in enumerate(("face", "not_face")):
+            for p in sorted((DEMO_DATA / label).iterdir()):
+                v = rng.normal(0, 0.15, 16).astype(np.float32)
+                v[axis] += 1.0
+                cache.put(hashlib.sha256(p.read_bytes()).hexdigest(), v)
+    return tf_files, pile
+
+
 def require_shared() -> Path:
     """The hymenoptera data set: skipped when absent, a failure under CI=true."""
     if not HYMENOPTERA.is_dir():

@@ -1494,9 +1494,6 @@ def test_a_time_limit_below_a_second_is_refused(tmp_path, capsys):
 
 # --- the inbox: faults found by adversarial cases ---
 
-INBOX_DEMO = Path(__file__).resolve().parents[1] / "tf_files" / "data"
-
-
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -1504,31 +1501,10 @@ def _sha(path: Path) -> str:
 @pytest.fixture
 def inbox_world(tmp_path):
     """TF_FILES with 4 demo photos a label in data/, an inbox of 6 others a label, and a feature
-    cache holding every demo photo (vectors that separate the labels), so no backbone runs and a
-    photo put into the inbox later has its features too."""
-    from tfguess.core.runfolder import RunFolder
-    from tfguess.curate.inbox import _backbone_source, run_config
-    from tfguess.engine.bottlenecks import BottleneckCache
+    cache holding every demo photo (conftest.demo_inbox)."""
+    from conftest import demo_inbox
 
-    tf_files, pile = tmp_path / "tf", tmp_path / "inbox"
-    pile.mkdir()
-    for label in ("face", "not_face"):
-        photos = sorted((INBOX_DEMO / label).iterdir())
-        (tf_files / "data" / label).mkdir(parents=True)
-        for p in photos[:4]:
-            shutil.copy2(p, tf_files / "data" / label / p.name)
-        for p in photos[40:46]:
-            shutil.copy2(p, pile / p.name)
-    run = RunFolder.at(tf_files)
-    ref, _ = _backbone_source(run, run_config(run))
-    cache = BottleneckCache(run.bottlenecks, ref.cache_key)
-    rng = np.random.default_rng(0)
-    for axis, label in enumerate(("face", "not_face")):
-        for p in sorted((INBOX_DEMO / label).iterdir()):
-            v = rng.normal(0, 0.15, 16).astype(np.float32)
-            v[axis] += 1.0
-            cache.put(_sha(p), v)
-    return tf_files, pile
+    return demo_inbox(tmp_path, in_pile=slice(40, 46))
 
 
 def _journal_rows(tf_files: Path) -> list[dict]:
@@ -1668,7 +1644,7 @@ def test_inbox_photo_replaced_while_served_is_read_again(inbox_world):
     page" for ever: the folder was never read again. Now the list read again scores the new
     content, and labelling it copies the new content with its own digest."""
     tf_files, pile = inbox_world
-    other = sorted((INBOX_DEMO / "not_face").iterdir())[70]  # a not_face photo, not in the inbox
+    other = sorted((DEMO_DATA / "not_face").iterdir())[70]  # a not_face photo, not in the inbox
     with _inbox_client(tf_files, pile) as (client, headers):
         before = {i["name"]: i for i in client.get("/api/inbox").json()["items"]}
         assert before["face_042.png"]["top"][0][0] == "face"
@@ -1687,7 +1663,7 @@ def test_inbox_photo_added_while_served_appears(inbox_world):
     """A photo added to the inbox folder while the server ran never appeared. Now it does on
     the next reload of the list, scored."""
     tf_files, pile = inbox_world
-    new = sorted((INBOX_DEMO / "not_face").iterdir())[71]
+    new = sorted((DEMO_DATA / "not_face").iterdir())[71]
     with _inbox_client(tf_files, pile) as (client, headers):
         assert len(_names(client)) == 12
         shutil.copy2(new, pile / "new-photo.png")
@@ -1954,17 +1930,11 @@ def test_pages_a_nul_byte_in_a_name_is_never_a_5xx(tmp_path):
 def test_inbox_sort_leaves_the_report_of_the_model_it_trained(tmp_path):
     """"Sort the inbox" trained the model with report=False: the report left behind described
     the older model (or none), so /report/ and the review page did not match what was served."""
+    from conftest import demo_inbox
+
     from tfguess.curate.inbox import Inbox
 
-    tf, pile = tmp_path / "tf", tmp_path / "pile"
-    pile.mkdir()
-    for label in ("face", "not_face"):
-        photos = sorted((DEMO_DATA / label).iterdir())
-        (tf / "data" / label).mkdir(parents=True)
-        for photo in photos[:12]:
-            shutil.copy(photo, tf / "data" / label)
-        for photo in photos[40:43]:
-            shutil.copy(photo, pile / photo.name)
+    tf, pile = demo_inbox(tmp_path, in_data=12, in_pile=slice(40, 43), features=False)
     inbox = Inbox(tf, pile, log=lambda *_: None)
     result = inbox.finish(log=lambda *_: None)
     assert not result.skipped
