@@ -162,7 +162,7 @@ def test_views_share_the_random_views_cache_across_resizes():
 
 
 def test_export_notes_what_a_squashing_client_sees():
-    from tfguess.export import squash_client_note
+    from tfguess.export.common import squash_client_note
 
     assert squash_client_note("squash") == ""
     for resize in ("crop", "pad"):

@@ -18,7 +18,8 @@ from tfguess.data.images import load_image
 from tfguess.engine.model import load_classifier
 from tfguess.engine.runtime import TFLiteClassifier
 from tfguess.engine.tflite_metadata import read_metadata, tensor_types
-from tfguess.export import check_tflite_types, export
+from tfguess.export import export
+from tfguess.export.tflite import check_tflite_types
 
 pytestmark = pytest.mark.slow  # every test here trains or loads a model
 
@@ -189,7 +190,7 @@ def test_tflite_op_versions_load_in_the_task_library(demo_exports):
     """Per-channel dynamic-range dense layers would be FULLY_CONNECTED v12, which the Task
     Library 0.4.4 cannot load; every variant stays within the versions it loads."""
     from tfguess.engine.tflite_metadata import op_versions
-    from tfguess.export import TASK_LIBRARY_OP_VERSIONS, tflite_runtime_notes
+    from tfguess.export.tflite import TASK_LIBRARY_OP_VERSIONS, tflite_runtime_notes
 
     for name in ("model.tflite", "model_int8.tflite", "model_dynamic.tflite"):
         data = demo_exports[name].read_bytes()

@@ -25,11 +25,6 @@ from tfguess.export.formats import FORMAT_NAMES, QUANTIZATIONS, ExportFormat
 FORMATS = FORMAT_NAMES
 __all__ = ["FORMATS", "QUANTIZATIONS", "ExportConfig", "ExportConfigError", "export"]
 
-# Names that lived in this module before it was split, imported on first use.
-_MOVED = {"check_tflite_types": "tflite", "tflite_runtime_notes": "tflite",
-          "TASK_LIBRARY_OP_VERSIONS": "tflite", "squash_client_note": "common"}
-
-
 class ExportConfigError(ExportError, ConfigError):
     """A bad :class:`ExportConfig` setting given to :func:`export` (an ``ExportError`` as
     before the settings became a config, and a ``ConfigError``)."""
@@ -89,8 +84,3 @@ def _formats_of(config: ExportConfig) -> list[ExportFormat]:
                           f"only: add --format {takes[0]}")
     return list(dict.fromkeys(rows))
 
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        return getattr(importlib.import_module(f"{__name__}.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
