@@ -23,8 +23,8 @@ does. A column whose flag this ``tfguess train`` does not know is skipped, sayin
 appends a line to ``WORK/suite.jsonl``; the table (the latest run of each cell: val accuracy and
 the run's wall time) is printed at the end, and by ``--suite --table`` alone.
 
-      nice python bench/accuracy_table.py WORK --suite --modes default,crop,squash,pad
-      nice python bench/accuracy_table.py WORK --suite --modes fine-tune,5m,15m --datasets furniture4
+      nice python bench/accuracy_table.py WORK --suite --modes default,quick,crop,squash
+      nice python bench/accuracy_table.py WORK --suite --modes 15m --datasets furniture4
       python bench/accuracy_table.py WORK --suite --table
 """
 
@@ -155,16 +155,18 @@ def table(work: Path) -> None:
 
 SUITE_MODES: dict[str, list[str]] = {
     "default": [],
-    "squash": ["--resize", "squash"],
-    "crop": ["--resize", "crop"],
-    "pad": ["--resize", "pad"],
-    "auto": ["--resize", "auto"],
-    "fine-tune": ["--fine-tune"],
+    "quick": ["--quick"],
+    "squash": ["--quick", "--resize", "squash"],
+    "crop": ["--quick", "--resize", "crop"],
+    "pad": ["--quick", "--resize", "pad"],
+    "fine-tune": ["--quick", "--fine-tune"],
     "5m": ["--time-limit", "5m"],
     "15m": ["--time-limit", "15m"],
+    "30m": ["--time-limit", "30m"],
 }
-SUITE_DEFAULT = "default,crop,squash,pad,fine-tune,5m,15m"
-COLD_MODES = ("5m", "15m")  # timed from an empty cache, as a user's first run
+SUITE_DEFAULT = "default,quick,crop,squash"
+# Timed from an empty cache, as a user's first run (the others share one cache a data set).
+COLD_MODES = ("default", "5m", "15m", "30m")
 
 
 def suite_datasets(names: str | None) -> list[Path]:
@@ -209,6 +211,11 @@ def suite(args) -> None:
     for data in suite_datasets(args.datasets):
         for mode in modes:
             tf_files = work / f"{data.name}{tag}-{mode}"
+            if mode in COLD_MODES and tf_files.exists():
+                import shutil
+
+                print(f"suite: {tf_files} from an earlier run removed (this column starts cold)")
+                shutil.rmtree(tf_files)
             if mode not in COLD_MODES and not tf_files.exists():
                 shared = work / f"{data.name}-cache" / "bottlenecks"
                 shared.mkdir(parents=True, exist_ok=True)
@@ -233,7 +240,11 @@ def suite(args) -> None:
                            resize=s["backbone"]["resize"], backbone=s["backbone"]["name"],
                            input_size=s["backbone"]["input_size"],
                            features_computed=s["features"]["computed"],
-                           auto_resize=s.get("auto_resize"), plan=s.get("time_limit") or s.get("plan"))
+                           auto_resize=s.get("auto_resize"), plan=s.get("time_limit") or s.get("plan"),
+                           precision=s.get("precision"),
+                           fine_tune={k: v for k, v in (s.get("fine_tune") or {}).items()
+                                      if k != "history"} or None,
+                           timings=s.get("timings_s"))
             print(json.dumps(row), flush=True)
             with open(results, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
@@ -263,9 +274,9 @@ def suite_table(work: Path) -> None:
             elif "error" in r:
                 out.append(f"failed ({r['error']}, {r['seconds']:.0f} s)")
             else:
-                chosen = f" [{r['resize']}]" if m.startswith(("default", "auto")) else ""
+                chosen = f" [{r['resize']}]" if m.startswith(("default", "quick")) else ""
                 if isinstance(r.get("plan"), dict) and r["plan"].get("recipe"):
-                    chosen = f" [{r['plan']['recipe']}]"
+                    chosen = f" [{r['plan']['recipe']}, {r['resize']}]"
                 out.append(f"{r['val_accuracy']:.4f}{chosen} ({r['seconds']:.0f} s)")
         print(f"| {d} ({n}) | " + " | ".join(out) + " |")
 

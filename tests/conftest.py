@@ -107,7 +107,7 @@ def demo_trained(tmp_path_factory) -> Path:
     shutil.copytree(DEMO_DATA, tf_files / "data")
     # float32 guessing (no int8 engine beside it): tests compare guesses with the training
     # features; --precision auto is tested in test_speed.py.
-    train(tf_files, TrainConfig(report=False, epochs=60, precision="float32"), progress=False,
+    train(tf_files, TrainConfig(quick=True, report=False, epochs=60, precision="float32"), progress=False,
           log=lambda *_: None)
     return tf_files
 
@@ -119,7 +119,7 @@ def hymenoptera_trained(tmp_path_factory, hymenoptera) -> Path:
     from tfguess.training.train import train
 
     tf_files = tmp_path_factory.mktemp("hymenoptera") / "tf_files"
-    config = TrainConfig(image_dir=str(hymenoptera / "train"), eval_dir=str(hymenoptera / "val"),
+    config = TrainConfig(quick=True, image_dir=str(hymenoptera / "train"), eval_dir=str(hymenoptera / "val"),
                          report=False, precision="float32")  # guess-dir == train's evaluation
     train(tf_files, config, progress=False, log=lambda *_: None)
     return tf_files

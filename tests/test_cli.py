@@ -20,7 +20,7 @@ def run(*args, **kwargs):
 def test_train_guess_guess_dir_from_the_command_line(tmp_path):
     tf_files = tmp_path / "my tf files"
     shutil.copytree(DEMO_DATA, tf_files / "data")
-    result = run("-q", "train", tf_files, "--epochs", "20", "--no-report")
+    result = run("-q", "train", tf_files, "--quick", "--epochs", "20", "--no-report")
     assert result.returncode == 0, result.stderr
     assert "Accuracy" in result.stdout
     assert (tf_files / "model.keras").exists()

@@ -8,6 +8,7 @@ the test user. Without them they are skipped, or fail when CI=true.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -273,6 +274,8 @@ def trained(built: str, workdir: Path, docker_user: tuple[int, int],
 @pytest.mark.slow
 def test_train_through_docker(trained: Path, docker_user: tuple[int, int]) -> None:
     assert (trained / "model.keras").stat().st_size > 10_000
+    summary = json.loads((trained / "run_summary.json").read_text())
+    assert summary["time_limit"]["limit_s"] == 300   # the same default as the local command
     labels = (trained / "retrained_labels.txt").read_text().split()
     assert sorted(labels) == sorted(p.name for p in (DEMO / "data").iterdir() if p.is_dir())
     assert_owned_by(trained, docker_user[0])

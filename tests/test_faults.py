@@ -863,7 +863,7 @@ def test_train_tf_files_read_only(tmp_path):
     """TF_FILES on a read-only file system (a tmpfs remounted read-only: root cannot write either)."""
     with tmpfs(tmp_path / "ro", "20m", _demo_copy) as tf:
         before = tree(tf)
-        r = check(run_cli("train", tf, "--epochs", "2", "--no-report", timeout=300), 2, str(tf),
+        r = check(run_cli("train", tf, "--quick", "--epochs", "2", "--no-report", timeout=300), 2, str(tf),
                   "read-only")
         assert r.err.count("\n") == 1
         assert tree(tf) == before
@@ -915,7 +915,7 @@ def messy_train(tmp_path_factory):
     ph.save(data / "not_face" / "placeholder.png")
     n_colours = len(ph.getcolors(10_000))
     before = tree(tf / "data")
-    r = run_cli("train", tf, "--epochs", "5", "--no-report", timeout=600)
+    r = run_cli("train", tf, "--quick", "--epochs", "5", "--no-report", timeout=600)
     return r, before, tf, n_colours
 
 
@@ -1377,7 +1377,7 @@ def odd_tf(tmp_path_factory):
         shutil.copy(src, os.path.join(os.fsencode(tf / "data" / "face"), b"f-" + raw))
     with open(os.path.join(os.fsencode(tf / "data" / "face"), b"notes-\xe9.txt"), "w") as f:
         f.write("not an image")
-    r = run_cli("train", tf, "--epochs", "5", timeout=600)
+    r = run_cli("train", tf, "--quick", "--epochs", "5", timeout=600)
     return r, tf
 
 

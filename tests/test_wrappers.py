@@ -105,6 +105,7 @@ def test_local_end_to_end_in_a_path_with_spaces(tmp_path: Path) -> None:
 
     result = wrapper("train.sh", tf_files)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Time limit 5 min 00 s: " in result.stdout   # the default: the recipe that fits 5 min
     assert (tf_files / "model.keras").is_file()
     labels = (tf_files / "retrained_labels.txt").read_text().split()
     assert sorted(labels) == sorted(p.name for p in (DEMO / "data").iterdir() if p.is_dir())

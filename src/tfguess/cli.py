@@ -155,13 +155,15 @@ def _at_least_one(text: str) -> int:
 
 def _train(args, progress: bool) -> int:
     from tfguess.core.locks import run_folder_lock
+    from tfguess.core.runfolder import RunFolder
     from tfguess.training.train import train
 
     config = config_from_args(TrainConfig, args)
     with run_folder_lock(args.tf_files, "train", create=bool(config.image_dir),
                          wait=not args.no_wait):  # the model and its report: one run at a time
         result = train(args.tf_files, config, progress=progress)
-        if config.report:
+        report_page = RunFolder.at(args.tf_files).report / "index.html"
+        if config.report and not (result.unchanged and report_page.exists()):
             from tfguess.curate.report import write_report
 
             write_report(args.tf_files, progress=progress)

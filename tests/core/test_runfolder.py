@@ -31,7 +31,7 @@ def test_a_copied_run_folder_trains_warm_evaluates_exports_and_guesses(tmp_path)
 
     original = tmp_path / "original"
     shutil.copytree(DEMO_DATA, original / "data")
-    config = TrainConfig(epochs=30, report=False)
+    config = TrainConfig(quick=True, epochs=30, report=False)
     train(original, config, progress=False, log=lambda *_: None)
     copy = tmp_path / "moved" / "copy"
     shutil.copytree(original, copy)

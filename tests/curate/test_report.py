@@ -100,7 +100,7 @@ def demo_report(tmp_path_factory):
         (held_out / label).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, held_out / label / path.name)
     logs: list[str] = []
-    train(tf_files, TrainConfig(report=False, eval_dir=str(held_out), test_pct=10), progress=False,
+    train(tf_files, TrainConfig(quick=True, report=False, eval_dir=str(held_out), test_pct=10), progress=False,
           log=lambda *_: None)
     t = time.perf_counter()
     page = write_report(tf_files, log=logs.append)
@@ -288,7 +288,7 @@ def test_hymenoptera_planted_label_errors_are_found(tmp_path):
             (data / label / name).rename(data / other / name)
             moved.append(f"{other}/{name}")
     tf_files = tmp_path / "tf_files"
-    train(tf_files, TrainConfig(image_dir=str(data), report=False), progress=False, log=lambda *_: None)
+    train(tf_files, TrainConfig(quick=True, image_dir=str(data), report=False), progress=False, log=lambda *_: None)
     t = time.perf_counter()
     page = write_report(tf_files, log=lambda *_: None)
     seconds = time.perf_counter() - t

@@ -115,7 +115,7 @@ def test_no_flip_end_to_end_on_left_right_arrows(tmp_path, monkeypatch):
     monkeypatch.setattr(augment, "load_image", spy_load)
     data = arrows(tmp_path / "train", 12, seed=10)
     tf_files = tmp_path / "tf"
-    config = TrainConfig(image_dir=str(data), views=3, augment="strong", no_flip=True, report=False,
+    config = TrainConfig(quick=True, image_dir=str(data), views=3, augment="strong", no_flip=True, report=False,
                          epochs=20, fine_tune=True, fine_tune_blocks=1, fine_tune_epochs=1)
     result = train(tf_files, config, progress=False, log=lambda *_: None)
     assert result.summary["mode"] == "fine-tuned+views"

@@ -188,7 +188,7 @@ def test_split_modules_keep_their_names_importable_from_images():
     moved = {formats: ["FORMAT_EXTENSIONS", "IMAGE_EXTENSIONS", "not_image_reason"],
              placeholder: ["placeholder_reason"],
              resize: ["CROP_FRACTION", "PAD_VALUE", "PREPROCESS_VERSION", "RESIZES",
-                      "SQUASH_BILINEAR_MAX", "SUBPIXEL", "_bilinear_axis", "auto_resize",
+                      "SQUASH_BILINEAR_MAX", "SUBPIXEL", "_bilinear_axis",
                       "crop_box", "pad_offsets", "pad_to_square", "squash", "squash_bilinear",
                       "squash_is_bilinear"]}
     for module, names in moved.items():

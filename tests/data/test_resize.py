@@ -126,18 +126,11 @@ def test_unknown_resize_is_refused_naming_the_valid_ones(tmp_path, capsys):
     assert len(err) == 1 and "unknown resize 'letterbox'" in err[0] and "squash, crop, pad, auto" in err[0]
 
 
-def test_auto_crops_only_when_portrait_and_landscape_are_both_common(tmp_path):
+def test_the_size_as_shown(tmp_path):
     from tfguess.core.config import TrainConfig
-    from tfguess.data.images import auto_resize, oriented_size
+    from tfguess.data.images import oriented_size
 
     assert TrainConfig().resize == "auto"
-    square, portrait, landscape = (227, 227), (300, 450), (640, 480)
-    assert auto_resize([square] * 10)[0] == "squash"             # cub_songbirds22
-    assert auto_resize([landscape] * 9 + [portrait])[0] == "squash"  # hymenoptera: 4:3 photos
-    assert auto_resize([portrait] * 8 + [landscape] * 2)[0] == "squash"  # one orientation rules
-    resize, facts = auto_resize([portrait] * 3 + [landscape] * 6 + [square])  # furniture4
-    assert resize == "crop" and (facts["portrait"], facts["landscape"]) == (0.3, 0.6)
-    assert auto_resize([])[0] == "squash"
     # the size as shown: a portrait phone photo stored landscape with EXIF orientation 6
     im = Image.fromarray(np.zeros((30, 40, 3), np.uint8))
     exif = Image.Exif()
@@ -185,7 +178,7 @@ def resized_model(request, tmp_path_factory) -> tuple[str, Path]:
         for p in sorted((DEMO_DATA / label).iterdir())[:20]:
             shutil.copy(p, tf_files / "data" / label / p.name)
     # float32 guessing, so that the float32 exports can be compared with it within 1e-4
-    train(tf_files, TrainConfig(resize=request.param, views=0, epochs=20, report=False,
+    train(tf_files, TrainConfig(quick=True, resize=request.param, views=0, epochs=20, report=False,
                                 precision="float32"),
           progress=False, log=lambda *_: None)
     return request.param, tf_files

@@ -29,7 +29,7 @@ from tfguess.engine.runtime import TFLiteEngine, runtime_name
 from tfguess.data.images import load_image
 
 tf_files, out = Path(sys.argv[1]), Path(sys.argv[2])
-train(tf_files, TrainConfig(epochs=20, report=False), progress=False, log=lambda *_: None)
+train(tf_files, TrainConfig(quick=True, epochs=20, report=False), progress=False, log=lambda *_: None)
 ref = BackboneRef.from_meta(read_meta(tf_files)["backbone"])
 paths = sorted(Path(sys.argv[3]).glob("*.jpg"))
 pixels = np.stack([load_image(p, ref.input_size, ref.resize) for p in paths])

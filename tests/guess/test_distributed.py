@@ -109,7 +109,7 @@ def test_train_on_ray_fills_the_cache_a_local_train_reuses(ray_local, small_run,
     from tfguess.engine.features import make_extractor
     from tfguess.training.train import train
 
-    config = TrainConfig(report=False, epochs=20, min_per_label=2)
+    config = TrainConfig(quick=True, report=False, epochs=20, min_per_label=2)
     on_ray = train(small_run, TrainConfig(**{**config.to_dict(), "ray": "auto"}), **QUIET)
     assert on_ray.summary["features"] == {"computed": 33, "cached": 0}
     skipped = {Path(s["path"]).name: s["reason"] for s in on_ray.summary["skipped"]}
@@ -147,7 +147,7 @@ def test_guess_dir_on_ray_equals_local(ray_local, small_run, tmp_path):
     from tfguess.training.train import train
 
     if not (small_run / "model.keras").exists():
-        train(small_run, TrainConfig(report=False, epochs=20, precision="float32"), **QUIET)
+        train(small_run, TrainConfig(quick=True, report=False, epochs=20, precision="float32"), **QUIET)
     src = tmp_path / "src"
     src.mkdir()
     for p in sorted(TEST_DATA.iterdir())[:12]:

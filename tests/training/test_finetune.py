@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_fine_tune_changes_only_unfrozen_layers_and_never_batchnorm():
     before = layer_weights(backbone)
     rng = np.random.default_rng(0)
     head = Head(rng.normal(0, 0.01, (1280, 2)).astype(np.float32), np.zeros(2, np.float32))
-    config = TrainConfig(fine_tune=True, fine_tune_blocks=2, fine_tune_epochs=1, fine_tune_lr=1e-3)
+    config = TrainConfig(quick=True, fine_tune=True, fine_tune_blocks=2, fine_tune_epochs=1, fine_tune_lr=1e-3)
     result = fine_tune(backbone, head, demo_items(), [], 2, config, 224, "crop", progress=False,
                        log=lambda *_: None, max_steps=2)
     after = layer_weights(backbone)
@@ -64,7 +65,7 @@ def fine_tuned(tmp_path_factory) -> Path:
     tf_files = tmp_path_factory.mktemp("ft") / "tf"
     shutil.copytree(DEMO_DATA, tf_files / "data")
     # No validation split: the last fine-tuned weights are kept, so the backbone surely changed.
-    config = TrainConfig(report=False, epochs=40, validation_pct=0, hidden_units=32, fine_tune=True,
+    config = TrainConfig(quick=True, report=False, epochs=40, validation_pct=0, hidden_units=32, fine_tune=True,
                          fine_tune_blocks=1, fine_tune_epochs=1, fine_tune_lr=1e-3)
     train(tf_files, config, progress=False, log=lambda *_: None)
     return tf_files
@@ -129,7 +130,7 @@ def test_hidden_head_gradients_and_saved_model(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, (300, 16)).astype(np.float32)
     y = ((x[:, 0] * x[:, 1]) > 0).astype(np.int64)  # XOR-like: a softmax alone cannot learn it
-    config = TrainConfig(hidden_units=32, epochs=300, dropout=0.0, learning_rate=1e-2, patience=50)
+    config = TrainConfig(quick=True, hidden_units=32, epochs=300, dropout=0.0, learning_rate=1e-2, patience=50)
     fit = fit_head(x[:240], y[:240], 2, config, (x[240:], y[240:]), progress=False)
     assert fit.head.hidden_units == 32
     assert (fit.head(x[240:]).argmax(1) == y[240:]).mean() >= 0.85
@@ -157,7 +158,7 @@ def test_backbone_auto_picks_by_cross_validation_and_reuses_the_cache(tmp_path):
 
     tf_files = tmp_path / "tf"
     shutil.copytree(DEMO_DATA, tf_files / "data")
-    config = TrainConfig(backbone="auto", report=False, epochs=20)
+    config = TrainConfig(quick=True, backbone="auto", report=False, epochs=20)
     summary = train(tf_files, config, progress=False, log=lambda *_: None).summary
     auto = summary["auto_backbone"]
     assert auto["chosen"] in AUTO_CANDIDATES and set(auto["candidates"]) <= set(AUTO_CANDIDATES)
@@ -165,7 +166,8 @@ def test_backbone_auto_picks_by_cross_validation_and_reuses_the_cache(tmp_path):
     assert summary["features"]["computed"] == 0  # the choice already cached the winner's features
     best = max(c["cv_accuracy"] for c in auto["candidates"].values())
     assert auto["candidates"][auto["chosen"]]["cv_accuracy"] == best
-    again = train(tf_files, config, progress=False, log=lambda *_: None).summary["auto_backbone"]
+    again = train(tf_files, dataclasses.replace(config, force=True), progress=False,
+                  log=lambda *_: None).summary["auto_backbone"]
     assert all(c["features_computed"] == 0 for c in again["candidates"].values())
 
 
@@ -204,9 +206,9 @@ def test_warm_retrain_with_a_hidden_layer_replaces_both_layers_without_keras(tmp
     tf_files = tmp_path / "tf"
     shutil.copytree(DEMO_DATA, tf_files / "data")
     quiet = {"progress": False, "log": lambda *_: None}
-    train(tf_files, TrainConfig(report=False, epochs=20, hidden_units=16), **quiet)
+    train(tf_files, TrainConfig(quick=True, report=False, epochs=20, hidden_units=16), **quiet)
     before = read_head(tf_files)
-    summary = train(tf_files, TrainConfig(report=False, epochs=20, hidden_units=16, seed=5),
+    summary = train(tf_files, TrainConfig(quick=True, report=False, epochs=20, hidden_units=16, seed=5),
                     **quiet).summary
     assert summary["features"]["computed"] == 0 and summary["timings_s"]["backbone"] == 0
     head = read_head(tf_files)
@@ -215,7 +217,7 @@ def test_warm_retrain_with_a_hidden_layer_replaces_both_layers_without_keras(tmp
     for name, array in head.arrays().items():
         np.testing.assert_array_equal(loaded.arrays()[name], array)
 
-    summary = train(tf_files, TrainConfig(report=False, epochs=20, hidden_units=8), **quiet).summary
+    summary = train(tf_files, TrainConfig(quick=True, report=False, epochs=20, hidden_units=8), **quiet).summary
     assert summary["timings_s"]["backbone"] > 0  # another layout: the model is built again
     assert load_classifier(tf_files).head().hidden_units == 8 == read_head(tf_files).hidden_units
 
@@ -233,7 +235,7 @@ def test_learning_rate_warms_up_then_decays_by_a_cosine():
 
 
 def test_the_head_only_start_is_kept_only_when_clearly_better():
-    from tfguess.training.finetune import clearly_better
+    from tfguess.training.evaluation import clearly_better
 
     right = np.ones(65, bool)
     two_more = right.copy()
@@ -306,7 +308,7 @@ def test_a_passed_deadline_keeps_the_head_only_start():
     before = [np.array(w) for w in backbone.get_weights()]
     rng = np.random.default_rng(0)
     head = Head(rng.normal(0, 0.01, (1280, 2)).astype(np.float32), np.zeros(2, np.float32))
-    config = TrainConfig(fine_tune=True, fine_tune_blocks=2, fine_tune_epochs=3)
+    config = TrainConfig(quick=True, fine_tune=True, fine_tune_blocks=2, fine_tune_epochs=3)
     result = fine_tune(backbone, head, demo_items(8), demo_items(4), 2, config, 224, "squash",
                        progress=False, log=lambda *_: None, deadline=time.perf_counter())
     assert result.stopped_early and result.best_epoch == 0 and result.weights_id is None

@@ -27,7 +27,7 @@ def test_head_matches_sklearn_logistic_regression():
     x, y = blobs(80, 4, 16, 2.5, seed=0)
     xt, yt = blobs(40, 4, 16, 2.5, seed=1)
     l2 = 0.05
-    config = TrainConfig(epochs=2000, batch_size=len(y), learning_rate=0.02, l2=l2, dropout=0.0,
+    config = TrainConfig(quick=True, epochs=2000, batch_size=len(y), learning_rate=0.02, l2=l2, dropout=0.0,
                          class_weights=False, patience=10_000, seed=0)
     fit = fit_head(x, y, 4, config, progress=False)
     # loss = mean CE + l2 * |W|^2  <=>  sklearn: C * sum CE + 0.5 |W|^2, so C = 1 / (2 * l2 * n)
@@ -56,7 +56,7 @@ def test_adam_matches_the_reference_update():
 def test_early_stopping_keeps_the_best_epoch():
     x, y = blobs(30, 3, 8, 3.0, seed=2)
     xv, yv = blobs(10, 3, 8, 3.0, seed=3)
-    config = TrainConfig(epochs=400, patience=5, seed=0)
+    config = TrainConfig(quick=True, epochs=400, patience=5, seed=0)
     fit = fit_head(x, y, 3, config, (xv, yv), progress=False)
     losses = [row["val_loss"] for row in fit.history]
     assert fit.best_epoch == int(np.argmin(losses)) + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 import zipfile
@@ -83,7 +84,7 @@ def test_larger_image_size_is_used_everywhere(tmp_path):
 
     tf_files = tmp_path / "tf_files"
     shutil.copytree(DEMO_DATA, tf_files / "data")
-    result = train(tf_files, TrainConfig(report=False, epochs=30, views=0, image_size=256), **QUIET)
+    result = train(tf_files, TrainConfig(quick=True, report=False, epochs=30, views=0, image_size=256), **QUIET)
     assert result.summary["backbone"]["input_size"] == 256
     assert next((tf_files / "bottlenecks").iterdir()).name.startswith("efficientnet_lite0-256-")
     classifier = load_classifier(tf_files)
@@ -105,10 +106,10 @@ def test_second_run_computes_nothing_and_one_change_recomputes_one(tmp_path):
     tf_files = tmp_path / "tf"
     for label in ("face", "not_face"):
         shutil.copytree(DEMO_DATA / label, tf_files / "data" / label)
-    config = TrainConfig(report=False, epochs=5)
+    config = TrainConfig(quick=True, report=False, epochs=5)
     first = train(tf_files, config, **QUIET)
     assert first.summary["features"] == {"computed": 180, "cached": 0}
-    second = train(tf_files, config, **QUIET)
+    second = train(tf_files, dataclasses.replace(config, force=True), **QUIET)  # not a no-op
     assert second.summary["features"] == {"computed": 0, "cached": 180}
     assert (tf_files / "model.previous.keras").exists()  # the replaced model is kept
 
@@ -176,7 +177,7 @@ def _bad_inputs_folder(root):
 @pytest.mark.slow
 def test_bad_inputs_are_reported_not_fatal(tmp_path):
     bad = _bad_inputs_folder(tmp_path / "photos")
-    result = train(tmp_path / "tf", TrainConfig(image_dir=str(tmp_path / "photos"), report=False,
+    result = train(tmp_path / "tf", TrainConfig(quick=True, image_dir=str(tmp_path / "photos"), report=False,
                                                  epochs=5), **QUIET)
     skipped = {p.rsplit("/", 1)[-1]: r for p, r in
                ((s["path"], s["reason"]) for s in result.summary["skipped"])}
@@ -193,7 +194,7 @@ def test_bad_inputs_are_reported_not_fatal(tmp_path):
 def test_a_failed_run_keeps_the_good_model(tmp_path, monkeypatch):
     tf_files = tmp_path / "tf"
     shutil.copytree(DEMO_DATA, tf_files / "data")
-    train(tf_files, TrainConfig(report=False, epochs=3), **QUIET)
+    train(tf_files, TrainConfig(quick=True, report=False, epochs=3), **QUIET)
     before = (tf_files / "model.keras").read_bytes()
 
     import keras
@@ -205,7 +206,7 @@ def test_a_failed_run_keeps_the_good_model(tmp_path, monkeypatch):
     # a re-train with every feature cached saves without Keras: break that path too
     monkeypatch.setattr(zipfile.ZipFile, "writestr", broken_save)
     with pytest.raises(OSError):
-        train(tf_files, TrainConfig(report=False, epochs=3, seed=1), **QUIET)
+        train(tf_files, TrainConfig(quick=True, report=False, epochs=3, seed=1), **QUIET)
     assert (tf_files / "model.keras").read_bytes() == before
     assert zipfile.is_zipfile(tf_files / "model.keras")
     assert not list(tf_files.glob(".*tmp*"))
@@ -215,12 +216,12 @@ def test_a_failed_run_keeps_the_good_model(tmp_path, monkeypatch):
 def test_one_label_is_a_clear_error(tmp_path):
     shutil.copytree(DEMO_DATA / "face", tmp_path / "tf" / "data" / "face")
     with pytest.raises(DatasetError, match="label"):
-        train(tmp_path / "tf", TrainConfig(report=False), **QUIET)
+        train(tmp_path / "tf", TrainConfig(quick=True, report=False), **QUIET)
 
 
 def test_missing_image_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="data"):
-        train(tmp_path / "nowhere", TrainConfig(report=False), **QUIET)
+        train(tmp_path / "nowhere", TrainConfig(quick=True, report=False), **QUIET)
 
 
 @pytest.mark.slow
@@ -242,7 +243,7 @@ def test_hymenoptera_accuracy_and_placeholder(hymenoptera_trained):
 @pytest.mark.slow
 def test_summaries_dir_gets_tensorboard_logs(tmp_path):
     logs = tmp_path / "logs"
-    result = train(tmp_path / "tf", TrainConfig(image_dir=str(DEMO_DATA), report=False, epochs=4,
+    result = train(tmp_path / "tf", TrainConfig(quick=True, image_dir=str(DEMO_DATA), report=False, epochs=4,
                                                  summaries_dir=str(logs)), **QUIET)
     events = list(logs.rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0

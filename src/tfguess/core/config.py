@@ -22,6 +22,12 @@ QUANTIZE_CHOICES = ("none", "float16", "dynamic", "int8")
 
 # Share of the photos held out as the test split, unless an --eval-dir folder is the test set.
 DEFAULT_TEST_PCT = 10.0
+# ``train`` with no flags plans the best recipe for this long (docs/guide/time-budget.md says why).
+DEFAULT_TIME_LIMIT = 300.0
+# The settings a time plan chooses; any of them set to another value than its default is the
+# user's and the plan keeps it (:func:`TrainConfig.pinned`).
+RECIPE_FIELDS = ("backbone", "tfhub_module", "image_size", "views", "hidden_units", "fine_tune",
+                 "fine_tune_blocks", "fine_tune_epochs")
 
 
 def option(default=None, help: str | None = None, *, flag: str | None = None, cli: bool = True,
@@ -134,9 +140,22 @@ class TrainConfig:
         "epoch, within memory; 0: fresh views through the whole backbone every epoch, slower)",
         group=ACCURACY)
     time_limit: float | None = option(  # seconds: train picks the best recipe that fits (plan.py)
-        None, "pick the most accurate recipe (backbone, size, views, fine-tuning) that fits this "
-        "time on this machine, e.g. 90s, 10m, 1h30m; the plan is printed first",
-        group=ACCURACY, metavar="DURATION", convert="duration")
+        DEFAULT_TIME_LIMIT, "the most accurate recipe (backbone, size, views, fine-tuning) that "
+        "fits this time on this machine, e.g. 90s, 10m, 1h30m (default 5m); the plan is printed "
+        "first. Recipe flags you give (--backbone, --image-size, --views, --fine-tune, ...) are "
+        "kept: the plan chooses the rest", group=ACCURACY, metavar="DURATION", convert="duration")
+    quick: bool = option(
+        False, "no time plan: the quick recipe (efficientnet_lite0, 224 px, 2 cached views, no "
+        "fine-tuning; seconds once the features are cached), or the one your flags give",
+        group=ACCURACY)
+    head_only: bool = option(
+        False, "re-fit only the head, on the features of the model already in TF_FILES (its "
+        "backbone, fine-tuned or not, its size and resize): seconds when the features are "
+        "cached, as after moving photos between labels (the review page's Re-train)",
+        group=ACCURACY)
+    force: bool = option(
+        False, "train again even when the photos and the settings are those of the model there "
+        "(by default such a run does nothing)")
 
     def __post_init__(self) -> None:
         if self.test_pct is None:
@@ -168,6 +187,8 @@ class TrainConfig:
             (self.fine_tune_views is None or self.fine_tune_views >= 0,
              "fine_tune_views must be 0 or more"),
             (self.time_limit is None or self.time_limit > 0, "time_limit must be positive"),
+            (not (self.quick and self.time_limit not in (None, DEFAULT_TIME_LIMIT)),
+             "--quick trains without a time plan: leave out --time-limit (or --quick)"),
             (not (self.fine_tune and self.ray),
              "--ray extracts with the stock backbone only: leave out --fine-tune"),
         ])
@@ -192,6 +213,18 @@ class TrainConfig:
         if self.hidden_units:
             parts.append("hidden")
         return "+".join(parts)
+
+    def pinned(self) -> dict:
+        """The recipe settings (:data:`RECIPE_FIELDS`) given another value than the default:
+        the user's, which a time plan keeps."""
+        defaults = TrainConfig.__dataclass_fields__
+        return {name: getattr(self, name) for name in RECIPE_FIELDS
+                if getattr(self, name) != defaults[name].default}
+
+    @property
+    def plans(self) -> bool:
+        """Whether ``train`` picks the recipe by the time budget (not ``--quick``)."""
+        return bool(self.time_limit) and not self.quick and not self.head_only
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

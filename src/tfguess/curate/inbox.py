@@ -87,11 +87,11 @@ def _backbone_source(run: RunFolder, config: TrainConfig):
 
 
 def run_config(run: RunFolder) -> TrainConfig:
-    """The settings of TF_FILES' last run (the defaults before the first)."""
+    """The settings of TF_FILES' last run (the quick recipe before the first)."""
     try:
         return TrainConfig.from_dict(run.read_summary().get("config", {}))
     except TfguessError:
-        return TrainConfig()
+        return TrainConfig(quick=True)
 
 
 class Inbox(InboxActions, InboxOrder):

@@ -70,13 +70,15 @@ def ready_to_train(tf_files: str | Path) -> str | None:
 
 def train_from_nothing(tf_files: str | Path, log: Callable[[str], None] = print,
                        progress: bool = False):
-    """Train an ordinary TF_FILES from the photos given on the page (default settings), and
-    write its evaluation report as ``tfguess train`` does (the review page reads it)."""
+    """Train an ordinary TF_FILES from the photos given on the page, and write its evaluation
+    report as ``tfguess train`` does (the review page reads it). The quick recipe: the page
+    waits for it, and re-trains as labels arrive; ``tfguess train TF_FILES`` then trains the
+    default time plan on the sorted photos."""
     from tfguess.curate.retrain import train_with_report
 
     missing = ready_to_train(tf_files)
     if missing:
         raise InboxError(f"not ready to train: {missing}")
-    result = train_with_report(tf_files, TrainConfig(), progress=progress, log=log)
+    result = train_with_report(tf_files, TrainConfig(quick=True), progress=progress, log=log)
     return result
 

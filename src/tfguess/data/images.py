@@ -40,7 +40,6 @@ from tfguess.data.resize import (  # noqa: F401 - re-exported: importable from i
     SQUASH_BILINEAR_MAX,
     SUBPIXEL,
     _bilinear_axis,
-    auto_resize,
     crop_box,
     pad_offsets,
     pad_to_square,
@@ -390,18 +389,6 @@ def load_image(
     out = im.resize((size, size), Image.Resampling.BICUBIC, box=crop_box(w, h, size),
                     reducing_gap=3.0)
     return np.array(out, dtype=np.uint8)
-
-
-def auto_resize_of(paths) -> tuple[str, dict]:
-    """:func:`auto_resize` of the photos at ``paths``, from their headers (files that are not
-    images are left out)."""
-    sizes = []
-    for path in paths:
-        try:
-            sizes.append(oriented_size(path))
-        except (ImageError, OSError):
-            continue
-    return auto_resize(sizes)
 
 
 def oriented_size(path: str | os.PathLike[str]) -> tuple[int, int]:

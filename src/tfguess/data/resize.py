@@ -22,10 +22,6 @@ RESIZES = ("squash", "crop", "pad")
 # Mid-grey: the EfficientNet-Lite normalisation (x - 127) / 128 maps it to 0, the value the
 # network's own zero padding gives beyond an image's border.
 PAD_VALUE = 127
-# --resize auto: "crop" when at least this share of the photos is portrait (w/h < 0.8) and at
-# least this share landscape (w/h > 1.25), else "squash" (bench/accuracy_table.py --suite, docs/benchmarks.md).
-AUTO_MIXED_SHARE = 0.25
-PORTRAIT_MAX, LANDSCAPE_MIN = 0.8, 1.25
 
 # The EfficientNet evaluation recipe: resize the shorter side to size / CROP_FRACTION, centre crop.
 CROP_FRACTION = 0.875
@@ -45,24 +41,6 @@ PREPROCESS_VERSION = 4
 # as the reduction: every source pixel counts).
 SUBPIXEL = 32
 SQUASH_BILINEAR_MAX = 2.0
-
-
-def auto_resize(sizes: list[tuple[int, int]]) -> tuple[str, dict]:
-    """``--resize auto``: ``(resize, facts)`` for photos of these ``(width, height)`` sizes.
-
-    Squashing distorts every photo of one orientation the same way, which the head learns; when
-    both orientations are common, the same object arrives stretched one way or the other, and
-    the centre crop, which keeps the geometry, was the more accurate (docs/guide/resize.md).
-    """
-    n = max(1, len(sizes))
-    portrait = sum(w / h < PORTRAIT_MAX for w, h in sizes) / n
-    landscape = sum(w / h > LANDSCAPE_MIN for w, h in sizes) / n
-    mixed = min(portrait, landscape) >= AUTO_MIXED_SHARE
-    return ("crop" if mixed else "squash"), {
-        "portrait": round(portrait, 3), "landscape": round(landscape, 3), "images": len(sizes),
-        "rule": f"crop when at least {AUTO_MIXED_SHARE:.0%} of the photos are portrait "
-                f"(w/h < {PORTRAIT_MAX}) and at least {AUTO_MIXED_SHARE:.0%} landscape "
-                f"(w/h > {LANDSCAPE_MIN}), else squash"}
 
 
 def crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:

@@ -1,6 +1,7 @@
 """The review page (``/review``) and its API: suspected label errors and misclassified images,
 moves to another label, take-outs, undo, and re-training in place."""
 
+import dataclasses
 import io
 import os
 import threading
@@ -28,7 +29,8 @@ no_tf_files_router = APIRouter()  # a model file served: /review says what it ne
 
 
 class Retrainer:
-    """Re-trains TF_FILES in a worker thread with the settings of its last run, then reloads."""
+    """Re-fits the head of TF_FILES' model in a worker thread (``--head-only``: the settings and
+    backbone of its last run), then reloads."""
 
     def __init__(self, served: ServedModel) -> None:
         self.served = served
@@ -53,7 +55,9 @@ class Retrainer:
         t0 = time.perf_counter()
         lines: list[str] = []
         try:
+            # the head again on the model's own backbone (fine-tuned or not): seconds
             config = TrainConfig.from_dict(run.read_summary().get("config", {}))
+            config = dataclasses.replace(config, head_only=run.model.exists())
             result = train_with_report(tf_files, config, log=lines.append)
             self.served.reload()
             state = {"state": "done", "accuracy": result.metrics.get("test", {}).get("accuracy"),

@@ -33,8 +33,8 @@ def backbone_ref(spec, weights_id: str, resize: str | None, *, auto_resize: str 
     """The ref of the features of ``spec`` with weights ``weights_id``.
 
     ``resize`` is the ``--resize`` setting: None is the backbone's own recipe, ``auto`` is
-    ``auto_resize``. ``train`` passes there what :func:`choices.choose_resize` chose by the shapes
-    of the photos; without it (the inbox before a first model, ``--backbone auto``'s candidates:
+    ``auto_resize``. ``train`` passes there what :func:`choices.choose_resize` measured on the
+    photos; without it (the inbox before a first model, ``--backbone auto``'s candidates:
     no photos chosen by) ``auto`` is the backbone's own recipe too.
     """
     setting = resize or spec.resize
@@ -64,6 +64,24 @@ class LazyBackbone:
     @property
     def built(self) -> bool:
         return self.model is not None
+
+
+class ModelBackbone(LazyBackbone):
+    """The backbone of a saved model (``--head-only``: a fine-tuned one has no other home), loaded
+    the first time it is needed."""
+
+    def __init__(self, spec, model_path) -> None:
+        super().__init__(spec, None)
+        self.model_path = model_path
+
+    def __call__(self):
+        if self.model is None:
+            from tfguess.engine.model import load_classifier
+
+            t = time.perf_counter()
+            self.model = load_classifier(self.model_path).backbone
+            self.seconds = time.perf_counter() - t
+        return self.model
 
 
 class LazyExtractor:

@@ -1,7 +1,7 @@
 """``--backbone auto`` and ``--resize auto``: the choices ``train`` makes from the photos.
 
 :func:`choose_backbone` cross-validates the offline backbones on their cached features;
-:func:`choose_resize` picks squash or crop by the shapes of the photos. Augmented views are in
+:func:`choose_resize` measures squash against crop on the photos, out of fold. Augmented views are in
 :mod:`tfguess.training.views`, what the run summary records of fine-tuning in
 :mod:`tfguess.training.summary`.
 """
@@ -75,15 +75,54 @@ def choose_backbone(image_dir: Path, cache_root: Path, config, progress: bool,
     return dataclasses.replace(config, backbone=best), {"chosen": best, "candidates": scores}
 
 
-def choose_resize(scan, log: Callable[[str], None]) -> tuple[str, dict]:
-    """``--resize auto`` (the default): squash or crop by the shapes of the training and
-    validation photos (:func:`images.auto_resize`; headers only, nothing extracted). A rule,
-    not a cross-validation: on the dev sets the cross-validated choice among squash, crop and pad
-    picked the val set's loser on two of five (furniture4, hymenoptera; differences of one to
-    three photos in the folds), and cost one extraction per recipe."""
-    from tfguess.data.images import auto_resize_of
+RESIZE_CANDIDATES = ("squash", "crop")
+RESIZE_P_VALUE = 0.05
 
-    resize, facts = auto_resize_of(it.path for it in scan.items if it.split != "test")
-    log(f"--resize auto chose {resize} ({facts['portrait']:.0%} of the photos portrait, "
-        f"{facts['landscape']:.0%} landscape)")
-    return resize, {"chosen": resize, **facts}
+
+def choose_resize(run, scan, spec, weights_id: str, backbone, config, progress: bool,
+                  log: Callable[[str], None]) -> tuple[str, dict]:
+    """``--resize auto`` (the default): squash or crop, measured on the user's photos.
+
+    The prior is the backbone's own recipe (squash for EfficientNet-Lite, as MediaPipe does; crop
+    for the Keras ImageNet backbones). The other is taken only when it is right on more photos
+    beyond chance: out-of-fold predictions (a 5-fold logistic regression on the frozen features
+    of the training and validation photos, made both ways), then a one-sided sign test on the
+    photos only one of the two gets right (p < :data:`RESIZE_P_VALUE`). One or two photos never
+    decide; on a small set the prior stands. Costs one more feature extraction (the loser's;
+    the winner's features are the run's, cached). Pad is not a candidate: it was the least
+    accurate of the three on every development set (docs/guide/resize.md)."""
+    from tfguess.data.hygiene import out_of_sample_probs
+    from tfguess.training.evaluation import clearly_better
+    from tfguess.training.extraction import extract
+
+    prior = spec.resize if spec.resize in RESIZE_CANDIDATES else "squash"
+    other = next(r for r in RESIZE_CANDIDATES if r != prior)
+    items = [it for it in scan.items if it.split != "test"]
+    index = {label: i for i, label in enumerate(scan.labels)}
+    feats = {}
+    for resize in (prior, other):
+        ref = backbone_ref(spec, weights_id, resize)
+        log(f"--resize auto: features with {resize}")
+        feats[resize] = extract(run, ref, backbone, items, config, progress, log).result.features
+    usable = [it for it in items if all(it.digest in f for f in feats.values())]
+    y = np.array([index[it.label] for it in usable], np.int64)
+    facts = {"prior": prior, "candidates": list(RESIZE_CANDIDATES), "n": len(usable),
+             "rule": f"the backbone's own resize ({prior}) unless {other} is right on more "
+                     "photos beyond chance (out-of-fold predictions on the training and "
+                     f"validation photos, one-sided sign test, p < {RESIZE_P_VALUE})"}
+    counts = np.bincount(y, minlength=len(scan.labels))
+    if len(usable) < 4 or counts.min() < 2:
+        log(f"--resize auto kept {prior} (too few photos a label to compare)")
+        return prior, {**facts, "chosen": prior, "why": "too few photos a label to compare"}
+    right = {}
+    for resize, f in feats.items():
+        x = np.stack([f[it.digest] for it in usable])
+        probs = out_of_sample_probs(x, y, len(scan.labels), seed=config.seed)
+        right[resize] = probs.argmax(1) == y
+    wins, losses = int(np.sum(right[other] & ~right[prior])), int(np.sum(~right[other] & right[prior]))
+    chosen = other if clearly_better(right[other], right[prior], RESIZE_P_VALUE) else prior
+    why = (f"out of fold, {prior} right on {int(right[prior].sum())} of {len(usable)}, {other} on "
+           f"{int(right[other].sum())} ({other} alone right on {wins}, {prior} alone on {losses})")
+    log(f"--resize auto chose {chosen}: {why}")
+    return chosen, {**facts, "chosen": chosen, "why": why,
+                    "correct": {r: int(v.sum()) for r, v in right.items()}}

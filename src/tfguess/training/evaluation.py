@@ -7,6 +7,7 @@ against scikit-learn.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,3 +82,16 @@ def evaluate_folder(
         for it in scan.items if it.digest in feats.skipped
     ]
     return result
+
+
+def clearly_better(a: np.ndarray, b: np.ndarray, p_value: float = 0.05) -> bool:
+    """Whether the model with per-image results ``a`` (True: right) beats the one with ``b`` on
+    the same images beyond chance: a one-sided sign test on the images only one of them gets right.
+
+    A validation split is small (tens of images), and the head-only start was early-stopped on it,
+    so its score there is optimistic: a difference of an image or two says nothing."""
+    wins, losses = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if wins <= losses:
+        return False
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n < p_value

@@ -45,6 +45,7 @@ from tfguess.core.errors import ConfigError
 from tfguess.data.images import ImageError, load_image
 from tfguess.data.pipeline import default_workers
 from tfguess.engine.runtime import Head
+from tfguess.training.evaluation import clearly_better
 from tfguess.training.finetune_inputs import (
     BATCH_SIZE,
     Images,
@@ -142,19 +143,6 @@ def weights_digest(model) -> str:
         h.update(f"{w.path}|{a.shape}|{a.dtype}".encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
-
-
-def clearly_better(a: np.ndarray, b: np.ndarray, p_value: float = 0.05) -> bool:
-    """Whether the model with per-image results ``a`` (True: right) beats the one with ``b`` on
-    the same images beyond chance: a one-sided sign test on the images only one of them gets right.
-
-    A validation split is small (tens of images), and the head-only start was early-stopped on it,
-    so its score there is optimistic: a difference of an image or two says nothing."""
-    wins, losses = int(np.sum(a & ~b)), int(np.sum(~a & b))
-    if wins <= losses:
-        return False
-    n = wins + losses
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n < p_value
 
 
 def _scored(row: dict, result: tuple | None) -> dict:

@@ -214,12 +214,14 @@ class Estimate:
     after_seconds: float       # after the fine-tuning: features of the fine-tuned backbone, scoring
 
 
-def estimate(recipe: Recipe, images: int, train_images: int, eval_images: int, speed: Speed) -> Estimate:
+def estimate(recipe: Recipe, images: int, train_images: int, eval_images: int, speed: Speed,
+             resize_images: int = 0) -> Estimate:
     """The time of training ``recipe`` from nothing on ``images`` photos (``train_images`` of them
-    in the training split) plus ``eval_images`` in an evaluation folder."""
+    in the training split) plus ``eval_images`` in an evaluation folder, and ``resize_images``
+    extracted once more to choose the resize."""
     extract = recipe.extract_cost / speed.extract
     seconds = (FIXED_SECONDS * speed.slowdown
-               + (images + train_images * recipe.views + eval_images) * extract)
+               + (images + resize_images + train_images * recipe.views + eval_images) * extract)
     ft = after = 0.0
     if recipe.fine_tune:
         epochs = recipe.fine_tune_epochs
@@ -271,10 +273,11 @@ def candidates(recipe: Recipe) -> list[Recipe]:
 
 
 def choose(limit: float, images: int, train_images: int, eval_images: int, speed: Speed,
-           recipes=RECIPES) -> Plan:
+           recipes=RECIPES, resize_images: int = 0) -> Plan:
     """The recipe of highest value whose estimate fits ``HEADROOM * limit``; the fastest one when
-    none does. Ties go to the faster."""
-    options = [estimate(r, images, train_images, eval_images, speed)
+    none does. Ties go to the faster. ``resize_images``: the photos ``--resize auto`` extracts a
+    second time to choose between crop and squash (:func:`choices.choose_resize`)."""
+    options = [estimate(r, images, train_images, eval_images, speed, resize_images)
                for recipe in recipes for r in candidates(recipe)]
     fitting = [e for e in options if e.seconds <= HEADROOM * limit]
     if fitting:
@@ -314,8 +317,9 @@ def fine_tune_hint(train_accuracy: float | None, val_accuracy: float | None, ima
             f"{train_accuracy:.3f} on the training images). --fine-tune added {gain(ft)} on a "
             f"fine-grained development set (cub_songbirds22) and would take about "
             f"{format_seconds(t_ft)} here; --fine-tune --image-size {best.image_size} added "
-            f"{gain(best)} there, about {format_seconds(t_best)}. Or give --time-limit (e.g. "
-            f"--time-limit {math.ceil(t_best / HEADROOM / 60)}m) to get the best recipe that fits.")
+            f"{gain(best)} there, about {format_seconds(t_best)}. Without --quick, train plans the best recipe that "
+            f"fits a time budget (5 min unless --time-limit says otherwise; e.g. --time-limit "
+            f"{math.ceil(t_best / HEADROOM / 60)}m for that one).")
 
 
 def _speed(summary_path: Path) -> Speed:
@@ -353,19 +357,63 @@ def busy_cores(seconds: float = 0.5) -> float | None:
 def plan_run(config, image_dir: Path, summary_path: Path, log=print):
     """``config`` with the recipe that fits ``config.time_limit`` for the photos in ``image_dir``
     (the previous run's summary at ``summary_path`` gives this machine's throughput), and the plan;
-    ``(config, None)`` when there is no limit or no folder to plan for."""
+    ``(config, None)`` with ``--quick``, without a folder to plan for, or when the recipe settings
+    the user gave (:meth:`TrainConfig.pinned`) match no recipe: the plan keeps those settings and
+    chooses the rest."""
     import dataclasses
 
-    if not config.time_limit or not Path(image_dir).is_dir():
+    if not config.plans:
+        if config.quick:
+            log(f"Quick recipe: {describe_config(config)} (no time plan)")
+        return config, None
+    if not Path(image_dir).is_dir():
+        return config, None
+    pinned = config.pinned()
+    recipes = matching(RECIPES, pinned)
+    if not recipes:
+        log(f"Your recipe: {describe_config(config)} (no recipe of the time plan has "
+            f"{', '.join(f'{k}={v}' for k, v in pinned.items())}: no time plan)")
         return config, None
     images = count_images(image_dir)
     held_out = (config.validation_pct + config.test_pct) / 100
     train_images = round(images * (1 - held_out))
     eval_images = count_images(Path(config.eval_dir).expanduser()) if config.eval_dir and Path(
         config.eval_dir).expanduser().is_dir() else 0
-    plan = choose(config.time_limit, images, train_images, eval_images, _speed(summary_path))
+    resize_images = images if config.resize == "auto" else 0
+    plan = choose(config.time_limit, images, train_images, eval_images, _speed(summary_path),
+                  recipes, resize_images=resize_images)
     log(plan.describe())
-    return dataclasses.replace(config, **plan.chosen.recipe.settings()), plan
+    if pinned:
+        log(f"  kept from your settings: {', '.join(f'{k}={v}' for k, v in pinned.items())}")
+    settings = {k: v for k, v in plan.chosen.recipe.settings().items() if k not in pinned}
+    return dataclasses.replace(config, **settings), plan
+
+
+def matching(recipes, pinned: dict) -> list[Recipe]:
+    """The recipes that agree with every pinned setting (a pinned number of fine-tuning blocks
+    or epochs is put into the fine-tuning recipes; the plan may still take fewer epochs to fit)."""
+    out = []
+    for r in recipes:
+        r = replace(r, **{k: pinned[k] for k in ("fine_tune_blocks", "fine_tune_epochs")
+                          if k in pinned})
+        values = {**r.settings(), "image_size": r.image_size, "tfhub_module": None,
+                  "hidden_units": 0}
+        if all(values[k] == v for k, v in pinned.items()):
+            out.append(r)
+    return out
+
+
+def describe_config(config) -> str:
+    """The recipe a config trains, e.g. ``efficientnet_lite0, 224 px, 2 views, no fine-tuning``."""
+    size = config.image_size or {"efficientnet_lite1": 240, "efficientnet_lite2": 260}.get(
+        config.backbone, 224)
+    parts = [config.tfhub_module or config.backbone, f"{size} px",
+             f"{config.views} views" if config.views else "no views"]
+    if config.hidden_units:
+        parts.append(f"{config.hidden_units} hidden units")
+    parts.append(f"fine-tuning {config.fine_tune_blocks} blocks x {config.fine_tune_epochs} epochs"
+                 if config.fine_tune else "no fine-tuning")
+    return ", ".join(parts)
 
 
 def fine_tune_deadline(start: float, limit: float, images: int, seconds_per_image: float,

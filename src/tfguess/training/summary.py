@@ -78,6 +78,43 @@ def run_summary(run: RunFolder, config: TrainConfig, image_dir: Path, scan: Data
     }
 
 
+def decisions(summary: dict) -> list[dict]:
+    """What the run chose and why, from its summary: the recipe, the resize, fine-tuning's
+    result and the guessing engine (``{"what", "chosen", "why"}`` each; the report lists them)."""
+    config = summary.get("config") or {}
+    plan, out = summary.get("time_limit"), []
+    if plan:
+        total = (summary.get("timings_s") or {}).get("total")
+        out.append({"what": "recipe", "chosen": plan.get("recipe"), "why": (
+            f"the most accurate recipe on the development sets that fits "
+            f"{plan.get('limit_s', 0) / 60:g} min here (estimated {plan.get('estimated_s')} s"
+            + (f", took {total:.0f} s" if total else "") + ")")})
+    else:
+        why = ("--head-only: the head again on the model's own backbone" if config.get("head_only")
+               else "--quick" if config.get("quick") else "the settings given (no time plan)")
+        out.append({"what": "recipe", "chosen": summary.get("mode"), "why": why})
+    auto = summary.get("auto_resize")
+    resize = (summary.get("backbone") or {}).get("resize")
+    out.append({"what": "resize", "chosen": resize,
+                "why": (auto.get("why") or auto.get("rule")) if auto else "--resize given"})
+    ft = summary.get("fine_tune")
+    if ft:
+        rows = [h for h in ft.get("history") or [] if "val_accuracy" in h]
+        start = next((h["val_accuracy"] for h in rows if h.get("epoch") == 0), None)
+        end = rows[-1]["val_accuracy"] if rows else None
+        kept = ft.get("weights_id") is None
+        out.append({"what": "fine-tuning",
+                    "chosen": "the head-only start kept" if kept else "the fine-tuned backbone",
+                    "why": f"validation accuracy {start} before fine-tuning, {end} after; the "
+                           "start is kept only when clearly better (a sign test, p < 0.05)"})
+    precision = summary.get("precision") or {}
+    if precision:
+        out.append({"what": "guessing", "chosen": precision.get("guess", "float32"),
+                    "why": (precision.get("int8_check") or {}).get("why") or precision.get("cpu")
+                    or f"--precision {precision.get('setting')}"})
+    return out
+
+
 def report(run: RunFolder, config: TrainConfig, data: SplitData, metrics: dict, model_path: Path,
            seconds: float, log: Callable[[str], None]) -> None:
     """The end of a run: the mode, the accuracy of each split, the hint that fine-tuning would
@@ -86,7 +123,7 @@ def report(run: RunFolder, config: TrainConfig, data: SplitData, metrics: dict, 
     log(f"Mode: {config.mode}")
     log(f"Accuracy: train {acc['train']}, validation {acc['validation']}, test {acc['test']} "
         f"(test n={metrics['test']['n']})")
-    if not config.fine_tune and not config.time_limit:
+    if not config.fine_tune and not config.plans:
         from tfguess.training.plan import weak_features_hint
 
         hint = weak_features_hint(acc["train"], acc["validation"], len(data.usable),

@@ -23,6 +23,7 @@ from tfguess.data import hygiene
 from tfguess.engine.bottlenecks import BottleneckCache
 from tfguess.engine.features import BackboneRef
 from tfguess.engine.model import read_head, read_meta
+from tfguess.training.summary import decisions
 
 ATYPICAL_MAX = 12  # items per gallery in the page (the CSV and JSON hold all)
 HYGIENE_FILENAME = "hygiene.json"   # in the run's bottlenecks folder: the data checks, remembered
@@ -189,6 +190,7 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
                         for s, m in summary.get("metrics", {}).items()},
         "eval_dir": summary.get("metrics", {}).get("eval_dir"),
         "precision": summary.get("precision"),   # what guessing runs, and why
+        "decisions": decisions(summary),          # the recipe, resize, fine-tuning, guessing
         "best_epoch": summary.get("best_epoch"),
         "imbalance": imbalance,
         "misclassified": misclassified,

@@ -227,7 +227,18 @@ def _metrics_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> lis
     if extra and extra.get("per_label"):
         out.append(f"<h3>Metrics on {_e(extra.get('folder', 'the evaluation folder'))}</h3>")
         out.append(_metrics_table(extra, labels, None))
-    return out + _guessing_note(data.get("precision"))
+    return out + _guessing_note(data.get("precision")) + _decisions(data.get("decisions"))
+
+
+def _decisions(decisions: list[dict] | None) -> list[str]:
+    """How the model was made: the recipe, the resize and fine-tuning, each with its evidence
+    (the guessing engine has its line above)."""
+    rows = [d for d in decisions or [] if d["what"] != "guessing"]
+    if not rows:
+        return []
+    items = "".join(f"<li><b>{_e(d['what'])}</b>: {_e(d['chosen'])} <span class='muted'>"
+                    f"({_e(d['why'])})</span></li>" for d in rows)
+    return ["<h3 id='decisions'>How it was trained</h3>", f"<ul>{items}</ul>"]
 
 
 def _guessing_note(precision: dict | None) -> list[str]:

@@ -1,0 +1,241 @@
+"""``train`` with no flags: the time plan by default, ``--quick``, the user's own recipe
+settings kept, the resize measured on the photos, and a re-run with nothing new doing nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import DEMO_DATA
+
+from tfguess.core.config import DEFAULT_TIME_LIMIT, TrainConfig
+from tfguess.core.errors import ConfigError
+from tfguess.core.runfolder import RunFolder
+from tfguess.training import unchanged
+from tfguess.training.plan import plan_run
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A folder of 100 files in two labels (the planner only counts them)."""
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(50):
+            (tmp_path / "data" / label / f"{i}.jpg").write_bytes(b"x")
+    return tmp_path / "data"
+
+
+def plan(config, photos):
+    said = []
+    out, chosen = plan_run(config, photos, photos.parent / "run_summary.json", said.append)
+    return out, chosen, "\n".join(said)
+
+
+def test_no_flags_plan_the_default_budget(photos):
+    config, chosen, said = plan(TrainConfig(), photos)
+    assert TrainConfig().time_limit == DEFAULT_TIME_LIMIT == 300
+    assert chosen is not None and chosen.limit == 300
+    assert said.startswith("Time limit 5 min 00 s: ") and "estimated" in said
+    assert config.fine_tune == chosen.chosen.recipe.fine_tune   # the plan's recipe is the run's
+
+
+def test_quick_is_the_frozen_recipe_without_a_plan(photos):
+    config, chosen, said = plan(TrainConfig(quick=True), photos)
+    assert chosen is None and config == TrainConfig(quick=True)
+    assert said == ("Quick recipe: efficientnet_lite0, 224 px, 2 views, no fine-tuning "
+                    "(no time plan)")
+    with pytest.raises(ConfigError, match="--quick trains without a time plan"):
+        TrainConfig(quick=True, time_limit=900)
+
+
+def test_recipe_settings_the_user_gives_are_kept(photos):
+    config, chosen, said = plan(TrainConfig(views=0), photos)
+    assert chosen is not None and config.views == 0 and chosen.chosen.recipe.views == 0
+    assert "kept from your settings: views=0" in said
+    config, chosen, _ = plan(TrainConfig(fine_tune=True, fine_tune_blocks=3), photos)
+    assert config.fine_tune and config.fine_tune_blocks == 3 and chosen.chosen.recipe.fine_tune
+    config, chosen, said = plan(TrainConfig(hidden_units=16), photos)  # in no recipe
+    assert chosen is None and config == TrainConfig(hidden_units=16)
+    assert said.startswith("Your recipe: efficientnet_lite0, 224 px, 2 views, 16 hidden units")
+
+
+def test_the_cli_refuses_quick_with_a_time_limit(tmp_path, capsys):
+    from tfguess.cli import main
+
+    assert main(["train", str(tmp_path), "--quick", "--time-limit", "10m"]) == 2
+    assert "--quick trains without a time plan" in capsys.readouterr().err
+
+
+# --- a re-run with nothing new -------------------------------------------------------------------
+
+def test_the_inputs_digest_sees_every_change_and_only_changes(tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(DEMO_DATA, data)
+    config = TrainConfig()
+    first = unchanged.inputs_digest(config, data)
+    # settings that change nothing in the model
+    assert unchanged.inputs_digest(TrainConfig(force=True, report=False, workers=1), data) == first
+    assert unchanged.inputs_digest(TrainConfig(quick=True), data) != first
+    assert unchanged.inputs_digest(TrainConfig(seed=1), data) != first
+    photo = next((data / "face").iterdir())
+    stamp = photo.stat()
+    os.utime(photo, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000))   # edited
+    assert unchanged.inputs_digest(config, data) != first
+    os.utime(photo, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert unchanged.inputs_digest(config, data) == first
+    photo.rename(data / "not_face" / photo.name)                               # relabelled
+    assert unchanged.inputs_digest(config, data) != first
+
+
+def test_a_model_replaced_by_hand_is_a_change(tmp_path):
+    run = RunFolder.at(tmp_path)
+    run.model.write_bytes(b"model")
+    run.labels.write_text("a\nb\n")
+    run.write_summary({"labels": ["a", "b"], "inputs": unchanged.record(run, "d1")})
+    assert unchanged.last_run_if_unchanged(run, "d1")["labels"] == ["a", "b"]
+    assert unchanged.last_run_if_unchanged(run, "d2") is None
+    run.model.write_bytes(b"another model")
+    assert unchanged.last_run_if_unchanged(run, "d1") is None
+
+
+NO_TF = """
+import sys
+from tfguess.cli import main
+code = main(sys.argv[1:])
+assert "tensorflow" not in sys.modules, "a re-run with nothing new imported TensorFlow"
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_a_rerun_with_nothing_new_does_nothing_and_imports_no_tensorflow(tmp_path):
+    tf_files = tmp_path / "tf"
+    shutil.copytree(DEMO_DATA, tf_files / "data")
+    cli = [sys.executable, "-m", "tfguess", "-q", "train", str(tf_files), "--quick"]
+    first = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    model = (tf_files / "model.keras").stat().st_mtime_ns
+    again = subprocess.run([sys.executable, "-c", NO_TF, "-q", "train", str(tf_files), "--quick"],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "Nothing changed since the last run" in again.stdout and "--force" in again.stdout
+    assert (tf_files / "model.keras").stat().st_mtime_ns == model
+    assert not (tf_files / "model.previous.keras").exists()
+    # other settings, --force, or a new photo: trained again
+    forced = subprocess.run([*cli, "--force", "--no-report"], capture_output=True, text=True,
+                            timeout=600)
+    assert forced.returncode == 0 and "Nothing changed" not in forced.stdout
+    assert (tf_files / "model.keras").stat().st_mtime_ns != model
+    shutil.copy(DEMO_DATA / "face" / sorted(os.listdir(DEMO_DATA / "face"))[0],
+                tf_files / "data" / "face" / "copy.jpg")
+    added = subprocess.run([*cli, "--no-report"], capture_output=True, text=True, timeout=600)
+    assert added.returncode == 0 and "Nothing changed" not in added.stdout
+    summary = json.loads((tf_files / "run_summary.json").read_text())
+    assert summary["inputs"]["inputs"] == unchanged.inputs_digest(TrainConfig(quick=True),
+                                                                  tf_files / "data")
+
+
+# --- --resize auto, measured on the photos -------------------------------------------------------
+
+def fake_resize_choice(monkeypatch, features_of):
+    """:func:`choices.choose_resize` on 60 photos of two labels, with the features each resize
+    gives from ``features_of(resize, label index, photo number)``."""
+    from tfguess.training import choices, extraction
+
+    labels = ["a", "b"]
+    items = [SimpleNamespace(digest=f"{i}", label=labels[i % 2], split="train") for i in range(60)]
+    scan = SimpleNamespace(items=items, labels=labels)
+
+    def extract(run, ref, backbone, items, config, progress, log):
+        feats = {it.digest: features_of(ref.resize, labels.index(it.label), int(it.digest))
+                 for it in items}
+        return SimpleNamespace(result=SimpleNamespace(features=feats))
+
+    monkeypatch.setattr(extraction, "extract", extract)
+    spec = SimpleNamespace(name="efficientnet_lite0", input_size=224, resize="squash")
+    return choices.choose_resize(None, scan, spec, "w", None, TrainConfig(), False,
+                                 lambda *_: None)
+
+
+def test_crop_replaces_the_backbones_own_squash_only_when_clearly_better(monkeypatch):
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(60, 8))
+
+    def separable(label, i):
+        return np.eye(8)[label] * 3 + noise[i] * 0.3
+
+    chosen, facts = fake_resize_choice(
+        monkeypatch, lambda resize, label, i: separable(label, i) if resize == "crop" else noise[i])
+    assert chosen == "crop" and facts["prior"] == "squash" and facts["correct"]["crop"] == 60
+    assert "sign test" in facts["rule"] and "crop alone right on" in facts["why"]
+    # the same features both ways: the prior stands
+    chosen, facts = fake_resize_choice(monkeypatch, lambda resize, label, i: separable(label, i))
+    assert chosen == "squash" and facts["correct"] == {"squash": 60, "crop": 60}
+
+
+# --- --head-only: the review page's Re-train ------------------------------------------------------
+
+@pytest.mark.slow
+def test_head_only_keeps_a_fine_tuned_backbone_and_needs_no_tensorflow(tmp_path):
+    """After photos moved between labels, ``--head-only`` fits the head again on the cached
+    features of the model's own fine-tuned backbone: no TensorFlow, the backbone kept."""
+    from tfguess.engine.model import read_meta
+
+    tf_files = tmp_path / "tf"
+    shutil.copytree(DEMO_DATA, tf_files / "data")
+    first = subprocess.run([sys.executable, "-m", "tfguess", "-q", "train", str(tf_files), "--quick",
+                            "--fine-tune", "--fine-tune-blocks", "1", "--fine-tune-epochs", "1",
+                            "--no-report"], capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr
+    before = read_meta(tf_files / "model.keras")["backbone"]
+    assert "fine-tuned" in before["weights_source"]
+    moved = sorted((tf_files / "data" / "face").iterdir())[0]
+    moved.rename(tf_files / "data" / "not_face" / moved.name)
+    again = subprocess.run([sys.executable, "-c", NO_TF, "-q", "train", str(tf_files), "--head-only",
+                            "--no-report"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "--head-only: the head again on the features" in again.stdout
+    after = read_meta(tf_files / "model.keras")["backbone"]
+    assert (after["weights_id"], after["weights_source"]) == (before["weights_id"],
+                                                              before["weights_source"])
+    summary = json.loads((tf_files / "run_summary.json").read_text())
+    # every feature from the cache (the blank image the demo data holds is only read again)
+    assert summary["features"]["computed"] == len(summary["skipped"]) == 1
+    assert summary["fine_tune"] is None
+    rows = {p: label for rows in summary["splits"].values() for p, label, _ in rows}
+    assert rows[f"data/not_face/{moved.name}"] == "not_face"
+
+
+def test_each_decision_is_recorded_with_its_evidence():
+    from tfguess.curate.report.render import _decisions
+    from tfguess.training.summary import decisions
+
+    summary = {
+        "config": {"quick": False},
+        "time_limit": {"limit_s": 300.0, "recipe": "lite0, 288 px, 2 views, fine-tuning 6 blocks x "
+                       "10 epochs", "estimated_s": 169.2},
+        "timings_s": {"total": 110.4},
+        "auto_resize": {"chosen": "crop", "why": "out of fold, squash right on 470 of 572, crop on 483"},
+        "backbone": {"resize": "crop"},
+        "fine_tune": {"weights_id": "ft-1", "history": [{"epoch": 0, "val_accuracy": 0.8},
+                                                         {"epoch": "average", "val_accuracy": 0.9}]},
+        "precision": {"guess": "float32", "int8_check": {"why": "int8's top label is float32's on 98.0%"}},
+    }
+    made = {d["what"]: d for d in decisions(summary)}
+    assert made["recipe"]["chosen"].startswith("lite0, 288 px") and "took 110 s" in made["recipe"]["why"]
+    assert made["resize"] == {"what": "resize", "chosen": "crop",
+                              "why": "out of fold, squash right on 470 of 572, crop on 483"}
+    assert made["fine-tuning"]["chosen"] == "the fine-tuned backbone"
+    assert "0.8 before fine-tuning, 0.9 after" in made["fine-tuning"]["why"]
+    assert made["guessing"]["chosen"] == "float32" and "98.0%" in made["guessing"]["why"]
+    html = "\n".join(_decisions(decisions(summary)))
+    assert "How it was trained" in html and "out of fold" in html and "guessing" not in html
+    quick = decisions({"config": {"quick": True}, "mode": "frozen+views", "backbone": {"resize": "squash"}})
+    assert quick[0] == {"what": "recipe", "chosen": "frozen+views", "why": "--quick"}
