@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -106,6 +107,10 @@ def test_local_end_to_end_in_a_path_with_spaces(tmp_path: Path) -> None:
     result = wrapper("train.sh", tf_files)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Time limit 5 min 00 s: " in result.stdout   # the default: the recipe that fits 5 min
+    summary = json.loads((tf_files / "run_summary.json").read_text())
+    assert summary["time_limit"]["limit_s"] == 300 and summary["auto_resize"]["chosen"]
+    if summary["fine_tune"] and summary["fine_tune"]["weights_id"]:   # kept: then fine-tuned again
+        assert summary["refit"]["done"] or "s needed" in summary["refit"]["why"], summary["refit"]
     assert (tf_files / "model.keras").is_file()
     labels = (tf_files / "retrained_labels.txt").read_text().split()
     assert sorted(labels) == sorted(p.name for p in (DEMO / "data").iterdir() if p.is_dir())

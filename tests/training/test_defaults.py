@@ -239,3 +239,29 @@ def test_each_decision_is_recorded_with_its_evidence():
     assert "How it was trained" in html and "out of fold" in html and "guessing" not in html
     quick = decisions({"config": {"quick": True}, "mode": "frozen+views", "backbone": {"resize": "squash"}})
     assert quick[0] == {"what": "recipe", "chosen": "frozen+views", "why": "--quick"}
+
+
+def test_no_second_fine_tuning_without_a_validation_split_or_the_time_for_it():
+    """The fine-tuning runs again on the training and validation photos only when there are
+    validation photos and the first fine-tuning's time, scaled by the photos, fits what is left."""
+    import time
+
+    from tfguess.training.refit import refit
+
+    ref = SimpleNamespace(precision="float32")
+    features = SimpleNamespace(ref=ref)
+
+    def data(n_val):
+        return SimpleNamespace(splits={"train": [1] * 100, "validation": [1] * n_val}, usable=[1] * 110)
+
+    said = []
+    config = TrainConfig(time_limit=300)
+    started = time.perf_counter() - 199.5        # 100 s left of the limit
+    out = refit(None, None, config, None, None, (features, data(0), None), started,
+                {"fine_tune": 10.0}, False, said.append)
+    assert out.fine_tuned is None and out.summary == {"done": False, "why": "no validation split"}
+    out = refit(None, None, config, None, None, (features, data(10), None), started,
+                {"fine_tune": 90.0, "fine_tune_features": 5.0}, False, said.append)
+    assert out.fine_tuned is None and not out.summary["done"]
+    assert out.summary["why"].startswith("about 114 s needed, 100 s left")   # 90 x 1.1 + 5 + 10
+    assert said[-1].startswith("Not fine-tuned again on the validation photos too: about 114 s")

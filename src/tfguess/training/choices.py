@@ -89,8 +89,8 @@ def choose_resize(run, scan, spec, weights_id: str, backbone, config, progress: 
     of the training and validation photos, made both ways), then a one-sided sign test on the
     photos only one of the two gets right (p < :data:`RESIZE_P_VALUE`). One or two photos never
     decide; on a small set the prior stands. Costs one more feature extraction (the loser's;
-    the winner's features are the run's, cached). Pad is not a candidate: it was the least
-    accurate of the three on every development set (docs/guide/resize.md)."""
+    the winner's features are the run's, cached). Pad is not a candidate: a third extraction,
+    for a recipe that was best on two development sets and worst on another (docs/guide/resize.md)."""
     from tfguess.data.hygiene import out_of_sample_probs
     from tfguess.training.evaluation import clearly_better
     from tfguess.training.extraction import extract

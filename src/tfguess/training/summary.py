@@ -107,6 +107,12 @@ def decisions(summary: dict) -> list[dict]:
                     "chosen": "the head-only start kept" if kept else "the fine-tuned backbone",
                     "why": f"validation accuracy {start} before fine-tuning, {end} after; the "
                            "start is kept only when clearly better (a sign test, p < 0.05)"})
+    again = summary.get("refit")
+    if again:
+        out.append({"what": "fine-tuning again on the validation photos too",
+                    "chosen": "done" if again.get("done") else "not done",
+                    "why": (f"{again.get('photos')} photos, {again.get('seconds')} s; the test split "
+                            "stays held out" if again.get("done") else again.get("why"))})
     precision = summary.get("precision") or {}
     if precision:
         out.append({"what": "guessing", "chosen": precision.get("guess", "float32"),

@@ -119,19 +119,18 @@ def train(
     # 5. the head, on the features and their augmented views
     fit = _fit_head(data, features, config, run, timings, progress, log)
     head = fit.head
-    # 6. fine-tuning: the top of the backbone, then the fine-tuned backbone's features
-    fine_tuned = None
+    # 6. fine-tuning: the top of the backbone, then the fine-tuned backbone's features; under a
+    # time plan, again on the training and validation photos when there is time (refit.py)
+    fine_tuned, refitted = None, None
     if config.fine_tune and not config.head_only:
-        with stage(timings, "fine_tune"):
-            fine_tuned = _fine_tune(backbone, head, data, features, config, time_plan, t0,
-                                    progress, log)
-        head = fine_tuned.head
-        if fine_tuned.weights_id:
-            features, data = refeature(run, features, fine_tuned.weights_id, backbone, data,
-                                       config, progress, log, calibration)
-            timings["fine_tune_features"] = features.result.seconds
-    # 7. evaluate
+        fine_tuned, refitted, features, data = _fine_tune_stage(
+            run, spec, backbone, fit, data, features, config, time_plan, t0, timings, calibration,
+            progress, log)
+        head = (refitted.fine_tuned if refitted and refitted.fine_tuned else fine_tuned).head
+    # 7. evaluate (the validation split: the model that made the decisions)
     metrics = _evaluate(head, data, features, config, progress, log)
+    if refitted and refitted.validation_metrics:
+        metrics["validation"] = refitted.validation_metrics
     # 8. save the model (and the int8 engine it guesses with), its labels and history
     with stage(timings, "save"):
         with stage(timings, "guess_engine"):
@@ -149,7 +148,8 @@ def train(
     summary = run_summary(run, config, image_dir, scan, data, features, fit, fine_tuned, metrics,
                           choices=choices, backbone=meta, precision=precision,
                           calibration_images=calibration_digests, timings=timings)
-    summary_path = run.write_summary({**summary, "inputs": unchanged.record(run, digest)})
+    summary_path = run.write_summary({**summary, "refit": refitted.summary if refitted else None,
+                                      "inputs": unchanged.record(run, digest)})
     report(run, config, data, metrics, model_path, timings["total"], log)
     sys.stdout.flush()
     return TrainResult(model_path, data.labels, metrics, summary, summary_path)
@@ -328,6 +328,32 @@ def _tensorboard_writer(summaries_dir: str | None):
                     tf.summary.scalar(k, v)
 
     return on_epoch, writer.close
+
+
+def _fine_tune_stage(run: RunFolder, spec, backbone: LazyBackbone, fit: FitResult, data: SplitData,
+                     features: Features, config: TrainConfig, time_plan, t0: float,
+                     timings: dict[str, float], calibration, progress: bool,
+                     log: Callable[[str], None]):
+    """Fine-tune (timed), then the fine-tuned backbone's features; under a time plan, the same
+    again on the training and validation photos when the time left allows it (:mod:`refit`).
+    Returns ``(the fine-tuning, the refit or None, the features and data the model has)``."""
+    with stage(timings, "fine_tune"):
+        fine_tuned = _fine_tune(backbone, fit.head, data, features, config, time_plan, t0,
+                                progress, log)
+    if not fine_tuned.weights_id:
+        return fine_tuned, None, features, data
+    stock = (features, data)
+    features, data = refeature(run, features, fine_tuned.weights_id, backbone, data, config,
+                               progress, log, calibration)
+    timings["fine_tune_features"] = features.result.seconds
+    if not time_plan:
+        return fine_tuned, None, features, data
+    from tfguess.training.refit import refit
+
+    with stage(timings, "refit"):
+        refitted = refit(run, spec, config, fit.head, stock, (features, data, fine_tuned), t0,
+                         timings, progress, log)
+    return fine_tuned, refitted, refitted.features, refitted.data
 
 
 def _fine_tune(backbone: LazyBackbone, head: Head, data: SplitData, features: Features,
