@@ -243,25 +243,70 @@ def test_each_decision_is_recorded_with_its_evidence():
 
 def test_no_second_fine_tuning_without_a_validation_split_or_the_time_for_it():
     """The fine-tuning runs again on the training and validation photos only when there are
-    validation photos and the first fine-tuning's time, scaled by the photos, fits what is left."""
+    validation photos and its estimate (the first fine-tuning's views and epochs, measured, scaled
+    by the photos) fits what is left, with fewer epochs when that is what fits (3 at least)."""
     import time
 
-    from tfguess.training.refit import refit
+    from tfguess.training.refit import refit, refit_epochs
 
-    ref = SimpleNamespace(precision="float32")
-    features = SimpleNamespace(ref=ref)
+    first = SimpleNamespace(history=[{"epoch": e} for e in range(11)], views_seconds=20.0)
+    seconds = {"fine_tune": 90.0, "fine_tune_features": 5.0}   # 7 s an epoch, 20 s of views
+    config = TrainConfig(time_limit=300)
+    # 100 training + 10 validation photos: 1.1 x (20 + 7 e) + 5 + 10 s
+    assert refit_epochs(first, seconds, 100, 10, config, 1000.0) == (10, pytest.approx(114.0))
+    assert refit_epochs(first, seconds, 100, 10, config, 100.0) == (8, pytest.approx(98.6))
+    assert refit_epochs(first, seconds, 100, 10, config, 50.0) == (0, pytest.approx(60.1))
+
+    features = SimpleNamespace(ref=SimpleNamespace(precision="float32"))
 
     def data(n_val):
-        return SimpleNamespace(splits={"train": [1] * 100, "validation": [1] * n_val}, usable=[1] * 110)
+        return SimpleNamespace(splits={"train": [1] * 100, "validation": [1] * n_val},
+                               usable=[1] * 110)
 
     said = []
-    config = TrainConfig(time_limit=300)
-    started = time.perf_counter() - 199.5        # 100 s left of the limit
-    out = refit(None, None, config, None, None, (features, data(0), None), started,
-                {"fine_tune": 10.0}, False, said.append)
+    started = time.perf_counter() - 249.5        # 50 s left of the limit
+    out = refit(None, None, config, None, None, (features, data(0), first), started, seconds,
+                False, said.append)
     assert out.fine_tuned is None and out.summary == {"done": False, "why": "no validation split"}
-    out = refit(None, None, config, None, None, (features, data(10), None), started,
-                {"fine_tune": 90.0, "fine_tune_features": 5.0}, False, said.append)
-    assert out.fine_tuned is None and not out.summary["done"]
-    assert out.summary["why"].startswith("about 114 s needed, 100 s left")   # 90 x 1.1 + 5 + 10
-    assert said[-1].startswith("Not fine-tuned again on the validation photos too: about 114 s")
+    out = refit(None, None, config, None, None, (features, data(10), first), started, seconds,
+                False, said.append)
+    assert out.fine_tuned is None and out.summary["why"] == "about 60 s needed, 50 s left of the time limit"
+    assert said[-1] == "Not fine-tuned again on the validation photos too: " + out.summary["why"]
+
+
+@pytest.mark.slow
+def test_the_second_fine_tuning_is_the_model_the_file_holds(tmp_path):
+    """Under a time plan the fine-tuning runs again on the training and validation photos; the
+    model file then holds that backbone: its Keras model and the cached engine guessing runs agree,
+    and the validation figures are the first model's."""
+    from tfguess.data.images import load_image
+    from tfguess.engine.model import load_classifier, read_meta
+    from tfguess.guess.predict import Predictor
+    from tfguess.training.train import train
+
+    tf_files = tmp_path / "tf"
+    shutil.copytree(DEMO_DATA, tf_files / "data")
+    config = TrainConfig(report=False, fine_tune=True, fine_tune_blocks=1, fine_tune_epochs=1,
+                         time_limit=600)
+    result = train(tf_files, config, progress=False, log=lambda *_: None)
+    again = result.summary["refit"]
+    assert again["done"] and again["photos"] == len(result.summary["splits"]["train"]) + len(
+        result.summary["splits"]["validation"])
+    first = result.summary["fine_tune"]["weights_id"]
+    assert again["weights_id"] != first
+    assert read_meta(tf_files / "model.keras")["backbone"]["weights_id"] == again["weights_id"]
+    assert result.metrics["validation"]["accuracy"] == again["validation_accuracy_before"]
+    classifier = load_classifier(tf_files)
+    size = classifier.input_size
+    paths = sorted((DEMO_DATA / "face").glob("*.png"))[:3] + sorted(
+        (DEMO_DATA / "not_face").glob("*.png"))[:3]
+    pixels = np.stack([load_image(p, size, classifier.resize) for p in paths]).astype(np.float32)
+    keras_probs = np.asarray(classifier.keras_model(pixels, training=False))
+    engine = Predictor.load(tf_files, precision="float32", log=lambda *_: None)
+    np.testing.assert_allclose(engine.probabilities(pixels), keras_probs, atol=1e-4)
+
+
+def test_fewer_fine_tuning_epochs_than_the_plans_minimum_are_kept(photos):
+    config, chosen, said = plan(TrainConfig(fine_tune=True, fine_tune_epochs=1), photos)
+    assert chosen is not None and config.fine_tune_epochs == 1 and config.fine_tune
+    assert "kept from your settings: fine_tune=True, fine_tune_epochs=1" in said

@@ -266,8 +266,8 @@ def format_seconds(seconds: float) -> str:
 
 def candidates(recipe: Recipe) -> list[Recipe]:
     """``recipe``, and for fine-tuning the same with fewer epochs, down to the minimum."""
-    if not recipe.fine_tune:
-        return [recipe]
+    if not recipe.fine_tune or recipe.fine_tune_epochs <= MIN_FINE_TUNE_EPOCHS:
+        return [recipe]   # fewer epochs than the minimum are the user's (--fine-tune-epochs)
     return [replace(recipe, fine_tune_epochs=e)
             for e in range(recipe.fine_tune_epochs, MIN_FINE_TUNE_EPOCHS - 1, -1)]
 

@@ -26,6 +26,31 @@ from tfguess.training.extraction import Features, SplitData, refeature
 MARGIN_S = 10.0   # building the second backbone, the head's scores, saving
 
 
+def refit_epochs(first, seconds: dict[str, float], n_train: int, n_val: int, config: TrainConfig,
+                 left: float) -> tuple[int, float]:
+    """The most epochs (those of the first fine-tuning at most, :data:`plan.MIN_FINE_TUNE_EPOCHS`
+    at least) whose estimate fits ``left`` seconds, and that estimate; ``(0, the estimate of the
+    fewest)`` when none fits. The estimate: the first fine-tuning's cached views and epochs,
+    measured, scaled by the photos, plus the new backbone's features and a margin."""
+    from tfguess.training.plan import MIN_FINE_TUNE_EPOCHS
+
+    scale = (n_train + n_val) / max(1, n_train)
+    ran = max(1, sum(isinstance(h["epoch"], int) and h["epoch"] > 0 for h in first.history)) \
+        if first is not None else 1
+    views = getattr(first, "views_seconds", 0.0) if first is not None else 0.0
+    per_epoch = max(0.0, seconds.get("fine_tune", 0.0) - views) / ran
+    fixed = scale * views + seconds.get("fine_tune_features", 0.0) + MARGIN_S
+
+    def needed(epochs: int) -> float:
+        return fixed + scale * per_epoch * epochs
+
+    fewest = min(MIN_FINE_TUNE_EPOCHS, config.fine_tune_epochs)
+    for epochs in range(config.fine_tune_epochs, fewest - 1, -1):
+        if needed(epochs) <= left:
+            return epochs, needed(epochs)
+    return 0, needed(fewest)
+
+
 @dataclasses.dataclass
 class Refit:
     fine_tuned: object | None      # the second FineTuneResult; None: not refitted
@@ -33,6 +58,7 @@ class Refit:
     data: SplitData
     summary: dict                  # what run_summary.json records under "refit"
     validation_metrics: dict | None = None   # the first model's, on the validation split
+    backbone: LazyBackbone | None = None     # the second fine-tuned backbone: the model's
 
 
 def refit(run: RunFolder, spec, config: TrainConfig, start_head, stock: tuple[Features, SplitData],
@@ -43,10 +69,9 @@ def refit(run: RunFolder, spec, config: TrainConfig, start_head, stock: tuple[Fe
     ``stock``: the stock backbone's features and data; ``seconds``: the run's timings so far."""
     features, data, first = tuned
     val, train = data.splits["validation"], data.splits["train"]
-    needed = (seconds.get("fine_tune", 0.0) * (len(train) + len(val)) / max(1, len(train))
-              + seconds.get("fine_tune_features", 0.0) + MARGIN_S)
     left = config.time_limit - (time.perf_counter() - t0)
-    if not val or needed > left or features.ref.precision != "float32":
+    epochs, needed = refit_epochs(first, seconds, len(train), len(val), config, left)
+    if not val or not epochs or features.ref.precision != "float32":
         why = ("no validation split" if not val else "int8 features (--precision int8)"
                if features.ref.precision != "float32" else
                f"about {needed:.0f} s needed, {max(0.0, left):.0f} s left of the time limit")
@@ -55,7 +80,7 @@ def refit(run: RunFolder, spec, config: TrainConfig, start_head, stock: tuple[Fe
     x_val, y_val = data.arrays["validation"]
     before = classification_metrics(y_val, first.head(x_val), data.labels)
     log(f"Fine-tuning again on the training and validation photos ({len(train) + len(val)}; the "
-        f"decisions are made): about {needed:.0f} s of the {left:.0f} s left")
+        f"decisions are made), {epochs} epochs: about {needed:.0f} s of the {left:.0f} s left")
     from tfguess.training.finetune import fine_tune
     from tfguess.training.plan import fine_tune_deadline
 
@@ -66,7 +91,8 @@ def refit(run: RunFolder, spec, config: TrainConfig, start_head, stock: tuple[Fe
     deadline = fine_tune_deadline(t0, config.time_limit, len(data.usable), per_image)
     backbone = LazyBackbone(spec, config.weights)   # from the stock weights again
     t = time.perf_counter()
-    second = fine_tune(backbone(), start_head, merged.pairs("train"), [], len(data.labels), config,
+    second = fine_tune(backbone(), start_head, merged.pairs("train"), [], len(data.labels),
+                       dataclasses.replace(config, fine_tune_epochs=epochs),
                        stock_features.ref.input_size, stock_features.ref.resize, progress, log,
                        deadline=deadline)
     if not second.weights_id:   # nothing ran before the deadline: the first model stands
@@ -79,4 +105,4 @@ def refit(run: RunFolder, spec, config: TrainConfig, start_head, stock: tuple[Fe
                   "epochs_run": sum(isinstance(h["epoch"], int) and h["epoch"] > 0
                                     for h in second.history),
                   "validation_accuracy_before": before.get("accuracy")},
-                 validation_metrics=before)
+                 validation_metrics=before, backbone=backbone)

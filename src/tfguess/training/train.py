@@ -123,7 +123,7 @@ def train(
     # time plan, again on the training and validation photos when there is time (refit.py)
     fine_tuned, refitted = None, None
     if config.fine_tune and not config.head_only:
-        fine_tuned, refitted, features, data = _fine_tune_stage(
+        fine_tuned, refitted, features, data, backbone = _fine_tune_stage(
             run, spec, backbone, fit, data, features, config, time_plan, t0, timings, calibration,
             progress, log)
         head = (refitted.fine_tuned if refitted and refitted.fine_tuned else fine_tuned).head
@@ -336,24 +336,26 @@ def _fine_tune_stage(run: RunFolder, spec, backbone: LazyBackbone, fit: FitResul
                      log: Callable[[str], None]):
     """Fine-tune (timed), then the fine-tuned backbone's features; under a time plan, the same
     again on the training and validation photos when the time left allows it (:mod:`refit`).
-    Returns ``(the fine-tuning, the refit or None, the features and data the model has)``."""
+    Returns ``(the fine-tuning, the refit or None, the features, data and backbone the model
+    has)``."""
     with stage(timings, "fine_tune"):
         fine_tuned = _fine_tune(backbone, fit.head, data, features, config, time_plan, t0,
                                 progress, log)
     if not fine_tuned.weights_id:
-        return fine_tuned, None, features, data
+        return fine_tuned, None, features, data, backbone
     stock = (features, data)
     features, data = refeature(run, features, fine_tuned.weights_id, backbone, data, config,
                                progress, log, calibration)
     timings["fine_tune_features"] = features.result.seconds
     if not time_plan:
-        return fine_tuned, None, features, data
+        return fine_tuned, None, features, data, backbone
     from tfguess.training.refit import refit
 
     with stage(timings, "refit"):
         refitted = refit(run, spec, config, fit.head, stock, (features, data, fine_tuned), t0,
                          timings, progress, log)
-    return fine_tuned, refitted, refitted.features, refitted.data
+    return (fine_tuned, refitted, refitted.features, refitted.data,
+            refitted.backbone if refitted.fine_tuned else backbone)
 
 
 def _fine_tune(backbone: LazyBackbone, head: Head, data: SplitData, features: Features,
