@@ -310,3 +310,8 @@ def test_fewer_fine_tuning_epochs_than_the_plans_minimum_are_kept(photos):
     config, chosen, said = plan(TrainConfig(fine_tune=True, fine_tune_epochs=1), photos)
     assert chosen is not None and config.fine_tune_epochs == 1 and config.fine_tune
     assert "kept from your settings: fine_tune=True, fine_tune_epochs=1" in said
+
+
+def test_a_ray_run_plans_without_fine_tuning(photos):
+    config, chosen, _ = plan(TrainConfig(ray="auto"), photos)
+    assert chosen is not None and not config.fine_tune and not chosen.chosen.recipe.fine_tune

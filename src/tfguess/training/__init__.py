@@ -1,3 +1,4 @@
 """Features to a model: the train orchestrator as named stages (train) and their parts
 (backbone_ref, extraction, views, save, summary), the numpy heads (head), fine-tuning (finetune,
-finetune_inputs), the --time-limit planner (plan), metrics (evaluation), the auto choices (choices)."""
+finetune_inputs) and its refit on the validation photos (refit), the time planner (plan), metrics
+(evaluation), the choices made on the photos (choices), the re-run that does nothing (unchanged)."""

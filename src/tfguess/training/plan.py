@@ -370,6 +370,8 @@ def plan_run(config, image_dir: Path, summary_path: Path, log=print):
         return config, None
     pinned = config.pinned()
     recipes = matching(RECIPES, pinned)
+    if config.ray:   # a Ray cluster extracts with the stock backbone: no fine-tuning
+        recipes = [r for r in recipes if not r.fine_tune]
     if not recipes:
         log(f"Your recipe: {describe_config(config)} (no recipe of the time plan has "
             f"{', '.join(f'{k}={v}' for k, v in pinned.items())}: no time plan)")
