@@ -23,8 +23,12 @@ from tfguess.training.plan import plan_run
 
 
 @pytest.fixture
-def photos(tmp_path) -> Path:
-    """A folder of 100 files in two labels (the planner only counts them)."""
+def photos(tmp_path, monkeypatch) -> Path:
+    """A folder of 100 files in two labels (the planner only counts them), on an idle machine
+    (the planner's half-second sample of the other work is skipped)."""
+    import tfguess.training.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "busy_cores", lambda *a, **k: 0.0)
     for label in ("a", "b"):
         (tmp_path / "data" / label).mkdir(parents=True)
         for i in range(50):

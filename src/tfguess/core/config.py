@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tfguess.core.errors import ConfigError
 
-# --resize: the recipes of images.RESIZES, or auto (squash or crop by the photos' shapes).
+# --resize: the recipes of images.RESIZES, or auto (squash or crop, measured on the photos).
 RESIZE_CHOICES = ("squash", "crop", "pad", "auto")
 ENGINE_CHOICES = ("auto", "tflite", "keras")
 PRECISION_CHOICES = ("auto", "float32", "int8")
@@ -83,7 +83,8 @@ class TrainConfig:
     resize: str | None = option(  # None: the backbone's own
         "auto", "how a photo is made square for the backbone: squash (the whole photo, distorted; "
         "what MediaPipe does), crop (the central 87.5%%), pad (the whole photo on grey 127), auto "
-        "(the default: crop when portrait and landscape photos are both common, else squash)",
+        "(the default: the backbone's own of squash and crop unless the other is clearly better "
+        "on your photos, out of fold; one more feature extraction)",
         metavar="|".join(RESIZE_CHOICES))
     image_dir: str | None = option(None, "labelled photos folder (default: TF_FILES/data)")
     eval_dir: str | None = option(

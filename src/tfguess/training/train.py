@@ -94,15 +94,17 @@ def train(
     if last:
         return last
     # 1. plan: the recipe that fits --time-limit, the backbone --backbone auto cross-validates
-    # (--head-only: the model's own recipe)
+    # (--head-only: the model's own recipe); an unknown backbone, a missing folder or an unusable
+    # label name first
+    if config.backbone != "auto" and not config.tfhub_module:
+        resolve_backbone(config)
+    label_folders(_image_dir(config, run, must_exist=True))
     config, model_ref = _head_only(config, run, log)
     config, time_plan = _plan(config, run, log)
     config, auto_backbone = _auto_backbone(config, run, timings, progress, log)
-    # 2. backbone: an unknown backbone, a missing folder, an unusable label name or a missing
-    # weights file is reported before any other work
+    # 2. backbone: an unknown backbone or a missing weights file is reported before any other work
     spec = resolve_backbone(config)
     image_dir = _image_dir(config, run, must_exist=True)
-    label_folders(image_dir)
     run.root.mkdir(parents=True, exist_ok=True)
     backbone, weights_id = _backbone(spec, config, run if model_ref else None)
     # 3. scan the photos; the features' ref (--resize auto, int8 calibration)
