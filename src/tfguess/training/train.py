@@ -94,11 +94,8 @@ def train(
     if last:
         return last
     # 1. plan: the recipe that fits --time-limit, the backbone --backbone auto cross-validates
-    # (--head-only: the model's own recipe); an unknown backbone, a missing folder or an unusable
-    # label name first
-    if config.backbone != "auto" and not config.tfhub_module:
-        resolve_backbone(config)
-    label_folders(_image_dir(config, run, must_exist=True))
+    # (--head-only: the model's own recipe); what cannot work is said first
+    _check_first(config, run)
     config, model_ref = _head_only(config, run, log)
     config, time_plan = _plan(config, run, log)
     config, auto_backbone = _auto_backbone(config, run, timings, progress, log)
@@ -155,6 +152,13 @@ def train(
     report(run, config, data, metrics, model_path, timings["total"], log)
     sys.stdout.flush()
     return TrainResult(model_path, data.labels, metrics, summary, summary_path)
+
+
+def _check_first(config: TrainConfig, run: RunFolder) -> None:
+    """An unknown backbone, a missing image folder or an unusable label name, before any work."""
+    if config.backbone != "auto" and not config.tfhub_module:
+        resolve_backbone(config)
+    label_folders(_image_dir(config, run, must_exist=True))
 
 
 def _unchanged(run: RunFolder, config: TrainConfig,
