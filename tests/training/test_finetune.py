@@ -313,3 +313,34 @@ def test_a_passed_deadline_keeps_the_head_only_start():
                        progress=False, log=lambda *_: None, deadline=time.perf_counter())
     assert result.stopped_early and result.best_epoch == 0 and result.weights_id is None
     assert all(np.array_equal(a, b) for a, b in zip(before, backbone.get_weights()))
+
+
+def test_a_refit_reuses_the_views_of_the_images_it_shares():
+    """The views of the first images are copied from the earlier pool (the same seed and lower
+    blocks give the same views); only the images after them go through the lower blocks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    from tfguess.training.finetune_inputs import Images, view_pool
+
+    paths = sorted((DEMO_DATA / "face").glob("*.png"))[:5]
+    seen = []
+
+    def engine(pixels):
+        seen.append(len(pixels))
+        return pixels.astype(np.float32).mean(axis=(1, 2))
+
+    def pool_of(n, reuse=None):
+        seen.clear()
+        with ThreadPoolExecutor(2) as pool:
+            return view_pool(engine, Images(paths[:n], 32), 2, (3,), 32, "light", False, 0, pool,
+                             tqdm(disable=True), None, reuse)
+
+    first = pool_of(3)
+    assert sum(seen) == 2 * 3
+    acts, ok = pool_of(5, reuse=first)
+    assert sum(seen) == 2 * 2 and ok.all()
+    np.testing.assert_array_equal(acts[:, :3], first[0])
+    full, _ = pool_of(5)
+    np.testing.assert_array_equal(acts[:, :3], full[:, :3])

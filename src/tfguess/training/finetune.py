@@ -77,6 +77,8 @@ class FineTuneResult:
     cached_views: int = 0     # > 0: the epochs trained the top blocks on this many cached views
     views_seconds: float = 0.0  # the time of computing the cached views (part of ``seconds``)
     stopped_early: bool = False  # the deadline ended the schedule before its last epoch
+    # (activations, ok) of the cached views, for a refit on these images and more (refit.py)
+    views_cache: tuple | None = field(default=None, repr=False)
 
 
 def block_groups(backbone) -> list[str]:
@@ -391,14 +393,16 @@ def choose_result(model, validation: _Validation, history: list[dict], first: tu
 def fine_tune(backbone, head: Head, train_items: list[tuple[Path, int]],
               val_items: list[tuple[Path, int]], num_classes: int, config: TrainConfig, size: int,
               resize: str, progress: bool = True, log: Callable[[str], None] = print,
-              max_steps: int | None = None, deadline: float | None = None) -> FineTuneResult:
+              max_steps: int | None = None, deadline: float | None = None,
+              views_from: tuple | None = None) -> FineTuneResult:
     """Fine-tune ``backbone`` (changed in place) with ``head`` on top; see the module docstring.
 
     ``train_items``/``val_items``: ``(path, label index)``. ``max_steps``: stop after this many
     batches in all (tests). ``deadline`` (a ``time.perf_counter()`` value): no epoch starts that
     would end after it and none goes on past it; the schedule's average so far is kept. Returns
     the best head weights and the backbone's new weights id; the backbone holds the best weights
-    on return.
+    on return. ``views_from``: the cached views of an earlier fine-tuning whose training images
+    were the first of ``train_items`` (a refit: the same views, not computed again).
     """
     import tempfile
 
@@ -440,7 +444,7 @@ def fine_tune(backbone, head: Head, train_items: list[tuple[Path, int]],
             if views:
                 t = time.perf_counter()
                 acts, ok = cached_views(engine, images, views, nets.shape, config, size, pool,
-                                        progress, deadline)
+                                        progress, deadline, views_from)
                 views_seconds, views = time.perf_counter() - t, len(acts)
                 loop.stopped = views == 0  # the deadline passed before the first view
                 batches = cached_batches(acts, ok)
@@ -461,4 +465,5 @@ def fine_tune(backbone, head: Head, train_items: list[tuple[Path, int]],
         best_epoch=best_epoch, epochs_averaged=averaged, seconds=time.perf_counter() - start_time,
         images_per_second=loop.trained / loop.seconds if loop.seconds else 0.0,
         unfrozen=nets.unfrozen, device=device, augment=augment, cached_views=views,
-        views_seconds=views_seconds, stopped_early=loop.stopped)
+        views_seconds=views_seconds, stopped_early=loop.stopped,
+        views_cache=(acts, ok) if views else None)

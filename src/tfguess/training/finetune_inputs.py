@@ -110,17 +110,25 @@ def lower_engine(lower, size: int, device: str, folder: Path):
 
 
 def view_pool(engine, images: Images, views: int, shape: tuple, size: int, policy: str,
-              no_flip: bool, seed: int, pool: ThreadPoolExecutor, bar, deadline: float | None):
+              no_flip: bool, seed: int, pool: ThreadPoolExecutor, bar, deadline: float | None,
+              reuse: tuple | None = None):
     """``(activations float16 [views, N, *shape], ok bool [views, N])``: view ``v`` of image ``i``
     through the lower blocks. Fewer views (maybe none) when ``deadline`` passes: only whole views
-    are kept."""
+    are kept. ``reuse``: an earlier pool of the first images of the same list (same seed and
+    lower blocks: the same views), whose activations are copied instead of computed."""
     n = len(images.paths)
     acts = np.zeros((views, n, *shape), np.float16)
     ok = np.zeros((views, n), bool)
+    start = 0
+    if reuse is not None and reuse[0].shape[0] >= views and reuse[0].shape[2:] == tuple(shape) \
+            and reuse[0].shape[1] <= n:
+        start = reuse[0].shape[1]
+        acts[:, :start], ok[:, :start] = reuse[0][:views], reuse[1][:views]
+        bar.update(views * start)
     for v in range(views):
         if deadline is not None and time.perf_counter() > deadline:
             return acts[:v], ok[:v]
-        for idx, pixels in _augmented(images, np.arange(n), size, policy, no_flip,
+        for idx, pixels in _augmented(images, np.arange(start, n), size, policy, no_flip,
                                       seed * 1000 + v + 1, pool, 2 * BATCH_SIZE):
             if pixels is not None:
                 acts[v, idx] = engine(pixels)
@@ -130,7 +138,8 @@ def view_pool(engine, images: Images, views: int, shape: tuple, size: int, polic
 
 
 def cached_views(engine, images: Images, views: int, shape: tuple, config: TrainConfig, size: int,
-                 pool: ThreadPoolExecutor, progress: bool, deadline: float | None):
+                 pool: ThreadPoolExecutor, progress: bool, deadline: float | None,
+                 reuse: tuple | None = None):
     """:func:`view_pool` with a progress bar; the decoded pixels are let go afterwards (the epochs
     only need the activations)."""
     from tqdm.auto import tqdm
@@ -138,7 +147,7 @@ def cached_views(engine, images: Images, views: int, shape: tuple, config: Train
     bar = tqdm(total=views * len(images.paths), desc="views for fine-tuning", unit="img",
                disable=not progress, dynamic_ncols=True)
     acts, ok = view_pool(engine, images, views, shape, size, config.fine_tune_augment,
-                         config.no_flip, config.seed, pool, bar, deadline)
+                         config.no_flip, config.seed, pool, bar, deadline, reuse)
     bar.close()
     images.kept.clear()
     return acts, ok

@@ -31,14 +31,17 @@ def refit_epochs(first, seconds: dict[str, float], n_train: int, n_val: int, con
     """The epochs of the first fine-tuning when their estimate fits ``left`` seconds, and that
     estimate; ``(0, the estimate)`` when it does not. The same schedule on more photos, or none:
     a shorter one replaced a longer one at a loss (brain_mri4: 4 epochs after 9, 4 val photos
-    fewer right). The estimate: the first fine-tuning's cached views and epochs, measured, scaled
-    by the photos, plus the new backbone's features and a margin."""
+    fewer right). The estimate: the first fine-tuning's epochs, measured, scaled by the photos, the
+    views of the validation photos (those of the training photos are reused) or of all when the
+    first kept none, plus the new backbone's features and a margin."""
     scale = (n_train + n_val) / max(1, n_train)
     ran = max(1, sum(isinstance(h["epoch"], int) and h["epoch"] > 0 for h in first.history)) \
         if first is not None else 1
     views = getattr(first, "views_seconds", 0.0) if first is not None else 0.0
     per_epoch = max(0.0, seconds.get("fine_tune", 0.0) - views) / ran
-    fixed = scale * views + seconds.get("fine_tune_features", 0.0) + MARGIN_S
+    reused = first is not None and getattr(first, "views_cache", None) is not None
+    fixed = ((scale - 1 if reused else scale) * views + seconds.get("fine_tune_features", 0.0)
+             + MARGIN_S)
 
     def needed(epochs: int) -> float:
         return fixed + scale * per_epoch * epochs
@@ -90,7 +93,8 @@ def refit(run: RunFolder, spec, config: TrainConfig, start_head, stock: tuple[Fe
     second = fine_tune(backbone(), start_head, merged.pairs("train"), [], len(data.labels),
                        dataclasses.replace(config, fine_tune_epochs=epochs),
                        stock_features.ref.input_size, stock_features.ref.resize, progress, log,
-                       deadline=deadline)
+                       deadline=deadline, views_from=first.views_cache)
+    first.views_cache = second.views_cache = None   # the activations are let go
     if not second.weights_id:   # nothing ran before the deadline: the first model stands
         return Refit(None, features, data, {"done": False, "why": "no epoch fitted the time left"})
     new_features, new_data = refeature(run, stock_features, second.weights_id, backbone, stock_data,

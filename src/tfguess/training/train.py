@@ -147,8 +147,8 @@ def train(
     summary = run_summary(run, config, image_dir, scan, data, features, fit, fine_tuned, metrics,
                           choices=choices, backbone=meta, precision=precision,
                           calibration_images=calibration_digests, timings=timings)
-    summary_path = run.write_summary({**summary, "refit": refitted.summary if refitted else None,
-                                      "inputs": unchanged.record(run, digest)})
+    summary = {**summary, "refit": refitted.summary if refitted else None}
+    summary_path = run.write_summary({**summary, "inputs": unchanged.record(run, digest)})
     report(run, config, data, metrics, model_path, timings["total"], log)
     sys.stdout.flush()
     return TrainResult(model_path, data.labels, metrics, summary, summary_path)
@@ -348,18 +348,21 @@ def _fine_tune_stage(run: RunFolder, spec, backbone: LazyBackbone, fit: FitResul
         fine_tuned = _fine_tune(backbone, fit.head, data, features, config, time_plan, t0,
                                 progress, log)
     if not fine_tuned.weights_id:
+        fine_tuned.views_cache = None
         return fine_tuned, None, features, data, backbone
     stock = (features, data)
     features, data = refeature(run, features, fine_tuned.weights_id, backbone, data, config,
                                progress, log, calibration)
     timings["fine_tune_features"] = features.result.seconds
     if not time_plan:
+        fine_tuned.views_cache = None
         return fine_tuned, None, features, data, backbone
     from tfguess.training.refit import refit
 
     with stage(timings, "refit"):
         refitted = refit(run, spec, config, fit.head, stock, (features, data, fine_tuned), t0,
                          timings, progress, log)
+    fine_tuned.views_cache = None   # the cached views' activations are let go
     return (fine_tuned, refitted, refitted.features, refitted.data,
             refitted.backbone if refitted.fine_tuned else backbone)
 
