@@ -107,7 +107,8 @@ def demo_trained(tmp_path_factory) -> Path:
     shutil.copytree(DEMO_DATA, tf_files / "data")
     # float32 guessing (no int8 engine beside it): tests compare guesses with the training
     # features; --precision auto is tested in test_speed.py.
-    train(tf_files, TrainConfig(quick=True, report=False, epochs=60, precision="float32"), progress=False,
+    train(tf_files, TrainConfig(quick=True, report=False, epochs=60, precision="float32",
+                                resize="squash"), progress=False,
           log=lambda *_: None)
     return tf_files
 

@@ -137,7 +137,9 @@ def test_report_metrics_match_the_training_summary(demo_report):
     assert data["imbalance"]["totals"] == {k: sum(v.values()) for k, v in summary["counts"].items()}
     precision = summary["precision"]    # what guessing runs, and why, is said on the page
     why = (precision.get("int8_check") or {}).get("why") or precision.get("cpu")
-    assert f"Guessing runs {precision['guess']}: {why}." in html
+    from html import escape
+
+    assert f"Guessing runs {precision['guess']}: {escape(why)}." in html
 
 
 @pytest.mark.slow

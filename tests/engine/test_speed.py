@@ -155,7 +155,7 @@ PROBE = """
 import sys
 from tfguess.cli import main
 code = main(["-q", "train", sys.argv[1], "--quick", "--epochs", "40", "--seed", "3", "--precision", "float32"])
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "sklearn", "cleanlab"))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
 print("HEAVY", heavy[:5], code)
 """
 

@@ -109,7 +109,7 @@ def test_train_on_ray_fills_the_cache_a_local_train_reuses(ray_local, small_run,
     from tfguess.engine.features import make_extractor
     from tfguess.training.train import train
 
-    config = TrainConfig(quick=True, report=False, epochs=20, min_per_label=2)
+    config = TrainConfig(quick=True, report=False, epochs=20, min_per_label=2, resize="squash")
     on_ray = train(small_run, TrainConfig(**{**config.to_dict(), "ray": "auto"}), **QUIET)
     assert on_ray.summary["features"] == {"computed": 33, "cached": 0}
     skipped = {Path(s["path"]).name: s["reason"] for s in on_ray.summary["skipped"]}

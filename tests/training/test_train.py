@@ -106,7 +106,7 @@ def test_second_run_computes_nothing_and_one_change_recomputes_one(tmp_path):
     tf_files = tmp_path / "tf"
     for label in ("face", "not_face"):
         shutil.copytree(DEMO_DATA / label, tf_files / "data" / label)
-    config = TrainConfig(quick=True, report=False, epochs=5)
+    config = TrainConfig(quick=True, report=False, epochs=5, resize="squash")  # no resize test
     first = train(tf_files, config, **QUIET)
     assert first.summary["features"] == {"computed": 180, "cached": 0}
     second = train(tf_files, dataclasses.replace(config, force=True), **QUIET)  # not a no-op

@@ -274,7 +274,7 @@ def _feature_ref(run: RunFolder, scan: DatasetScan, spec, weights_id: str, backb
     ref calibrated on training photos. Returns ``(ref, the calibration pixels or None, the
     calibration images' digests, what the summary records of the resize choice)``."""
     chosen, auto_resize = None, None
-    if (config.resize or spec.resize) == "auto":  # squash or crop, out of fold on the photos
+    if (config.resize or spec.resize) == "auto" and not config.ray:  # squash or crop, measured
         from tfguess.training.choices import choose_resize
 
         with stage(timings, "choose_resize"):
