@@ -200,12 +200,10 @@ def _evaluate(args, progress: bool) -> int:
 
 
 def _export(args, progress: bool) -> int:
-    from tfguess.core.quiet import import_tensorflow
     from tfguess.export import export
 
     config = dataclasses.replace(config_from_args(ExportConfig, args), quiet=not progress)
-    import_tensorflow()   # before the converters, with TensorFlow's start-up noise silenced
-    export(args.tf_files, config)   # prints one "Wrote" line a file
+    export(args.tf_files, config)   # checks the flags first; prints one "Wrote" line a file
     return 0
 
 

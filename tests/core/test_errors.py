@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
 import sys
 import zipfile
 
@@ -86,6 +87,18 @@ def test_report_error_for_an_untrained_folder(capsys, tmp_path):
 def test_export_error_names_the_conflicting_flags(capsys, tmp_path):
     code, _, err = run(capsys, "export", tmp_path, "--format", "coreml", "--quantize", "float16")
     assert code == 2 and "--format tflite" in one_line(err)
+
+
+def test_export_checks_its_flags_and_model_before_importing_tensorflow(tmp_path):
+    # a user's mistake is answered at once, not after TensorFlow's seconds of start-up
+    script = ("import sys; from tfguess import cli; "
+              "codes = [cli.main(['export', sys.argv[1], '--format', 'coreml', '--quantize', 'float16']), "
+              "cli.main(['export', sys.argv[1] + '/missing'])]; "
+              "print(codes, 'tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.split() == ["[2,", "2]", "False"], done.stdout + done.stderr
+    assert "--format tflite" in done.stderr and "model not found" in done.stderr
 
 
 def test_weights_error_names_the_file(capsys, tmp_path):

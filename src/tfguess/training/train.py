@@ -35,6 +35,7 @@ from tfguess.core.fsutil import display_path
 from tfguess.core.locks import locked_run
 from tfguess.core.runfolder import RunFolder
 from tfguess.data.dataset import DatasetScan, label_folders, scan_dataset
+from tfguess.engine.backbones import check_file
 from tfguess.engine.features import BackboneRef, calibration_digest, choose_calibration
 from tfguess.engine.runtime import Head, auto_precision
 from tfguess.training import unchanged
@@ -155,9 +156,12 @@ def train(
 
 
 def _check_first(config: TrainConfig, run: RunFolder) -> None:
-    """An unknown backbone, a missing image folder or an unusable label name, before any work."""
+    """An unknown backbone, a missing weights file, a missing image folder or an unusable label
+    name, before any work (and before TensorFlow's seconds of start-up)."""
     if config.backbone != "auto" and not config.tfhub_module:
         resolve_backbone(config)
+    if config.weights and not config.tfhub_module:
+        check_file(config.weights, config.backbone if config.backbone != "auto" else "the backbone")
     label_folders(_image_dir(config, run, must_exist=True))
 
 
