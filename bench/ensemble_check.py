@@ -4,7 +4,14 @@ an ensemble recipe, before building one.
 Scores every photo of a labelled folder (``<label>/`` sub-folders) with each model (float32,
 ``Predictor``) and with the mean of their probabilities, and prints the three accuracies.
 
+``--members``: TF_FILES holds an ensemble that ``train`` built; its first member alone (a copy of
+the file without the second), its second member alone (``TF_FILES/ensemble/member1``) and the
+ensemble are each scored through ``Predictor``, with the guessing speed (images/s, decoding
+included, one after another on the same machine) and the size of each model file; ``--export``
+adds the size of each one's TFLite export.
+
 Run:  python bench/ensemble_check.py VAL_DIR TF_FILES_A TF_FILES_B
+      python bench/ensemble_check.py VAL_DIR TF_FILES --members [--export]
 """
 
 from __future__ import annotations
@@ -30,7 +37,52 @@ def probabilities(model: Path, photos: list[Path]) -> tuple[list[str], np.ndarra
     return labels, np.array(rows, dtype=np.float64)
 
 
+def members(val: Path, tf_files: Path, export: bool) -> None:
+    import shutil
+    import tempfile
+    import time
+
+    from tfguess.engine.model import ensemble_members, read_meta, save_ensemble
+    from tfguess.guess.predict import Predictor
+
+    model = tf_files / "model.keras"
+    if not ensemble_members(read_meta(model)):
+        raise SystemExit(f"{model} is not an ensemble")
+    photos = sorted(p for p in val.rglob("*") if p.is_file())
+    scratch = Path(tempfile.mkdtemp(prefix="ensemble-check-"))
+    first = scratch / "first" / "model.keras"
+    first.parent.mkdir()
+    shutil.copy(model, first)
+    save_ensemble(first, [], {})   # the first member alone
+    models = {"first member alone": first,
+              "second member alone": tf_files / "ensemble" / "member1" / "model.keras",
+              "the ensemble (the model)": model}
+    for name, path in models.items():
+        predictor = Predictor.load(path, precision="float32", log=lambda *_: None)
+        predictor.probabilities(np.zeros((1, predictor.input_size, predictor.input_size, 3),
+                                         np.float32))   # engines built and loaded before timing
+        t = time.perf_counter()
+        preds = list(predictor.predict(photos, batch_size=32))
+        seconds = time.perf_counter() - t
+        right = sum(p.label == p.path.parent.name for p in preds if not p.error)
+        size = path.stat().st_size / 1e6
+        line = (f"{name:26} {right} of {len(photos)} right ({right / len(photos):.4f}), "
+                f"{len(photos) / seconds:.1f} images/s, model file {size:.1f} MB")
+        if export:
+            from tfguess.export import export as export_model
+
+            (tflite,) = export_model(path, formats=["tflite"], out_dir=str(scratch / name[:5]),
+                                     log=lambda *_: None, quiet=True)
+            line += f", TFLite {tflite.stat().st_size / 1e6:.1f} MB"
+        print(line, flush=True)
+    shutil.rmtree(scratch)
+
+
 def main() -> None:
+    if "--members" in sys.argv:
+        args = [a for a in sys.argv[1:] if not a.startswith("--")]
+        members(Path(args[0]), Path(args[1]), "--export" in sys.argv)
+        return
     val, a, b = (Path(x) for x in sys.argv[1:4])
     photos = sorted(p for p in val.rglob("*") if p.is_file())
     labels_a, pa = probabilities(a, photos)

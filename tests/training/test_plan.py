@@ -20,9 +20,9 @@ from tfguess.training.plan import (
     candidates,
     choose,
     estimate,
-    fine_tune_hint,
     parse_duration,
 )
+from tfguess.training.summary import fine_tune_hint
 
 SPEED = Speed(extract=95.0, views=90.0, fine_tune=55.0, source="test")
 

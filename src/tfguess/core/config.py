@@ -145,6 +145,9 @@ class TrainConfig:
         "fits this time on this machine, e.g. 90s, 10m, 1h30m (default 5m); the plan is printed "
         "first. Recipe flags you give (--backbone, --image-size, --views, --fine-tune, ...) are "
         "kept: the plan chooses the rest", group=ACCURACY, metavar="DURATION", convert="duration")
+    one_backbone: bool = option(
+        False, "one backbone even when the time limit holds an ensemble of two (a model half the "
+        "size and twice as fast to guess with, e.g. for a phone)", group=ACCURACY)
     quick: bool = option(
         False, "no time plan: the quick recipe (efficientnet_lite0, 224 px, 2 cached views, no "
         "fine-tuning; seconds once the features are cached), or the one your flags give",

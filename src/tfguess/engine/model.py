@@ -8,6 +8,11 @@ TensorFlow) and, for an int8 model, ``tfguess_engine.tflite`` (the calibrated in
 was trained on, which cannot be rebuilt without the training photos). ``guess`` needs nothing but
 this file.
 
+An ensemble (``train`` with a budget that holds two fine-tuned backbones, :mod:`training.ensemble`)
+is the first member's file with the others inside it, whole (``tfguess_member_1.keras``), listed
+under ``ensemble`` in ``tfguess.json``: every member takes the same input size and resize, and the
+model's probabilities are the mean of theirs (:func:`member_parts`, :func:`load_ensemble`).
+
 A re-train whose features are all cached saves without Keras (:func:`save_classifier_with_head`):
 the previous file of the same backbone is copied with the head's two arrays replaced in its
 ``model.weights.h5``; Keras loads it like a file it saved itself (tests/training/test_train.py).
@@ -33,6 +38,7 @@ META_MEMBER = "tfguess.json"
 HEAD_MEMBER = "tfguess_head.npz"   # the head's kernel and bias, readable without TensorFlow
 ENGINE_MEMBER = "tfguess_engine.tflite"   # int8 models: the calibrated engine
 WEIGHTS_MEMBER = "model.weights.h5"       # Keras 3's weights inside the .keras archive
+MEMBER_PREFIX = "tfguess_member_"          # an ensemble's other members, whole model files
 FORMAT_VERSION = 1
 
 
@@ -91,6 +97,12 @@ class Classifier:
     @property
     def resize(self) -> str:
         return self.meta["backbone"]["resize"]
+
+    @property
+    def backbone_name(self) -> str:
+        """The backbone's name; an ensemble's, joined by " + "."""
+        return " + ".join(b["name"] for b in [self.meta["backbone"]] + [
+            m["backbone"] for m in ensemble_members(self.meta)])
 
     def head(self) -> Head:
         kernel, bias = self.keras_model.get_layer("head").get_weights()
@@ -184,9 +196,10 @@ def save_classifier_with_head(source: Path, path: Path, head: Head, labels: list
     path = Path(path)
     clean_stale_temp_files(path.parent, [path.name, f"{path.stem}.previous{path.suffix}"])
     meta = {"format_version": FORMAT_VERSION, "labels": list(labels), **meta}
-    with zipfile.ZipFile(source) as archive:
+    with zipfile.ZipFile(source) as archive:   # an ensemble's other members are not this model's
         members = [(info, archive.read(info)) for info in archive.infolist()
-                   if info.filename not in (META_MEMBER, HEAD_MEMBER)]
+                   if info.filename not in (META_MEMBER, HEAD_MEMBER)
+                   and not info.filename.startswith(MEMBER_PREFIX)]
     members = [(info, _replace_head(data, head) if info.filename == WEIGHTS_MEMBER else data)
                for info, data in members]
     npz = io.BytesIO()
@@ -281,3 +294,93 @@ def load_classifier(path: str | Path) -> Classifier:
         raise ModelError(f"{path} is damaged and cannot be loaded ({exc.__class__.__name__}: {exc}): "
                          "train again, or use the model.previous.keras kept beside it") from None
     return Classifier(keras_model, list(meta["labels"]), meta, path)
+
+
+# --- ensembles ---------------------------------------------------------------------------------
+
+
+def ensemble_members(meta: dict) -> list[dict]:
+    """The other members of an ensemble model (``[]`` for one backbone): each a dict with the
+    ``file`` inside the archive and its ``backbone`` block."""
+    return list((meta.get("ensemble") or {}).get("members") or [])
+
+
+def save_ensemble(path: Path, member_files: list[Path], ensemble: dict) -> None:
+    """Put the model files ``member_files`` (same labels, input size and resize) into the model at
+    ``path`` as the other members of an ensemble, replacing any it had; ``ensemble`` is recorded
+    under ``ensemble`` in its description (with the members' list). Atomic: the file at ``path``
+    is the first member alone or the whole ensemble at every instant."""
+    path = Path(path)
+    meta = read_meta(path)
+    members, blobs = [], []
+    for i, file in enumerate(member_files, start=1):
+        other = read_meta(file)
+        if (other["labels"] != meta["labels"]
+                or (other["backbone"]["input_size"], other["backbone"]["resize"])
+                != (meta["backbone"]["input_size"], meta["backbone"]["resize"])):
+            raise ModelError(f"{file} cannot join {path} in an ensemble: other labels, input size "
+                             "or resize")
+        name = f"{MEMBER_PREFIX}{i}.keras"
+        members.append({"file": name, "backbone": other["backbone"]})
+        blobs.append((name, Path(file).read_bytes()))
+    meta = {**meta, "ensemble": {**ensemble, "members": members, "combine": "mean"}}
+    if not members:
+        meta.pop("ensemble")
+    with zipfile.ZipFile(path) as archive:
+        kept = [(info, archive.read(info)) for info in archive.infolist()
+                if info.filename != META_MEMBER and not info.filename.startswith(MEMBER_PREFIX)]
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for info, data in kept:
+                archive.writestr(info, data)
+            archive.writestr(META_MEMBER, json.dumps(meta, indent=2, sort_keys=True))
+            for name, data in blobs:   # stored: a .keras file is a zip already
+                archive.writestr(name, data, compress_type=zipfile.ZIP_STORED)
+
+    atomic_write(path, write)
+
+
+def member_file(path: Path, member: dict) -> Path:
+    """The member's model file, unpacked from the ensemble at ``path`` into the cache (once: the
+    name is its content's digest)."""
+    import hashlib
+
+    from tfguess.core.cachedir import cache_dir
+
+    data = _read_member(path, member["file"])
+    target = cache_dir() / "members" / f"{hashlib.sha256(data).hexdigest()[:16]}.keras"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, data)
+    return target
+
+
+def member_head(path: Path, member: dict) -> Head:
+    """The head of an ensemble's member, read from the archive inside the archive."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(_read_member(path, member["file"]))) as inner, \
+                np.load(io.BytesIO(inner.read(HEAD_MEMBER))) as head:
+            return Head.from_arrays(head)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{path} is damaged (its member {member['file']} cannot be read: {exc}): "
+                         "train again") from None
+
+
+def load_ensemble(path: str | Path) -> Classifier:
+    """The model at ``path`` as one Keras model (what the exports convert): for an ensemble, the
+    members side by side on one input, their probabilities averaged (layer ``ensemble``)."""
+    first = load_classifier(path)
+    members = ensemble_members(first.meta)
+    if not members:
+        return first
+    import keras
+
+    models = [first.keras_model] + [load_classifier(member_file(first.path, m)).keras_model
+                                    for m in members]
+    inputs = keras.Input((first.input_size, first.input_size, 3), name="pixels")
+    outputs = [keras.Model(m.input, m.output, name=f"member_{i}")(inputs)
+               for i, m in enumerate(models)]
+    averaged = keras.layers.Average(name="ensemble")(outputs)
+    return Classifier(keras.Model(inputs, averaged, name="tfguess_ensemble"), first.labels,
+                      first.meta, first.path)

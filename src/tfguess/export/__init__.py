@@ -44,11 +44,11 @@ def export(tf_files: str | Path, config: ExportConfig | None = None, *,
     config = _configure(config, overrides)
     rows = _formats_of(config)
     from tfguess.core.runfolder import RunFolder
-    from tfguess.engine.model import load_classifier, resolve_model_path
+    from tfguess.engine.model import load_ensemble, resolve_model_path
     from tfguess.export.common import ExportJob
 
     model_path = resolve_model_path(tf_files)
-    classifier = load_classifier(model_path)
+    classifier = load_ensemble(model_path)   # an ensemble: its members averaged, one model
     out = Path(config.out_dir).expanduser() if config.out_dir else RunFolder.of_model(model_path).export
     out.mkdir(parents=True, exist_ok=True)
     job = ExportJob(classifier, model_path, out, config, log)

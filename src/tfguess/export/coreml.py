@@ -58,7 +58,7 @@ def save_coreml(classifier, path: Path) -> None:
         convert_to="mlprogram",
         minimum_deployment_target=ct.target.iOS15,
     )
-    mlmodel.short_description = (f"tfguess classifier ({classifier.meta['backbone']['name']}): "
+    mlmodel.short_description = (f"tfguess classifier ({classifier.backbone_name}): "
                                  f"{', '.join(classifier.labels)}")
     mlmodel.input_description["image"] = coreml_input_description(classifier)
     mlmodel.user_defined_metadata["tfguess"] = json.dumps(description(classifier, "none"))

@@ -48,7 +48,7 @@ def onnx_bytes(classifier) -> bytes:
     proto.graph.output[0].name = "probabilities"
     for node in proto.graph.node:
         node.output[:] = ["probabilities" if o == old else o for o in node.output]
-    proto.doc_string = (f"tfguess classifier ({classifier.meta['backbone']['name']}): "
+    proto.doc_string = (f"tfguess classifier ({classifier.backbone_name}): "
                         f"{', '.join(classifier.labels)}. Input: {resize_text(classifier)}.")
     for key, value in (("labels", json.dumps(classifier.labels)),
                        ("tfguess", json.dumps(description(classifier, "none")))):

@@ -124,7 +124,7 @@ def _metadata(classifier, quantize: str, data: bytes) -> ImageClassifierInfo:
         # The uint8 input is q = pixel / scale + zero, i.e. (pixel - mean) / std with:
         mean, std = [-zero * scale], [scale]
     return ImageClassifierInfo(
-        name=f"tfguess classifier ({classifier.meta['backbone']['name']})",
+        name=f"tfguess classifier ({classifier.backbone_name})",
         description=(f"Classifies an RGB image into {len(classifier.labels)} labels. Input: "
                      f"{classifier.input_size}x{classifier.input_size} pixels, 0..255 "
                      f"(resize: {resize_text(classifier)}). Output: label probabilities."

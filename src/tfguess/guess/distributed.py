@@ -346,6 +346,10 @@ class RayPredictor(Predictor):
         if ref.precision != "float32":
             raise ConfigError(f"--ray runs float32 models only; {path} uses the {ref.precision} "
                               "engine: guess without --ray")
+        if meta.get("ensemble"):
+            names = " + ".join([ref.name] + [m["backbone"]["name"] for m in meta["ensemble"]["members"]])
+            raise ConfigError(f"--ray runs models of one backbone; {path} is an ensemble ({names}): "
+                              "guess without --ray, or train with --backbone for one backbone")
         ref = guessing_engine(path, meta, ref)  # the engine local guessing runs, int8 included
         engine = engine_bytes(ref, lambda: load_classifier(path).backbone, log)
         connect(address)

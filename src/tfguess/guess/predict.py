@@ -105,12 +105,15 @@ class Predictor:
         elif engine != "keras":
             ref = guessing_engine(path, meta, ref, precision)
         extractor = make_extractor(ref, lambda: load_classifier(path).backbone, engine, log)
+        parts = [(head, extractor)] + _member_parts(path, meta, engine, log)
 
         def probabilities(pixels: np.ndarray) -> np.ndarray:
-            return head(extractor(pixels))
+            if len(parts) == 1:
+                return head(extractor(pixels))
+            return np.mean([h(x(pixels)) for h, x in parts], axis=0)   # an ensemble
 
         return cls(list(meta["labels"]), ref.input_size, ref.resize, _with_tta(probabilities, tta),
-                   engine_name(extractor), model_identity(path, tta))
+                   " + ".join(engine_name(x) for _, x in parts), model_identity(path, tta))
 
     def predict(self, paths: list[Path], top_k: int = 0, batch_size: int = 32, workers: int = 0,
                 progress: bool = False) -> Iterator[Prediction]:
@@ -133,6 +136,20 @@ class Predictor:
                     yield Prediction(b.path, [(self.labels[i], float(p[i])) for i in order])
             bar.update(len(batch))
         bar.close()
+
+
+def _member_parts(path: Path, meta: dict, engine: str, log: Callable) -> list[tuple]:
+    """``(head, extractor)`` of each other member of an ensemble model (none for one backbone):
+    float32, like every fine-tuned model, each backbone's TFLite twin from the cache."""
+    from tfguess.engine.features import BackboneRef, make_extractor
+    from tfguess.engine.model import ensemble_members, load_classifier, member_file, member_head
+
+    parts = []
+    for member in ensemble_members(meta):
+        ref = BackboneRef.from_meta(member["backbone"])
+        parts.append((member_head(path, member), make_extractor(
+            ref, lambda m=member: load_classifier(member_file(path, m)).backbone, engine, log)))
+    return parts
 
 
 def model_identity(path: Path, tta: bool = False) -> str:

@@ -55,11 +55,13 @@ def evaluate_folder(
     workers: int = 0,
     progress: bool = True,
     compute: Callable = compute_features,
+    probs_out: dict | None = None,
 ) -> dict:
     """Metrics of the trained head on every image of a labelled folder (e.g. a held-out set).
 
     ``compute``: :func:`bottlenecks.compute_features` or a function with its signature (the Ray
-    cluster's, :class:`distributed.RayFeatureComputer`)."""
+    cluster's, :class:`distributed.RayFeatureComputer`). ``probs_out``: gets ``eval_dir``:
+    ``(the photos' digests, their labels, the probabilities)``."""
     scan = scan_dataset(folder, validation_pct=0, test_pct=0, min_per_label=1,
                         decode_check=False, progress=progress)
     unknown = sorted(set(scan.labels) - set(labels))
@@ -75,7 +77,10 @@ def evaluate_folder(
     y = np.array([index[it.label] for it in items], np.int64)
     x = (np.stack([feats.features[it.digest] for it in items]) if items
          else np.zeros((0, head.feature_dim), np.float32))
-    result = classification_metrics(y, head(x) if len(x) else np.zeros((0, len(labels))), labels)
+    probs = head(x) if len(x) else np.zeros((0, len(labels)))
+    result = classification_metrics(y, probs, labels)
+    if probs_out is not None:
+        probs_out["eval_dir"] = ([it.digest for it in items], y, probs)
     result["folder"] = str(folder)
     result["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in scan.skipped] + [
         {"path": str(it.path), "reason": feats.skipped[it.digest]}

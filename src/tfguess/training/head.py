@@ -197,3 +197,21 @@ def _fit(x: np.ndarray, y: np.ndarray, num_classes: int, config: TrainConfig,
             break
     bar.close()
     return FitResult(best[2], history, best[1])
+
+
+def tensorboard_writer(summaries_dir: str | None):
+    """A per-epoch callback writing TensorBoard scalars, and a function that closes it."""
+    if not summaries_dir:
+        return None, lambda: None
+    from tfguess.core.quiet import import_tensorflow
+
+    tf = import_tensorflow()
+    writer = tf.summary.create_file_writer(summaries_dir)
+
+    def on_epoch(row: dict) -> None:
+        with writer.as_default(step=row["epoch"]):
+            for k, v in row.items():
+                if k != "epoch":
+                    tf.summary.scalar(k, v)
+
+    return on_epoch, writer.close

@@ -12,7 +12,10 @@ counts a run that has just ended).
 
 :func:`choose` takes the best recipe whose estimate fits :data:`HEADROOM` of the budget, with
 fewer fine-tuning epochs when that is what fits; the training run then enforces the limit (the
-fine-tuning stops at a deadline and keeps its average so far). Nothing here imports TensorFlow.
+fine-tuning stops at a deadline and keeps its average so far). When the budget holds more than
+the best recipe, the plan adds an ensemble (:mod:`tfguess.training.ensemble`): a second
+backbone, fine-tuned the same way at the same input size, whose probabilities are averaged with
+the first's, planned when both runs and their refits fit. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -31,10 +34,6 @@ from tfguess.core.errors import ConfigError
 # the limit plus 10 %).
 HEADROOM = 0.8
 MIN_FINE_TUNE_EPOCHS = 3
-# The frozen features are weak (the end of a run says what fine-tuning would add) when validation
-# accuracy is this far below the training accuracy.
-WEAK_GAP = 0.05
-
 # Reference throughput of lite0 at 224 on 2 idle cores (x86, AVX-512; the run summaries of the
 # recipes below on cub_songbirds22, converted by each recipe's costs), images/s: frozen features
 # of one image or view; the cached views of fine-tuning (augmenting + the lower blocks); one
@@ -241,22 +240,33 @@ class Plan:
     images: int = 0
     train_images: int = 0
     eval_images: int = 0
+    second: Estimate | None = None   # the ensemble's second member (:func:`with_ensemble`)
+    ensemble_seconds: float = 0.0    # both members and their refits
 
     def summary(self) -> dict:
         """What run_summary.json records of the plan."""
         e = self.chosen
-        return {"limit_s": self.limit, "recipe": e.recipe.name, "settings": e.recipe.settings(),
-                "estimated_s": round(e.seconds, 1), "fits": self.fits,
-                "dev_accuracy": round(e.recipe.value, 4), "throughput": self.speed.source,
-                "images": self.images}
+        out = {"limit_s": self.limit, "recipe": e.recipe.name, "settings": e.recipe.settings(),
+               "estimated_s": round(e.seconds, 1), "fits": self.fits,
+               "dev_accuracy": round(e.recipe.value, 4), "throughput": self.speed.source,
+               "images": self.images}
+        if self.second:
+            out["ensemble"] = {"second": self.second.recipe.name,
+                               "estimated_s": round(self.ensemble_seconds, 1)}
+        return out
 
     def describe(self) -> str:
         e = self.chosen
         ft = (f", of which fine-tuning {e.fine_tune_seconds:.0f} s" if e.recipe.fine_tune else "")
         warn = "" if self.fits else " (over the budget: the fastest recipe there is)"
-        return (f"Time limit {format_seconds(self.limit)}: {e.recipe.name}; estimated "
+        text = (f"Time limit {format_seconds(self.limit)}: {e.recipe.name}; estimated "
                 f"{format_seconds(e.seconds)}{ft}{warn}; dev-set accuracy of this recipe "
                 f"{e.recipe.value:.3f}; throughput from {self.speed.source}")
+        if self.second:
+            text += (f"\n  then an ensemble: {self.second.recipe.name} as a second member, its "
+                     f"probabilities averaged with the first's; both with their refits estimated "
+                     f"{format_seconds(self.ensemble_seconds)} ({ENSEMBLE_EVIDENCE})")
+        return text
 
 
 def format_seconds(seconds: float) -> str:
@@ -273,18 +283,64 @@ def candidates(recipe: Recipe) -> list[Recipe]:
 
 
 def choose(limit: float, images: int, train_images: int, eval_images: int, speed: Speed,
-           recipes=RECIPES, resize_images: int = 0) -> Plan:
+           recipes=RECIPES, resize_images: int = 0, validation_images: int | None = None) -> Plan:
     """The recipe of highest value whose estimate fits ``HEADROOM * limit``; the fastest one when
     none does. Ties go to the faster. ``resize_images``: the photos ``--resize auto`` extracts a
-    second time to choose between crop and squash (:func:`choices.choose_resize`)."""
+    second time to choose between crop and squash (:func:`choices.choose_resize`).
+    ``validation_images`` (None: no ensemble) lets the plan add a second member
+    (:func:`with_ensemble`)."""
     options = [estimate(r, images, train_images, eval_images, speed, resize_images)
                for recipe in recipes for r in candidates(recipe)]
     fitting = [e for e in options if e.seconds <= HEADROOM * limit]
     if fitting:
         best = max(fitting, key=lambda e: (round(e.recipe.value, 6), -e.seconds))
-        return Plan(best, limit, speed, True, images, train_images, eval_images)
+        plan = Plan(best, limit, speed, True, images, train_images, eval_images)
+        return plan if validation_images is None else with_ensemble(plan, validation_images)
     return Plan(min(options, key=lambda e: e.seconds), limit, speed, False, images, train_images,
                 eval_images)
+
+
+# The ensemble's second member: EfficientNet-Lite2 (another backbone, so other mistakes) at the
+# first member's input size, so that the model keeps one input (one preprocessing for guessing,
+# one input tensor in every export). What it bought where it was measured (docs/benchmarks.md,
+# "A larger budget"):
+ENSEMBLE_EVIDENCE = ("on cub_songbirds22 two fine-tuned backbones averaged scored 617 of 660 "
+                     "val photos against 608 for the better one")
+ENSEMBLE_BACKBONE = _L2
+
+
+def ensemble_member(first: Recipe) -> Recipe:
+    """The second member of an ensemble whose first member is ``first``."""
+    lite2 = next(r for r in RECIPES if r.backbone == ENSEMBLE_BACKBONE and r.fine_tune)
+    return replace(lite2, image_size=first.image_size, views=first.views,
+                   fine_tune_blocks=first.fine_tune_blocks, fine_tune_epochs=first.fine_tune_epochs)
+
+
+def with_refit(e: Estimate, train_images: int, validation_images: int) -> float:
+    """``e``'s time with its refit on the training and validation photos (refit.py): the
+    fine-tuning again on more photos, then the new backbone's features."""
+    if not e.recipe.fine_tune or not validation_images:
+        return e.seconds
+    scale = (train_images + validation_images) / max(1, train_images)
+    return e.seconds + e.fine_tune_seconds * scale + e.after_seconds
+
+
+def with_ensemble(plan: Plan, validation_images: int) -> Plan:
+    """``plan`` with a second member (:func:`ensemble_member`) when its recipe is the full
+    fine-tuning schedule of the best recipe (a larger budget has nothing better to buy for one
+    backbone) and both members, each with its refit, fit ``HEADROOM`` of the budget."""
+    first = plan.chosen
+    best = max(RECIPES, key=lambda r: r.value)
+    if not plan.fits or first.recipe != best or first.recipe.backbone == ENSEMBLE_BACKBONE:
+        return plan
+    second = estimate(ensemble_member(first.recipe), plan.images, plan.train_images,
+                      plan.eval_images, plan.speed)
+    total = (with_refit(first, plan.train_images, validation_images)
+             + with_refit(second, plan.train_images, validation_images)
+             + plan.eval_images * second.recipe.extract_cost / plan.speed.extract)
+    if total > HEADROOM * plan.limit:
+        return plan
+    return replace(plan, second=second, ensemble_seconds=total)
 
 
 def count_images(image_dir: Path) -> int:
@@ -298,31 +354,8 @@ def count_images(image_dir: Path) -> int:
     return n
 
 
-def fine_tune_hint(train_accuracy: float | None, val_accuracy: float | None, images: int,
-                   train_images: int, speed: Speed) -> str | None:
-    """What fine-tuning would likely add when the frozen features are weak (validation accuracy
-    well below the training accuracy), and how long it would take; None otherwise."""
-    if not _weak(train_accuracy, val_accuracy):
-        return None
-    default = next(r for r in RECIPES if not r.fine_tune and r.image_size == 224 and r.views == 2)
-    ft = next(r for r in RECIPES if r.fine_tune and r.backbone == _L0 and r.image_size == 224)
-    best = max(RECIPES, key=lambda r: r.value)
-    t_ft = estimate(ft, images, train_images, 0, speed).seconds
-    t_best = estimate(best, images, train_images, 0, speed).seconds
-
-    def gain(r: Recipe) -> str:
-        return f"{100 * (r.scores[0] - default.scores[0]):.1f} points"
-
-    return (f"The frozen features are weak here (validation accuracy {val_accuracy:.3f} against "
-            f"{train_accuracy:.3f} on the training images). --fine-tune added {gain(ft)} on a "
-            f"fine-grained development set (cub_songbirds22) and would take about "
-            f"{format_seconds(t_ft)} here; --fine-tune --image-size {best.image_size} added "
-            f"{gain(best)} there, about {format_seconds(t_best)}. Without --quick, train plans the best recipe that "
-            f"fits a time budget (5 min unless --time-limit says otherwise; e.g. --time-limit "
-            f"{math.ceil(t_best / HEADROOM / 60)}m for that one).")
-
-
-def _speed(summary_path: Path) -> Speed:
+def speed(summary_path: Path) -> Speed:
+    """This machine's throughput now (:meth:`Speed.estimate`), the last run's at ``summary_path`` first."""
     from tfguess.data.pipeline import default_workers
 
     busy = busy_cores()
@@ -382,8 +415,14 @@ def plan_run(config, image_dir: Path, summary_path: Path, log=print):
     eval_images = count_images(Path(config.eval_dir).expanduser()) if config.eval_dir and Path(
         config.eval_dir).expanduser().is_dir() else 0
     resize_images = images if config.resize == "auto" else 0
-    plan = choose(config.time_limit, images, train_images, eval_images, _speed(summary_path),
-                  recipes, resize_images=resize_images)
+    # an ensemble only where the plan chooses everything and one backbone is not asked for: not
+    # on a Ray cluster (no fine-tuning), nor with int8 features (no refit)
+    ensemble = (not pinned and not config.ray and config.precision != "int8"
+                and not config.one_backbone)
+    plan = choose(config.time_limit, images, train_images, eval_images, speed(summary_path),
+                  recipes, resize_images=resize_images,
+                  validation_images=round(images * config.validation_pct / 100) if ensemble
+                  else None)
     log(plan.describe())
     if pinned:
         log(f"  kept from your settings: {', '.join(f'{k}={v}' for k, v in pinned.items())}")
@@ -424,17 +463,3 @@ def fine_tune_deadline(start: float, limit: float, images: int, seconds_per_imag
     ``start`` to end within ``limit``: what follows it (the fine-tuned backbone's conversion and
     features of ``images`` photos at ``seconds_per_image``) is kept free, with a margin."""
     return start + limit - 1.25 * (FINE_TUNE_FIXED_SECONDS * slowdown + images * seconds_per_image)
-
-
-def _weak(train_accuracy: float | None, val_accuracy: float | None) -> bool:
-    return (train_accuracy is not None and val_accuracy is not None
-            and train_accuracy - val_accuracy >= WEAK_GAP)
-
-
-def weak_features_hint(train_accuracy, val_accuracy, images: int, train_images: int,
-                       summary_path: Path) -> str | None:
-    """:func:`fine_tune_hint` with this machine's throughput (measured only when the features are
-    weak: it samples the machine for half a second)."""
-    if not _weak(train_accuracy, val_accuracy):
-        return None
-    return fine_tune_hint(train_accuracy, val_accuracy, images, train_images, _speed(summary_path))

@@ -57,6 +57,7 @@ class Refit:
     data: SplitData
     summary: dict                  # what run_summary.json records under "refit"
     validation_metrics: dict | None = None   # the first model's, on the validation split
+    validation_probs: object = None          # and its probabilities there, photo by photo
     backbone: LazyBackbone | None = None     # the second fine-tuned backbone: the model's
 
 
@@ -77,7 +78,8 @@ def refit(run: RunFolder, spec, config: TrainConfig, start_head, stock: tuple[Fe
         log(f"Not fine-tuned again on the validation photos too: {why}")
         return Refit(None, features, data, {"done": False, "why": why})
     x_val, y_val = data.arrays["validation"]
-    before = classification_metrics(y_val, first.head(x_val), data.labels)
+    val_probs = first.head(x_val)
+    before = classification_metrics(y_val, val_probs, data.labels)
     log(f"Fine-tuning again on the training and validation photos ({len(train) + len(val)}; the "
         f"decisions are made), {epochs} epochs: about {needed:.0f} s of the {left:.0f} s left")
     from tfguess.training.finetune import fine_tune
@@ -105,4 +107,4 @@ def refit(run: RunFolder, spec, config: TrainConfig, start_head, stock: tuple[Fe
                   "epochs_run": sum(isinstance(h["epoch"], int) and h["epoch"] > 0
                                     for h in second.history),
                   "validation_accuracy_before": before.get("accuracy")},
-                 validation_metrics=before, backbone=backbone)
+                 validation_metrics=before, validation_probs=val_probs, backbone=backbone)

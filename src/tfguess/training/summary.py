@@ -3,6 +3,7 @@ run says (:func:`report`)."""
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from tfguess.data.dataset import SPLITS, DatasetScan
 from tfguess.engine.runtime import runtime_name
 from tfguess.training.extraction import Features, SplitData
 from tfguess.training.head import FitResult
+from tfguess.training.plan import HEADROOM, RECIPES, Recipe, Speed, estimate, format_seconds, speed
 
 
 def fine_tune_summary(result) -> dict | None:
@@ -80,7 +82,7 @@ def run_summary(run: RunFolder, config: TrainConfig, image_dir: Path, scan: Data
 
 def decisions(summary: dict) -> list[dict]:
     """What the run chose and why, from its summary: the recipe, the resize, fine-tuning's
-    result and the guessing engine (``{"what", "chosen", "why"}`` each; the report lists them)."""
+    result, the ensemble and the guessing engine (``{"what", "chosen", "why"}`` each; the report lists them)."""
     config = summary.get("config") or {}
     plan, out = summary.get("time_limit"), []
     if plan:
@@ -113,6 +115,11 @@ def decisions(summary: dict) -> list[dict]:
                     "chosen": "done" if again.get("done") else "not done",
                     "why": (f"{again.get('photos')} photos, {again.get('seconds')} s; the test split "
                             "stays held out" if again.get("done") else again.get("why"))})
+    ensemble = summary.get("ensemble")
+    if ensemble:
+        out.append({"what": "ensemble",
+                    "chosen": "two backbones, probabilities averaged" if ensemble.get("built")
+                    else "one backbone", "why": ensemble.get("why")})
     precision = summary.get("precision") or {}
     if precision:
         out.append({"what": "guessing", "chosen": precision.get("guess", "float32"),
@@ -130,11 +137,52 @@ def report(run: RunFolder, config: TrainConfig, data: SplitData, metrics: dict, 
     log(f"Accuracy: train {acc['train']}, validation {acc['validation']}, test {acc['test']} "
         f"(test n={metrics['test']['n']})")
     if not config.fine_tune and not config.plans:
-        from tfguess.training.plan import weak_features_hint
-
         hint = weak_features_hint(acc["train"], acc["validation"], len(data.usable),
                                   len(data.splits["train"]), run.summary)
         if hint:
             log(hint)
     log(f"Wrote {model_path}, {run.labels}, {run.summary.name}, {run.history.name} "
         f"in {seconds:.1f} s")
+
+
+# The frozen features are weak (the end of a run says what fine-tuning would add) when validation
+# accuracy is this far below the training accuracy.
+WEAK_GAP = 0.05
+
+
+def fine_tune_hint(train_accuracy: float | None, val_accuracy: float | None, images: int,
+                   train_images: int, speed: Speed) -> str | None:
+    """What fine-tuning would likely add when the frozen features are weak (validation accuracy
+    well below the training accuracy), and how long it would take; None otherwise."""
+    if not _weak(train_accuracy, val_accuracy):
+        return None
+    default = next(r for r in RECIPES if not r.fine_tune and r.image_size == 224 and r.views == 2)
+    ft = next(r for r in RECIPES if r.fine_tune and r.backbone == "efficientnet_lite0" and r.image_size == 224)
+    best = max(RECIPES, key=lambda r: r.value)
+    t_ft = estimate(ft, images, train_images, 0, speed).seconds
+    t_best = estimate(best, images, train_images, 0, speed).seconds
+
+    def gain(r: Recipe) -> str:
+        return f"{100 * (r.scores[0] - default.scores[0]):.1f} points"
+
+    return (f"The frozen features are weak here (validation accuracy {val_accuracy:.3f} against "
+            f"{train_accuracy:.3f} on the training images). --fine-tune added {gain(ft)} on a "
+            f"fine-grained development set (cub_songbirds22) and would take about "
+            f"{format_seconds(t_ft)} here; --fine-tune --image-size {best.image_size} added "
+            f"{gain(best)} there, about {format_seconds(t_best)}. Without --quick, train plans the best recipe that "
+            f"fits a time budget (5 min unless --time-limit says otherwise; e.g. --time-limit "
+            f"{math.ceil(t_best / HEADROOM / 60)}m for that one).")
+
+
+def _weak(train_accuracy: float | None, val_accuracy: float | None) -> bool:
+    return (train_accuracy is not None and val_accuracy is not None
+            and train_accuracy - val_accuracy >= WEAK_GAP)
+
+
+def weak_features_hint(train_accuracy, val_accuracy, images: int, train_images: int,
+                       summary_path: Path) -> str | None:
+    """:func:`fine_tune_hint` with this machine's throughput (measured only when the features are
+    weak: it samples the machine for half a second)."""
+    if not _weak(train_accuracy, val_accuracy):
+        return None
+    return fine_tune_hint(train_accuracy, val_accuracy, images, train_images, speed(summary_path))

@@ -14,7 +14,8 @@ slow ones timed into the run summary's ``timings_s`` by :func:`stage`:
 7. score the splits and an optional evaluation folder (:mod:`evaluation`);
 8. save the model, with an int8 engine for guessing where it pays (:func:`_guess_engine`), its
    labels and history (:mod:`save`);
-9. write the run summary into the run folder and say how it went (:mod:`summary`).
+9. write the run summary into the run folder and say how it went (:mod:`summary`);
+10. when the plan holds an ensemble, a second backbone in ``TF_FILES/ensemble`` (:mod:`ensemble`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ from tfguess.training.backbone_ref import (
 )
 from tfguess.training.evaluation import classification_metrics, evaluate_folder
 from tfguess.training.extraction import Features, SplitData, extract, refeature, split_data
-from tfguess.training.head import FitResult, fit_head
+from tfguess.training.head import FitResult, fit_head, tensorboard_writer
 from tfguess.training.save import backbone_meta, save_model, write_labels_and_history
 from tfguess.training.summary import report, run_summary
 from tfguess.training.views import with_views
@@ -63,6 +64,8 @@ class TrainResult:
     summary: dict
     summary_path: Path
     unchanged: bool = False   # nothing new since the last run: its model, not trained again
+    # split -> (digests, labels, probabilities) of the model's photos, for an ensemble (ensemble.py)
+    heldout: dict = field(default_factory=dict, repr=False)
 
 
 @contextmanager
@@ -84,9 +87,17 @@ def train(
     """Train a classifier on ``TF_FILES/data/<label>/*`` (or ``config.image_dir``).
 
     Writes into ``tf_files``: the model, ``retrained_labels.txt``, ``run_summary.json``,
-    ``history.csv`` and the bottleneck cache (``bottlenecks/``).
+    ``history.csv`` and the bottleneck cache (``bottlenecks/``); an ensemble's second member's
+    run folder in ``ensemble/``.
     """
-    config = config or TrainConfig()
+    return _train(tf_files, config or TrainConfig(), progress, log)
+
+
+def _train(tf_files: str | Path, config: TrainConfig, progress: bool, log: Callable[[str], None],
+           member_plan=None, member: bool = False) -> TrainResult:
+    """:func:`train`'s stages; ``member``: an ensemble's second member, under ``member_plan``."""
+    from tfguess.training import ensemble
+
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     run = RunFolder.at(tf_files)
@@ -97,8 +108,9 @@ def train(
     # 1. plan: the recipe that fits --time-limit, the backbone --backbone auto cross-validates
     # (--head-only: the model's own recipe); what cannot work is said first
     _check_first(config, run)
+    was_ensemble = config.head_only and not member and ensemble.is_ensemble(run.model)
     config, model_ref = _head_only(config, run, log)
-    config, time_plan = _plan(config, run, log)
+    config, time_plan = (config, member_plan) if member else _plan(config, run, log)
     config, auto_backbone = _auto_backbone(config, run, timings, progress, log)
     # 2. backbone: an unknown backbone or a missing weights file is reported before any other work
     spec = resolve_backbone(config)
@@ -128,9 +140,10 @@ def train(
             progress, log)
         head = (refitted.fine_tuned if refitted and refitted.fine_tuned else fine_tuned).head
     # 7. evaluate (the validation split: the model that made the decisions)
-    metrics = _evaluate(head, data, features, config, progress, log)
+    metrics, heldout = _evaluate(head, data, features, config, progress, log)
     if refitted and refitted.validation_metrics:
         metrics["validation"] = refitted.validation_metrics
+        heldout["validation"] = (*heldout["validation"][:2], refitted.validation_probs)
     # 8. save the model (and the int8 engine it guesses with), its labels and history
     with stage(timings, "save"):
         with stage(timings, "guess_engine"):
@@ -150,9 +163,13 @@ def train(
                           calibration_images=calibration_digests, timings=timings)
     summary = {**summary, "refit": refitted.summary if refitted else None}
     summary_path = run.write_summary({**summary, "inputs": unchanged.record(run, digest)})
-    report(run, config, data, metrics, model_path, timings["total"], log)
+    result = TrainResult(model_path, data.labels, metrics, summary, summary_path, heldout=heldout)
+    if not member:   # 10. an ensemble's second member
+        result = ensemble.second_member(run, config, result, time_plan, was_ensemble, t0, digest,
+                                        _train, progress, log)
+    report(run, config, data, result.metrics, model_path, time.perf_counter() - t0, log)
     sys.stdout.flush()
-    return TrainResult(model_path, data.labels, metrics, summary, summary_path)
+    return result
 
 
 def _check_first(config: TrainConfig, run: RunFolder) -> None:
@@ -312,7 +329,7 @@ def _fit_head(data: SplitData, features: Features, config: TrainConfig, run: Run
     if len(fit_y) == len(y):
         del timings["views"]
     with stage(timings, "train_head"):
-        on_epoch, close_writer = _tensorboard_writer(config.summaries_dir)
+        on_epoch, close_writer = tensorboard_writer(config.summaries_dir)
         try:
             fit = fit_head(fit_x, fit_y, len(data.labels), config, data.arrays["validation"],
                            progress=progress, on_epoch=on_epoch)
@@ -320,24 +337,6 @@ def _fit_head(data: SplitData, features: Features, config: TrainConfig, run: Run
             close_writer()
     log(f"Trained the head: best epoch {fit.best_epoch} of {len(fit.history)}")
     return fit
-
-
-def _tensorboard_writer(summaries_dir: str | None):
-    """A per-epoch callback writing TensorBoard scalars, and a function that closes it."""
-    if not summaries_dir:
-        return None, lambda: None
-    from tfguess.core.quiet import import_tensorflow
-
-    tf = import_tensorflow()
-    writer = tf.summary.create_file_writer(summaries_dir)
-
-    def on_epoch(row: dict) -> None:
-        with writer.as_default(step=row["epoch"]):
-            for k, v in row.items():
-                if k != "epoch":
-                    tf.summary.scalar(k, v)
-
-    return on_epoch, writer.close
 
 
 def _fine_tune_stage(run: RunFolder, spec, backbone: LazyBackbone, fit: FitResult, data: SplitData,
@@ -393,21 +392,23 @@ def _fine_tune(backbone: LazyBackbone, head: Head, data: SplitData, features: Fe
 
 
 def _evaluate(head: Head, data: SplitData, features: Features, config: TrainConfig,
-              progress: bool, log: Callable[[str], None]) -> dict:
-    """The metrics of each split, and of ``config.eval_dir`` when given."""
-    metrics = {}
+              progress: bool, log: Callable[[str], None]) -> tuple[dict, dict]:
+    """The metrics of each split, and of ``config.eval_dir`` when given; and each one's photos'
+    ``(digests, labels, probabilities)``."""
+    metrics, heldout = {}, {}
     for split, (x, y) in data.arrays.items():
         probs = head(x) if len(y) else np.zeros((0, len(data.labels)))
         metrics[split] = classification_metrics(y, probs, data.labels)
+        heldout[split] = ([it.digest for it in data.splits[split]], y, probs)
     if config.eval_dir:
         ref = features.ref
         metrics["eval_dir"] = evaluate_folder(
             Path(config.eval_dir).expanduser().resolve(), data.labels, head, features.cache,
             features.extractor, ref.input_size, ref.resize, workers=config.workers,
-            progress=progress, compute=features.compute)
+            progress=progress, compute=features.compute, probs_out=heldout)
         log(f"Accuracy on {config.eval_dir}: {metrics['eval_dir']['accuracy']} "
             f"(n={metrics['eval_dir']['n']})")
-    return metrics
+    return metrics, heldout
 
 
 def _guess_engine(run: RunFolder, scan: DatasetScan, data: SplitData, head, ref: BackboneRef,

@@ -22,7 +22,7 @@ from tfguess.core.runfolder import RunFolder
 from tfguess.data import hygiene
 from tfguess.engine.bottlenecks import BottleneckCache
 from tfguess.engine.features import BackboneRef
-from tfguess.engine.model import read_head, read_meta
+from tfguess.engine.model import ensemble_members, read_head, read_meta
 from tfguess.training.summary import decisions
 
 ATYPICAL_MAX = 12  # items per gallery in the page (the CSV and JSON hold all)
@@ -169,7 +169,7 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
     timings = {"load": time.perf_counter() - t0}
     split = _eval_split(summary)
     metrics = summary.get("metrics", {}).get(split, {"n": 0, "accuracy": None})
-    misclassified = _misclassified(read_head(run.model), rows, x, y, labels, split)
+    misclassified = _misclassified(_model_probs(run, rows, x), rows, y, labels, split)
     hyg = _cached_hygiene(run, rows, x, y, labels, finite, folds, threshold)
     timings.update(hyg["timings"])
     near = hyg["near"]
@@ -225,14 +225,31 @@ def _load_rows(run: RunFolder, summary: dict):
     return rows, x, y, finite, warnings_
 
 
-def _misclassified(head, rows: list[Row], x: np.ndarray, y: np.ndarray, labels: list[str],
+def _model_probs(run: RunFolder, rows: list[Row], x: np.ndarray) -> np.ndarray:
+    """The model's probabilities on ``rows`` (cached features ``x``): its head's, and for an
+    ensemble the mean with its second member's, on that member's own cached features."""
+    probs = read_head(run.model)(x)
+    if not ensemble_members(read_meta(run.model)):
+        return probs
+    from tfguess.training.ensemble import member_folder
+
+    member = RunFolder.at(member_folder(run))
+    if not member.model.is_file():
+        raise ReportError(f"{run.model} is an ensemble and its second member's run folder "
+                          f"{display_path(member.root)} is missing: train again: "
+                          f"tfguess train {run.root}")
+    cache = _cache_of(member, member.read_summary())
+    return (probs + read_head(member.model)(_load_features(rows, cache, member))) / 2
+
+
+def _misclassified(probs: np.ndarray, rows: list[Row], y: np.ndarray, labels: list[str],
                    split: str) -> list[dict]:
-    """The model's own wrong predictions on the evaluation ``split``, the most confident first."""
+    """The model's own wrong predictions (``probs``: on every row) on the evaluation ``split``,
+    the most confident first."""
     misclassified = []
     sel = [i for i, r in enumerate(rows) if r.split == split]
     if sel:
-        probs = head(x[sel])
-        for i, p in zip(sel, probs, strict=True):
+        for i, p in zip(sel, probs[sel], strict=True):
             pred = int(np.nanargmax(p)) if np.isfinite(p).any() else -1
             if pred != y[i]:
                 misclassified.append({

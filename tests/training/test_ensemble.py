@@ -1,0 +1,196 @@
+"""The ensemble: planned when two fine-tuned backbones fit the budget, kept on the validation split
+unless the first alone is clearly better, one model file that guess, the exports and a re-train
+read as one model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DEMO_DATA
+
+from tfguess.core.config import TrainConfig
+from tfguess.core.errors import ConfigError
+from tfguess.training.ensemble import decide
+from tfguess.training.plan import RECIPES, Speed, choose, ensemble_member, plan_run
+
+SPEED = Speed(extract=110.0, views=145.0, fine_tune=85.0, source="test")
+
+
+def test_a_larger_budget_adds_a_second_backbone_when_both_fit():
+    """At 5 minutes a few hundred photos get the best recipe alone; a budget that holds both
+    members with their refits gets the ensemble: lite2, at the first member's input size."""
+    best = max(RECIPES, key=lambda r: r.value)
+    five = choose(300, 300, 240, 0, SPEED, validation_images=30)
+    assert five.chosen.recipe == best and five.second is None
+    thirty = choose(1800, 300, 240, 0, SPEED, validation_images=30)
+    assert thirty.chosen.recipe == best and thirty.second is not None
+    second = thirty.second.recipe
+    assert (second.backbone, second.image_size, second.fine_tune) == (
+        "efficientnet_lite2", best.image_size, True)
+    assert five.chosen.seconds < thirty.ensemble_seconds <= 0.8 * 1800
+    assert "then an ensemble: lite2, 288 px" in thirty.describe()
+    assert thirty.summary()["ensemble"]["second"] == second.name
+    # no validation counts given (a pinned recipe, a Ray run): never an ensemble
+    assert choose(1800, 300, 240, 0, SPEED).second is None
+    # a budget that holds the best recipe but not a second one
+    assert choose(thirty.ensemble_seconds, 300, 240, 0, SPEED, validation_images=30).second is None
+
+
+def test_the_second_member_takes_the_first_members_schedule():
+    first = replace(max(RECIPES, key=lambda r: r.value), fine_tune_epochs=7, image_size=320)
+    second = ensemble_member(first)
+    assert (second.image_size, second.fine_tune_epochs, second.views) == (320, 7, first.views)
+
+
+@pytest.fixture
+def photos(tmp_path, monkeypatch) -> Path:
+    import tfguess.training.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "busy_cores", lambda *a, **k: 0.0)
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(50):
+            (tmp_path / "data" / label / f"{i}.jpg").write_bytes(b"x")
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("config,ensemble", [
+    (TrainConfig(time_limit=3600), True),
+    (TrainConfig(time_limit=3600, one_backbone=True), False),
+    (TrainConfig(time_limit=3600, backbone="efficientnet_lite2"), False),   # the user's backbone
+    (TrainConfig(time_limit=3600, ray="auto"), False),                       # no fine-tuning there
+    (TrainConfig(time_limit=3600, precision="int8"), False),                 # no refit of int8
+])
+def test_only_a_plan_that_chooses_everything_builds_an_ensemble(photos, config, ensemble):
+    said = []
+    _, plan = plan_run(config, photos, photos.parent / "run_summary.json", said.append)
+    assert (plan.second is not None) == ensemble
+    assert ("then an ensemble" in "\n".join(said)) == ensemble
+
+
+def _heldout(right: list[bool], labels: int = 2):
+    """Validation probabilities that get the photos marked True right (label 0 is the truth)."""
+    y = np.zeros(len(right), np.int64)
+    p = np.array([[0.9, 0.1] if r else [0.1, 0.9] for r in right], np.float32)
+    return {"validation": ([f"d{i}" for i in range(len(right))], y, p)}
+
+
+def test_the_ensemble_stands_unless_the_first_member_alone_is_clearly_better():
+    summaries = ({"backbone": {"name": "lite0"}}, {"backbone": {"name": "lite2"}})
+    # the second member is sure and right where the first is wrong: the mean is right everywhere
+    first = _heldout([True] * 8 + [False] * 2)
+    second = _heldout([True] * 10)
+    second["validation"][2][:] = [0.99, 0.01]
+    out = decide(first, second, *summaries)
+    assert out["kept"] and out["validation"] == {"n": 10, "ensemble": 10, "first": 8, "second": 10}
+    assert "the ensemble got 10 right, lite0 alone 8, lite2 alone 10" in out["why"]
+    # a sure and wrong second member drags 12 photos down: the first alone is clearly better
+    first = _heldout([True] * 12)
+    second = _heldout([False] * 12)
+    second["validation"][2][:] = [0.01, 0.99]
+    out = decide(first, second, *summaries)
+    assert not out["kept"] and "clearly better" in out["why"]
+    # the second member's photos are matched by digest, whatever their order
+    shuffled = _heldout([False] * 12)
+    shuffled["validation"] = (shuffled["validation"][0][::-1], *shuffled["validation"][1:])
+    assert decide(first, shuffled, *summaries)["validation"]["n"] == 12
+    assert decide({"validation": ([], np.zeros(0), np.zeros((0, 2)))}, second, *summaries)["kept"]
+
+
+@pytest.mark.slow
+def test_an_ensemble_is_one_model_for_guess_export_and_re_train(tmp_path, monkeypatch):
+    """Trained with a budget that holds two members (short schedules, so the test is quick): the
+    model file holds both; guessing gives the mean of the two members' Keras models; the TFLite
+    export is that one model; --head-only re-trains both heads; a re-run changes nothing; --ray
+    says it runs one backbone."""
+    import tfguess.training.plan as plan_module
+    from tfguess.data.images import load_image
+    from tfguess.engine.model import ensemble_members, load_classifier, read_meta
+    from tfguess.engine.runtime import TFLiteClassifier
+    from tfguess.export import export
+    from tfguess.guess.distributed import RayPredictor
+    from tfguess.guess.predict import Predictor
+    from tfguess.training.train import train
+
+    quick = tuple(replace(r, image_size=224 if r.backbone.endswith("lite0") else r.image_size,
+                          fine_tune_epochs=2, fine_tune_blocks=1, base=None) for r in RECIPES)
+    monkeypatch.setattr(plan_module, "RECIPES", quick)
+    monkeypatch.setattr(plan_module, "busy_cores", lambda *a, **k: 0.0)
+    tf_files = tmp_path / "tf"
+    for label in ("face", "not_face"):
+        (tf_files / "data" / label).mkdir(parents=True)
+        for path in sorted((DEMO_DATA / label).glob("*.png"))[:15]:
+            shutil.copy(path, tf_files / "data" / label / path.name)
+    said = []
+    result = train(tf_files, TrainConfig(report=False, time_limit=3600), progress=False,
+                   log=said.append)
+    text = "\n".join(said)
+    assert "then an ensemble: lite2, 224 px" in text and "Ensemble kept" in text, text
+    built = result.summary["ensemble"]
+    assert built["built"] and built["members"][1]["name"] == "efficientnet_lite2"
+    meta = read_meta(tf_files / "model.keras")
+    (member,) = ensemble_members(meta)
+    assert member["backbone"]["input_size"] == meta["backbone"]["input_size"] == 224
+    assert "fine-tuned" in member["backbone"]["weights_source"]
+
+    # guess: the mean of the two members' own Keras models
+    first = load_classifier(tf_files)          # the first member alone
+    second = load_classifier(tf_files / "ensemble" / "member1")
+    paths = sorted((DEMO_DATA / "face").glob("*.png"))[-3:] + sorted(
+        (DEMO_DATA / "not_face").glob("*.png"))[-3:]
+    pixels = np.stack([load_image(p, 224, first.resize) for p in paths]).astype(np.float32)
+    expected = (np.asarray(first.keras_model(pixels)) + np.asarray(second.keras_model(pixels))) / 2
+    predictor = Predictor.load(tf_files, log=lambda *_: None)
+    np.testing.assert_allclose(predictor.probabilities(pixels), expected, atol=1e-4)
+    assert " + " in predictor.engine
+    # the summary's figures are the ensemble's: its validation count is the decision's
+    summary = json.loads((tf_files / "run_summary.json").read_text())
+    assert summary["metrics"]["validation"]["n"] == built["validation"]["n"]
+    assert summary["timings_s"]["total"] > summary["timings_s"]["first_member"]
+
+    # the TFLite and ONNX exports are the ensemble, one model each
+    import onnxruntime
+
+    tflite, onnx = export(tf_files, formats=["tflite", "onnx"], log=lambda *_: None, quiet=True)
+    np.testing.assert_allclose(TFLiteClassifier(tflite)(pixels), expected, atol=1e-3)
+    session = onnxruntime.InferenceSession(str(onnx))
+    onnx_probs = session.run(None, {session.get_inputs()[0].name: pixels})[0]
+    np.testing.assert_allclose(onnx_probs, expected, atol=1e-4)
+
+    # the report: the ensemble's decision, and its mistakes (both members' cached features)
+    from tfguess.core.runfolder import RunFolder
+    from tfguess.curate.report import write_report
+    from tfguess.curate.report.analysis import _load_rows, _model_probs
+
+    page = write_report(tf_files, log=lambda *_: None).read_text()
+    assert "ensemble" in page and "two backbones, probabilities averaged" in page
+    run = RunFolder.at(tf_files)
+    rows, x, _, _, _ = _load_rows(run, run.read_summary())
+    on_rows = np.stack([load_image(r.path, 224, first.resize) for r in rows]).astype(np.float32)
+    np.testing.assert_allclose(_model_probs(run, rows, x), predictor.probabilities(on_rows),
+                               atol=1e-4)
+
+    # a re-run of the same photos does nothing; --ray says it runs one backbone
+    again = train(tf_files, TrainConfig(report=False, time_limit=3600), progress=False,
+                  log=lambda *_: None)
+    assert again.unchanged
+    with pytest.raises(ConfigError, match="is an ensemble"):
+        RayPredictor.load_ray(tf_files, log=lambda *_: None)
+
+    # --head-only (the review page's Re-train) after a photo moved: both heads again, one file
+    moved = sorted((tf_files / "data" / "face").iterdir())[0]
+    moved.rename(tf_files / "data" / "not_face" / moved.name)
+    said.clear()
+    retrained = train(tf_files, TrainConfig(report=False, head_only=True, force=True),
+                      progress=False, log=said.append)
+    assert retrained.summary["ensemble"]["built"], "\n".join(said)
+    after = read_meta(tf_files / "model.keras")
+    assert ensemble_members(after)[0]["backbone"]["weights_id"] == member["backbone"]["weights_id"]
+    assert read_meta(tf_files / "ensemble" / "member1" / "model.keras")["backbone"][
+        "weights_id"] == member["backbone"]["weights_id"]
+    assert Predictor.load(tf_files, log=lambda *_: None).probabilities(pixels).shape == (6, 2)
