@@ -194,3 +194,48 @@ def test_an_ensemble_is_one_model_for_guess_export_and_re_train(tmp_path, monkey
     assert read_meta(tf_files / "ensemble" / "member1" / "model.keras")["backbone"][
         "weights_id"] == member["backbone"]["weights_id"]
     assert Predictor.load(tf_files, log=lambda *_: None).probabilities(pixels).shape == (6, 2)
+
+
+def test_a_second_member_that_fails_leaves_the_first_model(tmp_path):
+    """The first model is saved before the second member starts: when that one cannot be trained
+    (its weights cannot be had offline, a disk fills up), the run ends with the first, saying why."""
+    import time
+
+    from tfguess.core.errors import WeightsUnavailableError
+    from tfguess.core.runfolder import RunFolder
+    from tfguess.training.ensemble import second_member
+    from tfguess.training.train import TrainResult
+
+    plan = choose(1800, 300, 240, 0, SPEED, validation_images=30)
+    summary = {"backbone": {"name": "efficientnet_lite0", "input_size": 288, "resize": "squash"},
+               "timings_s": {"total": 100.0}}
+    result = TrainResult(tmp_path / "model.keras", ["a", "b"], {}, summary,
+                         tmp_path / "run_summary.json")
+
+    def fails(*args, **kwargs):
+        raise WeightsUnavailableError("no weights for efficientnet_lite2 here")
+
+    said = []
+    out = second_member(RunFolder.at(tmp_path), TrainConfig(time_limit=1800), result, plan, False,
+                        time.perf_counter(), "digest", fails, False, said.append)
+    assert out.model_path == result.model_path and out.summary["ensemble"]["built"] is False
+    assert said[-1].startswith("No ensemble: the second member failed (WeightsUnavailableError: "
+                               "no weights for efficientnet_lite2 here)")
+    written = json.loads((tmp_path / "run_summary.json").read_text())
+    assert written["ensemble"]["built"] is False and written["inputs"]["inputs"] == "digest"
+
+
+def test_the_report_says_what_the_ensemble_was_planned_and_why_it_was_kept():
+    from tfguess.training.summary import decisions
+
+    summary = {"config": {}, "backbone": {"resize": "squash"}, "timings_s": {"total": 962.4},
+               "time_limit": {"limit_s": 1800.0, "recipe": "lite0, 288 px", "estimated_s": 291.0,
+                              "ensemble": {"second": "lite2, 288 px", "estimated_s": 1229.0}},
+               "ensemble": {"built": True, "why": "on the 65 validation photos the ensemble got "
+                            "60 right"}}
+    made = {d["what"]: d for d in decisions(summary)}
+    assert made["recipe"]["chosen"] == "lite0, 288 px, then lite2, 288 px"
+    assert "(estimated 1229.0 s, took 962 s)" in made["recipe"]["why"]
+    assert made["ensemble"] == {"what": "ensemble", "chosen": "two backbones, probabilities "
+                                "averaged", "why": "on the 65 validation photos the ensemble got "
+                                "60 right"}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfguess.core.errors import TfguessError
 from tfguess.core.fsutil import display_path
 from tfguess.core.runfolder import MODEL_FILENAME, RunFolder
 from tfguess.training import unchanged
@@ -77,8 +78,13 @@ def second_member(run: RunFolder, config, result, time_plan, was_ensemble: bool,
     log(f"Ensemble: training the second member ({second.recipe.name}, {backbone['resize']}) in "
         f"{display_path(folder)}, {left:.0f} s left of the time limit")
     t = time.perf_counter()
-    member = train_one(folder, member_config, progress, _prefixed(log), member_plan=plan,
-                       member=True)
+    try:
+        member = train_one(folder, member_config, progress, _prefixed(log), member_plan=plan,
+                           member=True)
+    except (TfguessError, OSError) as exc:   # e.g. lite2's weights cannot be had offline
+        why = f"the second member failed ({exc.__class__.__name__}: {exc}); the model is the first"
+        log(f"No ensemble: {why}")
+        return _record(run, result, {"built": False, "why": why}, None, digest, t0)
     decision = decide(result.heldout, member.heldout, result.summary, member.summary)
     decision["seconds"] = round(time.perf_counter() - t, 1)
     log(("Ensemble kept: " if decision["kept"] else "No ensemble: ") + decision["why"])
@@ -158,8 +164,8 @@ def _combine(run: RunFolder, result, member, decision: dict, digest: str | None,
             metrics[split] = {**classification_metrics(y, (p1 + p2) / 2, result.labels), **extra}
     members = {"members": [result.summary.get("backbone"), member.summary.get("backbone")],
                "member_folder": str(member_folder(run)),
-               "member_metrics": {s: (member.metrics.get(s) or {}).get("accuracy")
-                                  for s in member.metrics}}
+               "first_metrics": {s: (m or {}).get("accuracy") for s, m in result.metrics.items()},
+               "member_metrics": {s: (m or {}).get("accuracy") for s, m in member.metrics.items()}}
     log(f"The model averages two fine-tuned backbones: validation {metrics['validation'].get('accuracy')}"
         + (f", {metrics['eval_dir']['folder']} {metrics['eval_dir']['accuracy']}"
            if "eval_dir" in metrics else ""))

@@ -87,9 +87,12 @@ def decisions(summary: dict) -> list[dict]:
     plan, out = summary.get("time_limit"), []
     if plan:
         total = (summary.get("timings_s") or {}).get("total")
-        out.append({"what": "recipe", "chosen": plan.get("recipe"), "why": (
+        two = plan.get("ensemble")   # planned; the "ensemble" decision below says if it was kept
+        out.append({"what": "recipe", "chosen": plan.get("recipe") + (
+            f", then {two['second']}" if two else ""), "why": (
             f"the most accurate recipe on the development sets that fits "
-            f"{plan.get('limit_s', 0) / 60:g} min here (estimated {plan.get('estimated_s')} s"
+            f"{plan.get('limit_s', 0) / 60:g} min here (estimated "
+            f"{two['estimated_s'] if two else plan.get('estimated_s')} s"
             + (f", took {total:.0f} s" if total else "") + ")")})
     else:
         why = ("--head-only: the head again on the model's own backbone" if config.get("head_only")

@@ -22,7 +22,7 @@ from tfguess.core.runfolder import RunFolder
 from tfguess.data import hygiene
 from tfguess.engine.bottlenecks import BottleneckCache
 from tfguess.engine.features import BackboneRef
-from tfguess.engine.model import ensemble_members, read_head, read_meta
+from tfguess.engine.model import ensemble_members, member_head, read_head, read_meta
 from tfguess.training.summary import decisions
 
 ATYPICAL_MAX = 12  # items per gallery in the page (the CSV and JSON hold all)
@@ -227,19 +227,18 @@ def _load_rows(run: RunFolder, summary: dict):
 
 def _model_probs(run: RunFolder, rows: list[Row], x: np.ndarray) -> np.ndarray:
     """The model's probabilities on ``rows`` (cached features ``x``): its head's, and for an
-    ensemble the mean with its second member's, on that member's own cached features."""
-    probs = read_head(run.model)(x)
-    if not ensemble_members(read_meta(run.model)):
-        return probs
+    ensemble the mean with its other member's head (the one in the file) on that member's cached
+    features (its run folder's cache)."""
     from tfguess.training.ensemble import member_folder
 
-    member = RunFolder.at(member_folder(run))
-    if not member.model.is_file():
-        raise ReportError(f"{run.model} is an ensemble and its second member's run folder "
-                          f"{display_path(member.root)} is missing: train again: "
-                          f"tfguess train {run.root}")
-    cache = _cache_of(member, member.read_summary())
-    return (probs + read_head(member.model)(_load_features(rows, cache, member))) / 2
+    members = ensemble_members(read_meta(run.model))
+    probs = read_head(run.model)(x)
+    for member in members:
+        folder = RunFolder.at(member_folder(run))
+        cache = BottleneckCache(folder.bottlenecks,
+                                BackboneRef.from_meta(member["backbone"]).cache_key)
+        probs = probs + member_head(run.model, member)(_load_features(rows, cache, folder))
+    return probs / (1 + len(members))
 
 
 def _misclassified(probs: np.ndarray, rows: list[Row], y: np.ndarray, labels: list[str],
