@@ -92,6 +92,20 @@ def require_shared() -> Path:
     return HYMENOPTERA
 
 
+@pytest.fixture
+def photos(tmp_path, monkeypatch) -> Path:
+    """A folder of 100 files in two labels (the time planner only counts them), on an idle
+    machine (the planner's half-second sample of the other work is skipped)."""
+    import tfguess.training.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "busy_cores", lambda *a, **k: 0.0)
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(50):
+            (tmp_path / "data" / label / f"{i}.jpg").write_bytes(b"x")
+    return tmp_path / "data"
+
+
 @pytest.fixture(scope="session")
 def hymenoptera() -> Path:
     return require_shared()

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,20 +19,6 @@ from tfguess.core.errors import ConfigError
 from tfguess.core.runfolder import RunFolder
 from tfguess.training import unchanged
 from tfguess.training.plan import plan_run
-
-
-@pytest.fixture
-def photos(tmp_path, monkeypatch) -> Path:
-    """A folder of 100 files in two labels (the planner only counts them), on an idle machine
-    (the planner's half-second sample of the other work is skipped)."""
-    import tfguess.training.plan as plan_module
-
-    monkeypatch.setattr(plan_module, "busy_cores", lambda *a, **k: 0.0)
-    for label in ("a", "b"):
-        (tmp_path / "data" / label).mkdir(parents=True)
-        for i in range(50):
-            (tmp_path / "data" / label / f"{i}.jpg").write_bytes(b"x")
-    return tmp_path / "data"
 
 
 def plan(config, photos):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,18 +44,6 @@ def test_the_second_member_takes_the_first_members_schedule():
     first = replace(max(RECIPES, key=lambda r: r.value), fine_tune_epochs=7, image_size=320)
     second = ensemble_member(first)
     assert (second.image_size, second.fine_tune_epochs, second.views) == (320, 7, first.views)
-
-
-@pytest.fixture
-def photos(tmp_path, monkeypatch) -> Path:
-    import tfguess.training.plan as plan_module
-
-    monkeypatch.setattr(plan_module, "busy_cores", lambda *a, **k: 0.0)
-    for label in ("a", "b"):
-        (tmp_path / "data" / label).mkdir(parents=True)
-        for i in range(50):
-            (tmp_path / "data" / label / f"{i}.jpg").write_bytes(b"x")
-    return tmp_path / "data"
 
 
 @pytest.mark.parametrize("config,ensemble", [
