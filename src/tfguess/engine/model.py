@@ -11,7 +11,7 @@ this file.
 An ensemble (``train`` with a budget that holds two fine-tuned backbones, :mod:`training.ensemble`)
 is the first member's file with the others inside it, whole (``tfguess_member_1.keras``), listed
 under ``ensemble`` in ``tfguess.json``: every member takes the same input size and resize, and the
-model's probabilities are the mean of theirs (:func:`member_parts`, :func:`load_ensemble`).
+model's probabilities are the mean of theirs (``guess.predict``'s ``_member_parts``, :func:`load_ensemble`).
 
 A re-train whose features are all cached saves without Keras (:func:`save_classifier_with_head`):
 the previous file of the same backbone is copied with the head's two arrays replaced in its
