@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import ARTIFACTS, DEMO_DATA, TEST_DATA, require_shared
+from pagecheck import assert_report_loads
 from PIL import Image
 
 from tfguess.curate.report import ReportError, load_report, write_report
@@ -202,73 +200,9 @@ def test_untrained_folder_is_a_clear_error(tmp_path):
 
 # ---------------------------------------------------------------- the page in a browser
 
-CHECK_SCRIPT = """<script>
-window.addEventListener('load', function () {
-  var out = [];
-  document.querySelectorAll('img').forEach(function (im) {
-    out.push({src: im.getAttribute('src'), id: im.id, w: im.naturalWidth, h: im.naturalHeight});
-  });
-  var pre = document.createElement('pre');
-  pre.id = 'image-check';
-  pre.textContent = JSON.stringify(out);
-  document.body.appendChild(pre);
-});
-</script>"""
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-quic", "--hide-scrollbars"]
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    if os.environ.get("CI") == "true":
-        pytest.fail("chromium is not installed: CI must check the report in a browser (apt-get install chromium)")
-    pytest.skip("chromium not installed")
-
-
-def _run_chromium(args: list[str]) -> str:
-    with tempfile.TemporaryDirectory() as profile:
-        result = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                                capture_output=True, text=True, timeout=120)
-    return result.stdout
-
-
-def check_in_browser(page: Path, screenshot: Path) -> list[dict]:
-    """Every <img> of ``page`` as Chromium loaded it; a full-page screenshot is kept."""
-    probe = page.with_name("_image_check.html")
-    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", CHECK_SCRIPT + "</body>"),
-                     encoding="utf-8")
-    try:
-        dom = _run_chromium(["--virtual-time-budget=10000", "--dump-dom", probe.as_uri()])
-    finally:
-        probe.unlink()
-    found = re.search(r'<pre id="image-check">(.*?)</pre>', dom, re.S)
-    assert found, f"the check script did not run; chromium printed: {dom[:500]}"
-    screenshot.parent.mkdir(parents=True, exist_ok=True)
-    screenshot.unlink(missing_ok=True)
-    _run_chromium(["--window-size=1200,4000", f"--screenshot={screenshot}", page.as_uri()])
-    assert screenshot.exists() and screenshot.stat().st_size > 10_000
-    import html
-
-    return json.loads(html.unescape(found.group(1)))
-
-
-def _assert_page_loads(page: Path, screenshot: Path) -> list[dict]:
-    images = check_in_browser(page, screenshot)
-    assert len(images) == len(re.findall(r"<img ", page.read_text()))
-    broken = [im["src"] for im in images if im["w"] <= 0]
-    assert not broken, f"images that did not load: {broken}"
-    confusion = [im for im in images if im["id"] == "confusion-matrix"]
-    assert confusion and confusion[0]["w"] > 300
-    return images
-
-
 @pytest.mark.slow
 def test_report_loads_in_a_browser(demo_report):
-    images = _assert_page_loads(demo_report["page"], ARTIFACTS / "report-demo.png")
+    images = assert_report_loads(demo_report["page"], ARTIFACTS / "report-demo.png")["images"]
     assert sum(im["src"].startswith("thumbs/") for im in images) >= 4
 
 
@@ -315,7 +249,7 @@ def test_hymenoptera_planted_label_errors_are_found(tmp_path):
     (ARTIFACTS / "report-hymenoptera.json").write_text(json.dumps({**artifact, "placeholder_in": where}, indent=2))
     assert where, "the placeholder GIF is neither skipped, suspect nor atypical"
     assert "imageNotFound.gif" in page.read_text()
-    _assert_page_loads(page, ARTIFACTS / "report-hymenoptera.png")
+    assert_report_loads(page, ARTIFACTS / "report-hymenoptera.png")
 
 
 def test_the_weakest_label_is_flagged_only_when_it_is_not_perfect():

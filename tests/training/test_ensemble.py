@@ -10,7 +10,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import DEMO_DATA
+from conftest import ARTIFACTS, DEMO_DATA
+from pagecheck import assert_report_loads
 
 from tfguess.core.config import TrainConfig
 from tfguess.core.errors import ConfigError
@@ -154,8 +155,11 @@ def test_an_ensemble_is_one_model_for_guess_export_and_re_train(tmp_path, monkey
     from tfguess.curate.report import write_report
     from tfguess.curate.report.analysis import _load_rows, _model_probs
 
-    page = write_report(tf_files, log=lambda *_: None).read_text()
-    assert "ensemble" in page and "two backbones, probabilities averaged" in page
+    page = write_report(tf_files, log=lambda *_: None)
+    seen = assert_report_loads(page, ARTIFACTS / "report-ensemble.png")["text"]
+    assert "two backbones, probabilities averaged" in seen, seen
+    assert "then lite2, 224 px" in seen and "validation photos the ensemble got" in seen
+    assert "backbone efficientnet_lite0 + efficientnet_lite2" in seen
     run = RunFolder.at(tf_files)
     rows, x, _, _, _ = _load_rows(run, run.read_summary())
     on_rows = np.stack([load_image(r.path, 224, first.resize) for r in rows]).astype(np.float32)
@@ -226,3 +230,60 @@ def test_the_report_says_what_the_ensemble_was_planned_and_why_it_was_kept():
     assert made["ensemble"] == {"what": "ensemble", "chosen": "two backbones, probabilities "
                                 "averaged", "why": "on the 65 validation photos the ensemble got "
                                 "60 right"}
+
+
+def _fake_model(path, seed: int):
+    """A model file as far as the ensemble's layout reads it: its description and its head."""
+    import io
+    import zipfile
+
+    from tfguess.engine.model import HEAD_MEMBER, META_MEMBER
+    from tfguess.engine.runtime import Head
+
+    rng = np.random.default_rng(seed)
+    head = Head(rng.normal(size=(8, 2)).astype(np.float32), rng.normal(size=2).astype(np.float32))
+    arrays = io.BytesIO()
+    np.savez(arrays, **head.arrays())
+    meta = {"format_version": 1, "labels": ["a", "b"],
+            "backbone": {"name": f"net{seed}", "input_size": 224, "resize": "squash"}}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(META_MEMBER, json.dumps(meta))
+        archive.writestr(HEAD_MEMBER, arrays.getvalue())
+        archive.writestr("model.weights.h5", rng.bytes(4096))
+    return head
+
+
+def test_a_members_head_and_file_are_had_without_unpacking_it_twice(tmp_path, monkeypatch):
+    """Guessing on an ensemble reads the member's head from its own small entry and finds its
+    unpacked file by the digest the model records: neither reads the member's bytes again. A model
+    written before the head entry existed still loads (its head read from inside the member)."""
+    import zipfile
+
+    from tfguess.engine import model
+    from tfguess.engine.model import ensemble_members, member_file, member_head, save_ensemble
+
+    monkeypatch.setenv("TFGUESS_CACHE", str(tmp_path / "cache"))
+    _fake_model(tmp_path / "first.keras", 0)
+    head = _fake_model(tmp_path / "second.keras", 1)
+    save_ensemble(tmp_path / "first.keras", [tmp_path / "second.keras"], {"built": True})
+    (member,) = ensemble_members(model.read_meta(tmp_path / "first.keras"))
+    unpacked = member_file(tmp_path / "first.keras", member)
+    assert unpacked.read_bytes() == (tmp_path / "second.keras").read_bytes()
+
+    read = []
+    real = model._read_member
+    monkeypatch.setattr(model, "_read_member", lambda p, name: read.append(name) or real(p, name))
+    np.testing.assert_array_equal(member_head(tmp_path / "first.keras", member).kernel, head.kernel)
+    assert member_file(tmp_path / "first.keras", member) == unpacked
+    assert read == ["tfguess_member_1.head.npz"]
+
+    # the layout before: no head entry, no digest in the description
+    old = {k: v for k, v in member.items() if k in ("file", "backbone")}
+    np.testing.assert_array_equal(member_head(tmp_path / "first.keras", old).bias, head.bias)
+    assert member_file(tmp_path / "first.keras", old) == unpacked
+    with zipfile.ZipFile(tmp_path / "first.keras") as archive:
+        names = archive.namelist()
+    # saving again (a re-train) leaves one of each, never two
+    save_ensemble(tmp_path / "first.keras", [tmp_path / "second.keras"], {"built": True})
+    with zipfile.ZipFile(tmp_path / "first.keras") as archive:
+        assert sorted(archive.namelist()) == sorted(names)

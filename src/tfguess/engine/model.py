@@ -9,7 +9,8 @@ was trained on, which cannot be rebuilt without the training photos). ``guess`` 
 this file.
 
 An ensemble (``train`` with a budget that holds two fine-tuned backbones, :mod:`training.ensemble`)
-is the first member's file with the others inside it, whole (``tfguess_member_1.keras``), listed
+is the first member's file with the others inside it, whole (``tfguess_member_1.keras``, its
+head beside it as ``tfguess_member_1.head.npz``, so guessing starts without unpacking it), listed
 under ``ensemble`` in ``tfguess.json``: every member takes the same input size and resize, and the
 model's probabilities are the mean of theirs (``guess.predict``'s ``_member_parts``, :func:`load_ensemble`).
 
@@ -20,6 +21,7 @@ the previous file of the same backbone is copied with the head's two arrays repl
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -320,9 +322,11 @@ def save_ensemble(path: Path, member_files: list[Path], ensemble: dict) -> None:
                 != (meta["backbone"]["input_size"], meta["backbone"]["resize"])):
             raise ModelError(f"{file} cannot join {path} in an ensemble: other labels, input size "
                              "or resize")
-        name = f"{MEMBER_PREFIX}{i}.keras"
-        members.append({"file": name, "backbone": other["backbone"]})
-        blobs.append((name, Path(file).read_bytes()))
+        name, data = f"{MEMBER_PREFIX}{i}.keras", Path(file).read_bytes()
+        head = f"{MEMBER_PREFIX}{i}.head.npz"    # its head beside it: read without unpacking it
+        members.append({"file": name, "head": head, "sha256": hashlib.sha256(data).hexdigest(),
+                        "backbone": other["backbone"]})
+        blobs += [(name, data), (head, _read_member(Path(file), HEAD_MEMBER))]
     meta = {**meta, "ensemble": {**ensemble, "members": members, "combine": "mean"}}
     if not members:
         meta.pop("ensemble")
@@ -344,12 +348,15 @@ def save_ensemble(path: Path, member_files: list[Path], ensemble: dict) -> None:
 def member_file(path: Path, member: dict) -> Path:
     """The member's model file, unpacked from the ensemble at ``path`` into the cache (once: the
     name is its content's digest)."""
-    import hashlib
-
     from tfguess.core.cachedir import cache_dir
 
+    def unpacked(digest: str) -> Path:
+        return cache_dir() / "members" / f"{digest[:16]}.keras"
+
+    if "sha256" in member and unpacked(member["sha256"]).is_file():
+        return unpacked(member["sha256"])           # the usual case: nothing read, nothing hashed
     data = _read_member(path, member["file"])
-    target = cache_dir() / "members" / f"{hashlib.sha256(data).hexdigest()[:16]}.keras"
+    target = unpacked(hashlib.sha256(data).hexdigest())
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(target, data)
@@ -357,10 +364,15 @@ def member_file(path: Path, member: dict) -> Path:
 
 
 def member_head(path: Path, member: dict) -> Head:
-    """The head of an ensemble's member, read from the archive inside the archive."""
+    """The head of an ensemble's member: its own small entry (the archive inside the archive in a
+    model written before there was one)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(_read_member(path, member["file"]))) as inner, \
-                np.load(io.BytesIO(inner.read(HEAD_MEMBER))) as head:
+        if "head" in member:
+            data = _read_member(path, member["head"])
+        else:
+            with zipfile.ZipFile(io.BytesIO(_read_member(path, member["file"]))) as inner:
+                data = inner.read(HEAD_MEMBER)
+        with np.load(io.BytesIO(data)) as head:
             return Head.from_arrays(head)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path} is damaged (its member {member['file']} cannot be read: {exc}): "

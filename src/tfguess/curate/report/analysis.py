@@ -180,7 +180,7 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tf_files": str(run.root),
         "image_dir": str(run.image_dir(summary)),
-        "backbone": summary.get("backbone", {}).get("name"),
+        "backbone": _backbone_names(summary),
         "mode": summary.get("mode", "frozen"),
         "labels": labels,
         "eval_split": split,
@@ -223,6 +223,14 @@ def _load_rows(run: RunFolder, summary: dict):
                          "(NaN/inf): the backbone produced invalid features; suspects and near-duplicates "
                          "leave them out. Delete TF_FILES/bottlenecks and train again.")
     return rows, x, y, finite, warnings_
+
+
+def _backbone_names(summary: dict) -> str | None:
+    """The backbone's name, or an ensemble's members' names joined by " + "."""
+    ensemble = summary.get("ensemble") or {}
+    if ensemble.get("built") and ensemble.get("members"):
+        return " + ".join(str((m or {}).get("name")) for m in ensemble["members"])
+    return summary.get("backbone", {}).get("name")
 
 
 def _model_probs(run: RunFolder, rows: list[Row], x: np.ndarray) -> np.ndarray:
