@@ -10,8 +10,15 @@ ensemble are each scored through ``Predictor``, with the guessing speed (images/
 included, one after another on the same machine) and the size of each model file; ``--export``
 adds the size of each one's TFLite export.
 
+``--load``: how long ``Predictor.load`` takes on the ensemble in TF_FILES (engines cached, as for
+every ``guess`` after the first), with its member's head read from its own entry and the unpacked
+member found by its recorded digest, against the layout before (the head read from inside the
+member's whole file, the member hashed), alternated in one process; and the file digest that
+every load computed before (now only ``guess-dir``, which needs it, does).
+
 Run:  python bench/ensemble_check.py VAL_DIR TF_FILES_A TF_FILES_B
       python bench/ensemble_check.py VAL_DIR TF_FILES --members [--export]
+      python bench/ensemble_check.py TF_FILES --load
 """
 
 from __future__ import annotations
@@ -78,7 +85,44 @@ def members(val: Path, tf_files: Path, export: bool) -> None:
     shutil.rmtree(scratch)
 
 
+def load_times(tf_files: Path, repeats: int = 20) -> None:
+    import time
+
+    from tfguess.engine import model
+    from tfguess.guess.predict import Predictor, model_identity
+
+    path = tf_files / "model.keras"
+    members = model.ensemble_members
+    if not all("head" in m for m in members(model.read_meta(path))):
+        raise SystemExit(f"{path} has no head entry for its member: train it again")
+
+    def before(meta: dict) -> list[dict]:
+        return [{k: v for k, v in m.items() if k in ("file", "backbone")} for m in members(meta)]
+
+    layouts = {"head entry, recorded digest": members, "the layout before": before}
+    seconds = {name: [] for name in layouts}
+    for _ in range(repeats + 1):            # the first round loads the engines: not counted
+        for name, read in layouts.items():
+            model.ensemble_members = read
+            t = time.perf_counter()
+            Predictor.load(path, precision="float32", log=lambda *_: None)
+            seconds[name].append(time.perf_counter() - t)
+    model.ensemble_members = members
+    for name, times in seconds.items():
+        print(f"{name:28} Predictor.load {1000 * np.median(times[1:]):.1f} ms (median of {repeats})")
+    digest = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model_identity(path)
+        digest.append(time.perf_counter() - t)
+    print(f"{'the file digest':28} {1000 * np.median(digest):.1f} ms (guess-dir's resume key: "
+          "computed when guess-dir asks, no longer by every load)")
+
+
 def main() -> None:
+    if "--load" in sys.argv:
+        load_times(Path([a for a in sys.argv[1:] if not a.startswith("--")][0]))
+        return
     if "--members" in sys.argv:
         args = [a for a in sys.argv[1:] if not a.startswith("--")]
         members(Path(args[0]), Path(args[1]), "--export" in sys.argv)

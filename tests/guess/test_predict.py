@@ -49,12 +49,22 @@ def test_guess_top_k_json_and_bad_file(demo_trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_test_data_is_classified(demo_trained):
+def test_demo_test_data_is_classified(demo_trained, monkeypatch):
+    """Guessing loads the model without hashing its file: the digest (guess-dir's resume key) is
+    computed once, when asked."""
+    from tfguess.guess import journal
+
+    hashed, real = [], journal.file_digest
+    monkeypatch.setattr(journal, "file_digest", lambda path, *a: hashed.append(path) or real(path, *a))
     predictor = Predictor.load(demo_trained)
     paths = sorted(TEST_DATA.glob("*.jpg"))
     preds = list(predictor.predict(paths))
     correct = sum(p.label == p.path.name.rsplit("_", 1)[0] for p in preds)
     assert correct >= 18, f"{correct}/20 held-out demo images right"
+    assert not hashed
+    assert predictor.identity == predictor.identity == "sha256:" + real(
+        demo_trained / "model.keras")[:16]
+    assert len(hashed) == 1
 
 
 @pytest.mark.slow

@@ -59,13 +59,21 @@ class Predictor:
 
     def __init__(self, labels: list[str], input_size: int, resize: str,
                  probabilities: Callable[[np.ndarray], np.ndarray], engine: str,
-                 identity: str = "") -> None:
+                 identity: str | Callable[[], str] = "") -> None:
         self.labels = labels
-        self.identity = identity  # the model file's content digest (guess-dir's resume key)
+        self._identity = identity
         self.input_size = input_size
         self.resize = resize
         self.probabilities = probabilities
         self.engine = engine
+
+    @property
+    def identity(self) -> str:
+        """The model file's content digest (guess-dir's resume key), computed when first asked:
+        ``guess`` and ``serve`` never hash the file for it."""
+        if callable(self._identity):
+            self._identity = self._identity()
+        return self._identity
 
     @classmethod
     def load(cls, model: str | Path, engine: str = "auto", log: Callable = print,
@@ -93,7 +101,7 @@ class Predictor:
         if path.suffix.lower() == ".tflite":
             tfl = TFLiteClassifier(path)
             return cls(tfl.labels, tfl.input_size, tfl.resize, _with_tta(tfl, tta), "tflite-file",
-                       model_identity(path, tta))
+                       lambda: model_identity(path, tta))
         meta = read_meta(path)
         if tta and meta.get("config", {}).get("no_flip"):
             raise ConfigError(f"{display_path(path)} was trained with --no-flip (mirroring changes "
@@ -113,7 +121,7 @@ class Predictor:
             return np.mean([h(x(pixels)) for h, x in parts], axis=0)   # an ensemble
 
         return cls(list(meta["labels"]), ref.input_size, ref.resize, _with_tta(probabilities, tta),
-                   " + ".join(engine_name(x) for _, x in parts), model_identity(path, tta))
+                   " + ".join(engine_name(x) for _, x in parts), lambda: model_identity(path, tta))
 
     def predict(self, paths: list[Path], top_k: int = 0, batch_size: int = 32, workers: int = 0,
                 progress: bool = False) -> Iterator[Prediction]:
@@ -254,6 +262,7 @@ def guess_dir(
     if predictor is not None and config.tta:
         raise ConfigError("--tta is not available with --ray: leave out one of them")
     predictor = predictor or Predictor.load(model, config.engine, log, tta=config.tta)
+    predictor.identity  # noqa: B018 - the digest of the file just loaded, before the walk
     start = time.perf_counter()
     dst.mkdir(parents=True, exist_ok=True)
     journal = Journal(dst, log, wait=config.wait)
