@@ -13,8 +13,8 @@ adds the size of each one's TFLite export.
 ``--load``: how long ``Predictor.load`` takes on the ensemble in TF_FILES (engines cached, as for
 every ``guess`` after the first), with its member's head read from its own entry and the unpacked
 member found by its recorded digest, against the layout before (the head read from inside the
-member's whole file, the member hashed), alternated in one process; and the file digest that
-every load computed before (now only ``guess-dir``, which needs it, does).
+member's whole file), alternated in one process; and the file digest that every load computed
+before (now only ``guess-dir``, which needs it, does).
 
 Run:  python bench/ensemble_check.py VAL_DIR TF_FILES_A TF_FILES_B
       python bench/ensemble_check.py VAL_DIR TF_FILES --members [--export]
