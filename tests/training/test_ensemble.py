@@ -150,21 +150,7 @@ def test_an_ensemble_is_one_model_for_guess_export_and_re_train(tmp_path, monkey
     onnx_probs = session.run(None, {session.get_inputs()[0].name: pixels})[0]
     np.testing.assert_allclose(onnx_probs, expected, atol=1e-4)
 
-    # the report: the ensemble's decision, and its mistakes (both members' cached features)
-    from tfguess.core.runfolder import RunFolder
-    from tfguess.curate.report import write_report
-    from tfguess.curate.report.analysis import _load_rows, _model_probs
-
-    page = write_report(tf_files, log=lambda *_: None)
-    seen = assert_report_loads(page, ARTIFACTS / "report-ensemble.png")["text"]
-    assert "two backbones, probabilities averaged" in seen, seen
-    assert "then lite2, 224 px" in seen and "validation photos the ensemble got" in seen
-    assert "backbone efficientnet_lite0 + efficientnet_lite2" in seen
-    run = RunFolder.at(tf_files)
-    rows, x, _, _, _ = _load_rows(run, run.read_summary())
-    on_rows = np.stack([load_image(r.path, 224, first.resize) for r in rows]).astype(np.float32)
-    np.testing.assert_allclose(_model_probs(run, rows, x), predictor.probabilities(on_rows),
-                               atol=1e-4)
+    _the_report_is_the_ensembles(tf_files, predictor)
 
     # a re-run of the same photos does nothing; --ray says it runs one backbone
     again = train(tf_files, TrainConfig(report=False, time_limit=3600), progress=False,
@@ -185,6 +171,27 @@ def test_an_ensemble_is_one_model_for_guess_export_and_re_train(tmp_path, monkey
     assert read_meta(tf_files / "ensemble" / "member1" / "model.keras")["backbone"][
         "weights_id"] == member["backbone"]["weights_id"]
     assert Predictor.load(tf_files, log=lambda *_: None).probabilities(pixels).shape == (6, 2)
+
+
+def _the_report_is_the_ensembles(tf_files, predictor) -> None:
+    """The report in Chromium says what the ensemble is and why it was kept, and its mistakes use
+    both members (each on its own cached features): the same probabilities as ``predictor``."""
+    from tfguess.core.runfolder import RunFolder
+    from tfguess.curate.report import write_report
+    from tfguess.curate.report.analysis import _load_rows, _model_probs
+    from tfguess.data.images import load_image
+    from tfguess.engine.model import read_meta
+
+    page = write_report(tf_files, log=lambda *_: None)
+    seen = assert_report_loads(page, ARTIFACTS / "report-ensemble.png")["text"]
+    assert "two backbones, probabilities averaged" in seen, seen
+    assert "then lite2, 224 px" in seen and "validation photos the ensemble got" in seen
+    assert "backbone efficientnet_lite0 + efficientnet_lite2" in seen
+    run = RunFolder.at(tf_files)
+    rows, x, _, _, _ = _load_rows(run, run.read_summary())
+    on_rows = np.stack([load_image(r.path, 224, predictor.resize) for r in rows]).astype(np.float32)
+    np.testing.assert_allclose(_model_probs(run, read_meta(run.model), rows, x),
+                               predictor.probabilities(on_rows), atol=1e-4)
 
 
 def test_a_second_member_that_fails_leaves_the_first_model(tmp_path):

@@ -103,8 +103,7 @@ class Classifier:
     @property
     def backbone_name(self) -> str:
         """The backbone's name; an ensemble's, joined by " + "."""
-        return " + ".join(b["name"] for b in [self.meta["backbone"]] + [
-            m["backbone"] for m in ensemble_members(self.meta)])
+        return backbone_names(self.meta)
 
     def head(self) -> Head:
         kernel, bias = self.keras_model.get_layer("head").get_weights()
@@ -305,6 +304,12 @@ def ensemble_members(meta: dict) -> list[dict]:
     """The other members of an ensemble model (``[]`` for one backbone): each a dict with the
     ``file`` inside the archive and its ``backbone`` block."""
     return list((meta.get("ensemble") or {}).get("members") or [])
+
+
+def backbone_names(meta: dict) -> str:
+    """The model's backbone's name; an ensemble's members', joined by " + "."""
+    return " + ".join(b["name"] for b in [meta["backbone"]] + [
+        m["backbone"] for m in ensemble_members(meta)])
 
 
 def save_ensemble(path: Path, member_files: list[Path], ensemble: dict) -> None:

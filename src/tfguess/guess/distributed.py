@@ -334,7 +334,14 @@ class RayPredictor(Predictor):
     @classmethod
     def load_ray(cls, model: str | Path, address: str = "auto", workers: int = 0,
                  log: Callable[[str], None] = print) -> RayPredictor:
-        from tfguess.engine.model import load_classifier, read_head, read_meta, resolve_model_path
+        from tfguess.engine.model import (
+            backbone_names,
+            ensemble_members,
+            load_classifier,
+            read_head,
+            read_meta,
+            resolve_model_path,
+        )
         from tfguess.guess.predict import guessing_engine, model_identity
 
         path = resolve_model_path(model)
@@ -346,9 +353,9 @@ class RayPredictor(Predictor):
         if ref.precision != "float32":
             raise ConfigError(f"--ray runs float32 models only; {path} uses the {ref.precision} "
                               "engine: guess without --ray")
-        if meta.get("ensemble"):
-            names = " + ".join([ref.name] + [m["backbone"]["name"] for m in meta["ensemble"]["members"]])
-            raise ConfigError(f"--ray runs models of one backbone; {path} is an ensemble ({names}): "
+        if ensemble_members(meta):
+            raise ConfigError(f"--ray runs models of one backbone; {path} is an ensemble "
+                              f"({backbone_names(meta)}): "
                               "guess without --ray, or train with --backbone for one backbone")
         ref = guessing_engine(path, meta, ref)  # the engine local guessing runs, int8 included
         engine = engine_bytes(ref, lambda: load_classifier(path).backbone, log)

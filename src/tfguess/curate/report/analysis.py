@@ -22,7 +22,13 @@ from tfguess.core.runfolder import RunFolder
 from tfguess.data import hygiene
 from tfguess.engine.bottlenecks import BottleneckCache
 from tfguess.engine.features import BackboneRef
-from tfguess.engine.model import ensemble_members, member_head, read_head, read_meta
+from tfguess.engine.model import (
+    backbone_names,
+    ensemble_members,
+    member_head,
+    read_head,
+    read_meta,
+)
 from tfguess.training.summary import decisions
 
 ATYPICAL_MAX = 12  # items per gallery in the page (the CSV and JSON hold all)
@@ -169,7 +175,8 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
     timings = {"load": time.perf_counter() - t0}
     split = _eval_split(summary)
     metrics = summary.get("metrics", {}).get(split, {"n": 0, "accuracy": None})
-    misclassified = _misclassified(_model_probs(run, rows, x), rows, y, labels, split)
+    meta = read_meta(run.model)
+    misclassified = _misclassified(_model_probs(run, meta, rows, x), rows, y, labels, split)
     hyg = _cached_hygiene(run, rows, x, y, labels, finite, folds, threshold)
     timings.update(hyg["timings"])
     near = hyg["near"]
@@ -180,7 +187,7 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tf_files": str(run.root),
         "image_dir": str(run.image_dir(summary)),
-        "backbone": _backbone_names(summary),
+        "backbone": backbone_names(meta),
         "mode": summary.get("mode", "frozen"),
         "labels": labels,
         "eval_split": split,
@@ -225,21 +232,13 @@ def _load_rows(run: RunFolder, summary: dict):
     return rows, x, y, finite, warnings_
 
 
-def _backbone_names(summary: dict) -> str | None:
-    """The backbone's name, or an ensemble's members' names joined by " + "."""
-    ensemble = summary.get("ensemble") or {}
-    if ensemble.get("built") and ensemble.get("members"):
-        return " + ".join(str((m or {}).get("name")) for m in ensemble["members"])
-    return summary.get("backbone", {}).get("name")
-
-
-def _model_probs(run: RunFolder, rows: list[Row], x: np.ndarray) -> np.ndarray:
+def _model_probs(run: RunFolder, meta: dict, rows: list[Row], x: np.ndarray) -> np.ndarray:
     """The model's probabilities on ``rows`` (cached features ``x``): its head's, and for an
     ensemble the mean with its other member's head (the one in the file) on that member's cached
     features (its run folder's cache)."""
     from tfguess.training.ensemble import member_folder
 
-    members = ensemble_members(read_meta(run.model))
+    members = ensemble_members(meta)
     probs = read_head(run.model)(x)
     for member in members:
         folder = RunFolder.at(member_folder(run))
