@@ -293,3 +293,19 @@ def test_journal_rows_say_what_is_undoable_and_what_waits_for_a_retraining(tmp_p
     assert state(seen) == [(1, False, False), (2, True, False), (3, False, False), (4, False, False),
                            (5, False, True)]
     assert [r["pending"] for r in ed.journal_rows()] == [False, True, False, False, False]
+
+
+def test_the_mistakes_shown_after_a_refit_are_the_model_before_it():
+    """When the held-out figure is the model's before its last refit (which then trained on those
+    photos), the report's mistakes are that model's, from the guesses the run recorded, the most
+    confident first; photos of other splits are not among them."""
+    from tfguess.curate.report.analysis import Row, _recorded_misclassified
+
+    rows = [Row(Path(f"/d/{name}.jpg"), label, name, split) for name, label, split in (
+        ("t1", "ant", "test"), ("t2", "bee", "test"), ("t3", "bee", "test"), ("v1", "ant", "train"))]
+    recorded = {"digests": ["t1", "t2", "t3", "v1"], "guess": [0, 0, 0, 1],
+                "score": [0.9, 0.6, 0.8, 0.99], "label_score": [0.9, 0.4, 0.2, 0.01]}
+    mistakes = _recorded_misclassified(recorded, rows, np.array([0, 1, 1, 0]), ["ant", "bee"],
+                                       "test")
+    assert [(m["digest"], m["predicted"], m["score"], m["label_score"]) for m in mistakes] == [
+        ("t3", "ant", 0.8, 0.2), ("t2", "ant", 0.6, 0.4)]

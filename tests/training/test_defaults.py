@@ -3,11 +3,13 @@ settings kept, the resize measured on the photos, and a re-run with nothing new 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -231,9 +233,10 @@ def test_each_decision_is_recorded_with_its_evidence():
 
 
 def test_no_second_fine_tuning_without_a_validation_split_or_the_time_for_it():
-    """The fine-tuning runs again on the training and validation photos only when there are
-    validation photos and its estimate (the first fine-tuning's views and epochs, measured, scaled
-    by the photos) fits what is left: the same schedule, never a shorter one."""
+    """The fine-tuning runs again on the held-out photos too only when there are validation
+    photos and its estimate (the first fine-tuning's views and epochs, measured, scaled by the
+    photos, the test photos' among them unless --hold-out-test) fits what is left: the same
+    schedule, never a shorter one."""
     import time
 
     from tfguess.training.refit import refit, refit_epochs
@@ -247,9 +250,9 @@ def test_no_second_fine_tuning_without_a_validation_split_or_the_time_for_it():
 
     features = SimpleNamespace(ref=SimpleNamespace(precision="float32"))
 
-    def data(n_val):
-        return SimpleNamespace(splits={"train": [1] * 100, "validation": [1] * n_val},
-                               usable=[1] * 110)
+    def data(n_val, n_test=0):
+        return SimpleNamespace(splits={"train": [1] * 100, "validation": [1] * n_val,
+                                       "test": [1] * n_test}, usable=[1] * (100 + n_val + n_test))
 
     said = []
     started = time.perf_counter() - 199.5        # 100 s left of the limit
@@ -259,7 +262,57 @@ def test_no_second_fine_tuning_without_a_validation_split_or_the_time_for_it():
     out = refit(None, None, config, None, None, (features, data(10), first), started, seconds,
                 False, said.append)
     assert out.fine_tuned is None and out.summary["why"] == "about 114 s needed, 100 s left of the time limit"
-    assert said[-1] == "Not fine-tuned again on the validation photos too: " + out.summary["why"]
+    assert said[-1] == "Not fine-tuned again on the held-out photos too: " + out.summary["why"]
+    # 10 test photos more to train on: 1.2 x (20 + 7 x 10) + 5 + 10 s; kept out, 114 s again
+    out = refit(None, None, config, None, None, (features, data(10, 10), first), started, seconds,
+                False, said.append)
+    assert out.summary["why"] == "about 123 s needed, 100 s left of the time limit"
+    out = refit(None, None, dataclasses.replace(config, hold_out_test=True), None, None,
+                (features, data(10, 10), first), started, seconds, False, said.append)
+    assert out.summary["why"] == "about 114 s needed, 100 s left of the time limit"
+
+
+def test_the_figures_of_photos_a_refit_trained_on_are_the_model_before_it(monkeypatch):
+    """After a refit on the held-out photos, their figures and guesses are the first model's,
+    marked so in the summary and the model's description, with the words a person reads; a
+    --head-only re-train on such a backbone marks its test figure as not held out."""
+    import tfguess.engine.model as model_module
+    from tfguess.training.evaluation import figure_note, meta_metrics
+    from tfguess.training.refit import Refit, held_out_figures
+    from tfguess.training.summary import before_refit
+
+    first_test = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])      # right, wrong, right
+    refitted = Refit(object(), None, None, {}, validation_metrics={"accuracy": 0.5, "n": 2,
+                                                                    "before_refit": True},
+                     validation_probs=np.array([[0.6, 0.4], [0.6, 0.4]]),
+                     test_metrics={"accuracy": 2 / 3, "n": 3, "before_refit": True},
+                     test_probs=first_test)
+    saved = np.array([[1.0, 0.0], [0.0, 1.0]])   # the refitted model on photos it trained on
+    metrics = {"train": {"accuracy": 1.0, "n": 4}, "validation": {"accuracy": 1.0, "n": 2},
+               "test": {"accuracy": 1.0, "n": 3}}
+    heldout = {"validation": (["v1", "v2"], np.array([0, 1]), saved),
+               "test": (["t1", "t2", "t3"], np.array([0, 1, 1]), saved[[0, 1, 1]])}
+    assert held_out_figures(refitted, metrics, heldout, None)
+    assert metrics["test"]["accuracy"] == pytest.approx(2 / 3) and heldout["test"][2] is first_test
+    assert metrics["validation"]["accuracy"] == 0.5
+    assert before_refit(metrics, heldout)["before_refit"]["test"] == {
+        "digests": ["t1", "t2", "t3"], "guess": [0, 0, 1], "score": [0.9, 0.8, 0.7],
+        "label_score": [0.9, 0.2, 0.7]}
+    assert meta_metrics(metrics)["test"] == {"accuracy": pytest.approx(2 / 3), "n": 3,
+                                             "before_refit": True}
+    assert meta_metrics(metrics)["train"] == {"accuracy": 1.0, "n": 4}
+    assert figure_note(metrics["test"]).startswith("measured with the model before its last refit")
+    assert figure_note(metrics["train"]) == "" and before_refit(
+        {"test": {"accuracy": 1.0}}, heldout) == {}
+
+    # --head-only: the model's description says whether its backbone trained on the test photos
+    for saw in (True, False):
+        monkeypatch.setattr(model_module, "read_meta",
+                            lambda path, saw=saw: {"backbone": {"fine_tuned_on_test": saw}})
+        metrics = {"test": {"accuracy": 1.0, "n": 3}}
+        assert held_out_figures(None, metrics, heldout, Path("model.keras")) is saw
+        assert metrics["test"].get("seen_by_backbone", False) is saw
+    assert "not a held-out figure" in figure_note(metrics["test"] | {"seen_by_backbone": True})
 
 
 @pytest.mark.slow
@@ -277,13 +330,23 @@ def test_the_second_fine_tuning_is_the_model_the_file_holds(tmp_path):
     config = TrainConfig(report=False, fine_tune=True, fine_tune_blocks=1, fine_tune_epochs=1,
                          time_limit=600)
     result = train(tf_files, config, progress=False, log=lambda *_: None)
-    again = result.summary["refit"]
-    assert again["done"] and again["photos"] == len(result.summary["splits"]["train"]) + len(
-        result.summary["splits"]["validation"])
+    again, splits = result.summary["refit"], result.summary["splits"]
+    assert again["done"] and again["test_photos"] == len(splits["test"]) > 0
+    assert again["photos"] == sum(len(splits[s]) for s in ("train", "validation", "test"))
     first = result.summary["fine_tune"]["weights_id"]
     assert again["weights_id"] != first
-    assert read_meta(tf_files / "model.keras")["backbone"]["weights_id"] == again["weights_id"]
+    meta = read_meta(tf_files / "model.keras")
+    assert meta["backbone"]["weights_id"] == again["weights_id"]
+    assert meta["backbone"]["fine_tuned_on_test"] and meta["metrics"]["test"]["before_refit"]
+    # the held-out figures are the first model's, said so, with its guesses for the report
     assert result.metrics["validation"]["accuracy"] == again["validation_accuracy_before"]
+    assert result.metrics["test"]["accuracy"] == again["test_accuracy_before"]
+    assert result.metrics["test"]["before_refit"] and result.metrics["validation"]["before_refit"]
+    guesses = result.summary["before_refit"]["test"]
+    assert guesses["digests"] == [digest for *_, digest in splits["test"]]
+    right = sum(g == result.labels.index(label) for g, (_, label, _) in zip(
+        guesses["guess"], splits["test"], strict=True))
+    assert right / len(splits["test"]) == pytest.approx(result.metrics["test"]["accuracy"])
     classifier = load_classifier(tf_files)
     size = classifier.input_size
     paths = sorted((DEMO_DATA / "face").glob("*.png"))[:3] + sorted(

@@ -16,6 +16,7 @@ from pagecheck import assert_report_loads
 from tfguess.core.config import TrainConfig
 from tfguess.core.errors import ConfigError
 from tfguess.training.ensemble import decide
+from tfguess.training.evaluation import meta_metrics
 from tfguess.training.plan import RECIPES, Speed, choose, ensemble_member, plan_run
 
 SPEED = Speed(extract=110.0, views=145.0, fine_tune=85.0, source="test")
@@ -140,6 +141,11 @@ def test_an_ensemble_is_one_model_for_guess_export_and_re_train(tmp_path, monkey
     summary = json.loads((tf_files / "run_summary.json").read_text())
     assert summary["metrics"]["validation"]["n"] == built["validation"]["n"]
     assert summary["timings_s"]["total"] > summary["timings_s"]["first_member"]
+    # both members' refits trained on the test photos too: its figure is the members' before them,
+    # said so, in the model's own description too (what serve's model card shows)
+    assert summary["metrics"]["test"]["before_refit"] and summary["refit"]["test_photos"]
+    assert meta["metrics"] == meta_metrics(summary["metrics"])
+    assert len(summary["before_refit"]["test"]["digests"]) == summary["metrics"]["test"]["n"]
 
     # the TFLite and ONNX exports are the ensemble, one model each
     import onnxruntime
@@ -171,6 +177,10 @@ def test_an_ensemble_is_one_model_for_guess_export_and_re_train(tmp_path, monkey
     assert read_meta(tf_files / "ensemble" / "member1" / "model.keras")["backbone"][
         "weights_id"] == member["backbone"]["weights_id"]
     assert Predictor.load(tf_files, log=lambda *_: None).probabilities(pixels).shape == (6, 2)
+    # their backbones trained on the test photos: the new heads' test figure is not held out
+    test = retrained.metrics["test"]
+    assert test["seen_by_backbone"] and not test.get("before_refit")
+    assert read_meta(tf_files / "model.keras")["metrics"]["test"]["seen_by_backbone"]
 
 
 def _the_report_is_the_ensembles(tf_files, predictor) -> None:
@@ -187,6 +197,8 @@ def _the_report_is_the_ensembles(tf_files, predictor) -> None:
     assert "two backbones, probabilities averaged" in seen, seen
     assert "then lite2, 224 px" in seen and "validation photos the ensemble got" in seen
     assert "backbone efficientnet_lite0 + efficientnet_lite2" in seen
+    assert "test accuracy (n=" in seen and ", before the last refit" in seen
+    assert "Measured with the model before its last refit" in seen
     run = RunFolder.at(tf_files)
     rows, x, _, _, _ = _load_rows(run, run.read_summary())
     on_rows = np.stack([load_image(r.path, 224, predictor.resize) for r in rows]).astype(np.float32)

@@ -148,6 +148,11 @@ class TrainConfig:
     one_backbone: bool = option(
         False, "one backbone even when the time limit holds an ensemble of two (a model half the "
         "size and twice as fast to guess with, e.g. for a phone)", group=ACCURACY)
+    hold_out_test: bool = option(
+        False, "never train on the test split: the test figure is then the saved model's own, "
+        "at the cost of fewer training photos (by default a time plan's last refit adds the "
+        "test photos, and the test figure is that of the model before it, said so)",
+        group=ACCURACY)
     quick: bool = option(
         False, "no time plan: the quick recipe (efficientnet_lite0, 224 px, 2 cached views, no "
         "fine-tuning; seconds once the features are cached), or the one your flags give",

@@ -312,11 +312,13 @@ def backbone_names(meta: dict) -> str:
         m["backbone"] for m in ensemble_members(meta)])
 
 
-def save_ensemble(path: Path, member_files: list[Path], ensemble: dict) -> None:
+def save_ensemble(path: Path, member_files: list[Path], ensemble: dict,
+                  metrics: dict | None = None) -> None:
     """Put the model files ``member_files`` (same labels, input size and resize) into the model at
     ``path`` as the other members of an ensemble, replacing any it had; ``ensemble`` is recorded
-    under ``ensemble`` in its description (with the members' list). Atomic: the file at ``path``
-    is the first member alone or the whole ensemble at every instant."""
+    under ``ensemble`` in its description (with the members' list), and ``metrics`` (the
+    ensemble's, as ``metrics`` of a model's description) replace the first member's. Atomic: the
+    file at ``path`` is the first member alone or the whole ensemble at every instant."""
     path = Path(path)
     meta = read_meta(path)
     members, blobs = [], []
@@ -332,7 +334,8 @@ def save_ensemble(path: Path, member_files: list[Path], ensemble: dict) -> None:
         members.append({"file": name, "head": head, "sha256": hashlib.sha256(data).hexdigest(),
                         "backbone": other["backbone"]})
         blobs += [(name, data), (head, _read_member(Path(file), HEAD_MEMBER))]
-    meta = {**meta, "ensemble": {**ensemble, "members": members, "combine": "mean"}}
+    meta = {**meta, "ensemble": {**ensemble, "members": members, "combine": "mean"},
+            **({"metrics": metrics} if metrics is not None else {})}
     if not members:
         meta.pop("ensemble")
     with zipfile.ZipFile(path) as archive:

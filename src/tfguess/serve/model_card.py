@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tfguess.core.runfolder import RunFolder
 from tfguess.guess.predict import Predictor
+from tfguess.training.evaluation import figure_note
 
 
 def file_digest(path: Path) -> str:
@@ -60,6 +61,7 @@ class ServedModel:
             "engine": p.engine,
             "date": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds"),
             "backbone": None, "mode": None, "config": None, "metrics": None, "test_accuracy": None,
+            "test_note": "",
             "report": bool(self.tf_files and (RunFolder.at(self.tf_files).report / "index.html").is_file()),
             "review": self.tf_files is not None,
         }
@@ -74,6 +76,7 @@ class ServedModel:
                 mode=("TF Hub module " + config["tfhub_module"]) if config.get("tfhub_module")
                 else "transfer learning: frozen backbone, trained softmax head",
                 test_accuracy=(meta.get("metrics") or {}).get("test", {}).get("accuracy"),
+                test_note=figure_note((meta.get("metrics") or {}).get("test")),
             )
         else:
             card["mode"] = "exported TFLite model"

@@ -21,6 +21,7 @@ from tfguess.data.images import ImageError
 from tfguess.serve.context import ServeContext
 from tfguess.serve.deps import Ctx
 from tfguess.serve.model_card import ServedModel
+from tfguess.training.evaluation import figure_note
 
 THUMB_PX = 320  # the page shows 160 px tiles: twice that for high-density screens
 
@@ -60,8 +61,9 @@ class Retrainer:
             config = dataclasses.replace(config, head_only=run.model.exists())
             result = train_with_report(tf_files, config, log=lines.append)
             self.served.reload()
-            state = {"state": "done", "accuracy": result.metrics.get("test", {}).get("accuracy"),
-                     "n_test": result.metrics.get("test", {}).get("n")}
+            test = result.metrics.get("test", {})
+            state = {"state": "done", "accuracy": test.get("accuracy"), "n_test": test.get("n"),
+                     "test_note": figure_note(test)}
         except Exception as exc:  # shown on the page; the served model stays the old one
             state = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
         with self.lock:
@@ -177,7 +179,8 @@ def review_items(ctx: Ctx) -> dict:
     return {"report": True, "labels": ed.labels, "items": _review_rows(ed, data),
             "changes": changes, "pending": sum(c["pending"] for c in changes),
             "generated": data.get("generated"),
-            "accuracy": data.get("metrics", {}).get("accuracy"), "split": data.get("eval_split")}
+            "accuracy": data.get("metrics", {}).get("accuracy"), "split": data.get("eval_split"),
+            "accuracy_note": figure_note(data.get("metrics"))}
 
 
 def _review_rows(ed: DataSetEditor, data: dict) -> list[dict]:

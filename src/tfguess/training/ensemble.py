@@ -29,7 +29,12 @@ from tfguess.core.errors import TfguessError
 from tfguess.core.fsutil import display_path
 from tfguess.core.runfolder import MODEL_FILENAME, RunFolder
 from tfguess.training import unchanged
-from tfguess.training.evaluation import classification_metrics, clearly_better
+from tfguess.training.evaluation import (
+    FIGURE_FLAGS,
+    classification_metrics,
+    clearly_better,
+    meta_metrics,
+)
 
 MEMBERS_DIRNAME = "ensemble"
 
@@ -154,14 +159,20 @@ def _combine(run: RunFolder, result, member, decision: dict, digest: str | None,
     """The second member's model put into the first's file, and the ensemble's metrics (the mean
     of the members' probabilities on each split and the evaluation folder) in the summary."""
     from tfguess.engine.model import save_ensemble
+    from tfguess.training.summary import before_refit
 
-    save_ensemble(result.model_path, [member.model_path], {"decision": decision["why"]})
-    metrics = dict(result.metrics)
+    metrics, heldout = dict(result.metrics), {}
     for split, first in result.heldout.items():
         if split in member.heldout and split in metrics:
             y, p1, p2 = _aligned(first, member.heldout[split])
             extra = {k: v for k, v in metrics[split].items() if k in ("folder", "skipped")}
+            extra.update({f: True for f in FIGURE_FLAGS   # either member's figure is flagged
+                          if metrics[split].get(f) or (member.metrics.get(split) or {}).get(f)})
             metrics[split] = {**classification_metrics(y, (p1 + p2) / 2, result.labels), **extra}
+            theirs = set(member.heldout[split][0])
+            heldout[split] = ([k for k in first[0] if k in theirs], y, (p1 + p2) / 2)
+    save_ensemble(result.model_path, [member.model_path], {"decision": decision["why"]},
+                  meta_metrics(metrics))
     members = {"members": [result.summary.get("backbone"), member.summary.get("backbone")],
                "member_folder": str(member_folder(run)),
                "first_metrics": {s: (m or {}).get("accuracy") for s, m in result.metrics.items()},
@@ -170,18 +181,20 @@ def _combine(run: RunFolder, result, member, decision: dict, digest: str | None,
         + (f", {metrics['eval_dir']['folder']} {metrics['eval_dir']['accuracy']}"
            if "eval_dir" in metrics else ""))
     return _record(run, dataclasses.replace(result, metrics=metrics), {**decision, **members},
-                   metrics, digest, t0)
+                   metrics, digest, t0, before_refit(metrics, heldout))
 
 
 def _record(run: RunFolder, result, ensemble: dict, metrics: dict | None, digest: str | None,
-            t0: float):
-    """``result`` with ``ensemble`` (and ``metrics``) in its run summary, written again with the
-    model's new stamps (a re-run of the same inputs does nothing) and the run's whole time."""
+            t0: float, before_refit: dict | None = None):
+    """``result`` with ``ensemble`` (and ``metrics``, and the guesses of the splits measured
+    before the refits) in its run summary, written again with the model's new stamps (a re-run
+    of the same inputs does nothing) and the run's whole time."""
     timings = {**(result.summary.get("timings_s") or {})}
     timings["first_member"] = timings.get("total")
     timings["total"] = round(time.perf_counter() - t0, 3)
     summary = {**result.summary, "ensemble": ensemble, "timings_s": timings}
     if metrics is not None:
-        summary["metrics"] = metrics
+        summary = {k: v for k, v in summary.items() if k != "before_refit"}
+        summary.update(metrics=metrics, **(before_refit or {}))
     run.write_summary({**summary, "inputs": unchanged.record(run, digest)})
     return dataclasses.replace(result, summary=summary)

@@ -100,3 +100,27 @@ def clearly_better(a: np.ndarray, b: np.ndarray, p_value: float = 0.05) -> bool:
         return False
     n = wins + losses
     return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n < p_value
+
+
+# What a split's figure is when it is not the saved model's on photos it never saw: measured before
+# the last refit, which trained on them too (refit.py); or the backbone was fine-tuned on them.
+FIGURE_FLAGS = ("before_refit", "seen_by_backbone")
+
+
+def meta_metrics(metrics: dict) -> dict:
+    """What the model's description keeps of each split's metrics: the accuracy, the photos and
+    the :data:`FIGURE_FLAGS` it has."""
+    return {s: {"accuracy": m.get("accuracy"), "n": m.get("n"),
+                **{f: True for f in FIGURE_FLAGS if m.get(f)}} for s, m in metrics.items()}
+
+
+def figure_note(metrics: dict | None) -> str:
+    """What a person is told beside a split's figure that is not the saved model's on photos it
+    never saw (:data:`FIGURE_FLAGS`); empty for a plain held-out figure."""
+    metrics = metrics or {}
+    if metrics.get("before_refit"):
+        return ("measured with the model before its last refit, which then trained on these "
+                "photos too")
+    if metrics.get("seen_by_backbone"):
+        return "the backbone was fine-tuned on these photos: not a held-out figure"
+    return ""

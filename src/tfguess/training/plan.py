@@ -317,8 +317,9 @@ def ensemble_member(first: Recipe) -> Recipe:
 
 
 def with_refit(e: Estimate, train_images: int, validation_images: int) -> float:
-    """``e``'s time with its refit on the training and validation photos (refit.py): the
-    fine-tuning again on more photos, then the new backbone's features."""
+    """``e``'s time with its refit on the training and ``validation_images`` held-out photos
+    (refit.py: the validation and, unless ``--hold-out-test``, the test photos): the fine-tuning
+    again on more photos, then the new backbone's features."""
     if not e.recipe.fine_tune or not validation_images:
         return e.seconds
     scale = (train_images + validation_images) / max(1, train_images)
@@ -341,6 +342,11 @@ def with_ensemble(plan: Plan, validation_images: int) -> Plan:
     if total > HEADROOM * plan.limit:
         return plan
     return replace(plan, second=second, ensemble_seconds=total)
+
+
+def refit_pct(config) -> float:
+    """The share of the photos (%) that a refit adds to the training ones (refit.py)."""
+    return config.validation_pct + (0.0 if config.hold_out_test else config.test_pct)
 
 
 def count_images(image_dir: Path) -> int:
@@ -421,7 +427,7 @@ def plan_run(config, image_dir: Path, summary_path: Path, log=print):
                 and not config.one_backbone)
     plan = choose(config.time_limit, images, train_images, eval_images, speed(summary_path),
                   recipes, resize_images=resize_images,
-                  validation_images=round(images * config.validation_pct / 100) if ensemble
+                  validation_images=round(images * refit_pct(config) / 100) if ensemble
                   else None)
     log(plan.describe())
     if pinned:

@@ -17,6 +17,7 @@ from tfguess.core.runfolder import RunFolder
 from tfguess.engine.features import BackboneRef
 from tfguess.engine.runtime import Head
 from tfguess.training.backbone_ref import LazyBackbone
+from tfguess.training.evaluation import meta_metrics
 
 
 def backbone_meta(spec, ref: BackboneRef, head: Head, stock_weights_id: str,
@@ -77,7 +78,7 @@ def save_model(run: RunFolder, ref: BackboneRef, backbone: LazyBackbone, head: H
         "backbone": backbone_meta,
         "config": config.to_dict(),
         "mode": config.mode,
-        "metrics": {s: {"accuracy": m.get("accuracy"), "n": m.get("n")} for s, m in metrics.items()},
+        "metrics": meta_metrics(metrics),
     }
     engine = ref.engine_file if ref.precision == "int8" and ref.engine_file.exists() else None
     if guess_ref is not None and engine is None:

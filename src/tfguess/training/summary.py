@@ -8,6 +8,8 @@ import platform
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from tfguess.core.config import TrainConfig
 from tfguess.core.runfolder import RunFolder
 from tfguess.data.dataset import SPLITS, DatasetScan
@@ -80,6 +82,25 @@ def run_summary(run: RunFolder, config: TrainConfig, image_dir: Path, scan: Data
     }
 
 
+def before_refit(metrics: dict, heldout: dict) -> dict:
+    """What the run summary keeps of the splits whose figures are the model's before its refit
+    (:mod:`refit`; ``before_refit`` in their metrics): each photo's guess, its probability and
+    that of the photo's label, so that the report shows that model's mistakes (the saved one has
+    trained on those photos). ``heldout``: :attr:`TrainResult.heldout`."""
+    out = {}
+    for split, m in metrics.items():
+        if not (m or {}).get("before_refit") or split not in heldout:
+            continue
+        digests, y, probs = heldout[split]
+        probs = np.asarray(probs, np.float64)
+        guess = probs.argmax(1) if len(probs) else np.zeros(0, int)
+        out[split] = {"digests": list(digests), "guess": guess.tolist(),
+                      "score": np.round(probs[np.arange(len(guess)), guess], 4).tolist(),
+                      "label_score": np.round(probs[np.arange(len(guess)), np.asarray(y, int)],
+                                              4).tolist()}
+    return {"before_refit": out} if out else {}
+
+
 def decisions(summary: dict) -> list[dict]:
     """What the run chose and why, from its summary: the recipe, the resize, fine-tuning's
     result, the ensemble and the guessing engine (``{"what", "chosen", "why"}`` each; the report lists them)."""
@@ -114,10 +135,14 @@ def decisions(summary: dict) -> list[dict]:
                            "start is kept only when clearly better (a sign test, p < 0.05)"})
     again = summary.get("refit")
     if again:
-        out.append({"what": "fine-tuning again on the validation photos too",
+        test = again.get("test_photos")
+        out.append({"what": "fine-tuning again on the held-out photos too",
                     "chosen": "done" if again.get("done") else "not done",
-                    "why": (f"{again.get('photos')} photos, {again.get('seconds')} s; the test split "
-                            "stays held out" if again.get("done") else again.get("why"))})
+                    "why": (f"{again.get('photos')} photos, {again.get('seconds')} s; "
+                            + (f"the {test} test photos too: the test figure is the model's before "
+                               "this refit (--hold-out-test keeps them out)" if test else
+                               "the test split stays held out") if again.get("done")
+                            else again.get("why"))})
     ensemble = summary.get("ensemble")
     if ensemble:
         out.append({"what": "ensemble",
@@ -137,8 +162,11 @@ def report(run: RunFolder, config: TrainConfig, data: SplitData, metrics: dict, 
     help when the frozen features look weak, and what was written."""
     acc = {s: metrics[s].get("accuracy") for s in SPLITS}
     log(f"Mode: {config.mode}")
+    seen = [s for s in ("validation", "test") if metrics[s].get("before_refit")]
     log(f"Accuracy: train {acc['train']}, validation {acc['validation']}, test {acc['test']} "
-        f"(test n={metrics['test']['n']})")
+        f"(test n={metrics['test']['n']}" + (f"; {' and '.join(seen)}: the model before its last "
+                                             "refit, which trained on those photos too)" if seen
+                                             else ")"))
     if not config.fine_tune and not config.plans:
         hint = weak_features_hint(acc["train"], acc["validation"], len(data.usable),
                                   len(data.splits["train"]), run.summary)

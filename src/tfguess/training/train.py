@@ -51,8 +51,9 @@ from tfguess.training.backbone_ref import (
 from tfguess.training.evaluation import classification_metrics, evaluate_folder
 from tfguess.training.extraction import Features, SplitData, extract, refeature, split_data
 from tfguess.training.head import FitResult, fit_head, tensorboard_writer
+from tfguess.training.refit import held_out_figures
 from tfguess.training.save import backbone_meta, save_model, write_labels_and_history
-from tfguess.training.summary import report, run_summary
+from tfguess.training.summary import before_refit, report, run_summary
 from tfguess.training.views import with_views
 
 
@@ -139,17 +140,17 @@ def _train(tf_files: str | Path, config: TrainConfig, progress: bool, log: Calla
             run, spec, backbone, fit, data, features, config, time_plan, t0, timings, calibration,
             progress, log)
         head = (refitted.fine_tuned if refitted and refitted.fine_tuned else fine_tuned).head
-    # 7. evaluate (the validation split: the model that made the decisions)
+    # 7. evaluate (the splits a refit trained on: the model before it, refit.py)
     metrics, heldout = _evaluate(head, data, features, config, progress, log)
-    if refitted and refitted.validation_metrics:
-        metrics["validation"] = refitted.validation_metrics
-        heldout["validation"] = (*heldout["validation"][:2], refitted.validation_probs)
+    saw_test = held_out_figures(refitted, metrics, heldout,
+                                run.require_model() if config.head_only else None)
     # 8. save the model (and the int8 engine it guesses with), its labels and history
     with stage(timings, "save"):
         with stage(timings, "guess_engine"):
             guess_ref, precision = _guess_engine(run, scan, data, head, features.ref, backbone,
                                                  config, log)
             meta = backbone_meta(spec, features.ref, head, weights_id, guess_ref)
+            meta.update({"fine_tuned_on_test": True} if saw_test else {})
         model_path = save_model(run, features.ref, backbone, head, data.labels, config, meta,
                                 metrics, log, guess_ref)
         timings["backbone"] = backbone.seconds
@@ -161,7 +162,8 @@ def _train(tf_files: str | Path, config: TrainConfig, progress: bool, log: Calla
     summary = run_summary(run, config, image_dir, scan, data, features, fit, fine_tuned, metrics,
                           choices=choices, backbone=meta, precision=precision,
                           calibration_images=calibration_digests, timings=timings)
-    summary = {**summary, "refit": refitted.summary if refitted else None}
+    summary = {**summary, "refit": refitted.summary if refitted else None,
+               **before_refit(metrics, heldout)}
     summary_path = run.write_summary({**summary, "inputs": unchanged.record(run, digest)})
     result = TrainResult(model_path, data.labels, metrics, summary, summary_path, heldout=heldout)
     if not member:   # 10. an ensemble's second member
@@ -195,7 +197,8 @@ def _unchanged(run: RunFolder, config: TrainConfig,
         return digest, None
     test = (summary.get("metrics") or {}).get("test") or {}
     log(f"Nothing changed since the last run: the same photos in {display_path(image_dir)} and "
-        f"the same settings. {run.model} stands (test accuracy {test.get('accuracy')}); "
+        f"the same settings. {run.model} stands (test accuracy {test.get('accuracy')}"
+        f"{', before its last refit' if test.get('before_refit') else ''}); "
         "--force trains again")
     return digest, TrainResult(run.model, list(summary.get("labels", [])),
                                summary.get("metrics", {}), summary, run.summary, unchanged=True)

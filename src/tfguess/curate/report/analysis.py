@@ -176,7 +176,9 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
     split = _eval_split(summary)
     metrics = summary.get("metrics", {}).get(split, {"n": 0, "accuracy": None})
     meta = read_meta(run.model)
-    misclassified = _misclassified(_model_probs(run, meta, rows, x), rows, y, labels, split)
+    recorded = (summary.get("before_refit") or {}).get(split)
+    misclassified = (_recorded_misclassified(recorded, rows, y, labels, split) if recorded else
+                     _misclassified(_model_probs(run, meta, rows, x), rows, y, labels, split))
     hyg = _cached_hygiene(run, rows, x, y, labels, finite, folds, threshold)
     timings.update(hyg["timings"])
     near = hyg["near"]
@@ -266,6 +268,23 @@ def _misclassified(probs: np.ndarray, rows: list[Row], y: np.ndarray, labels: li
                 })
         misclassified.sort(key=lambda m: -(m["score"] or 0))
     return misclassified
+
+
+def _recorded_misclassified(recorded: dict, rows: list[Row], y: np.ndarray, labels: list[str],
+                            split: str) -> list[dict]:
+    """The mistakes on ``split`` of the model before its last refit (:mod:`tfguess.training.
+    refit`), from the guesses the run summary recorded (the saved model trained on those photos
+    too): the most confident first."""
+    at = {d: i for i, d in enumerate(recorded["digests"])}
+    out = []
+    for i, row in enumerate(rows):
+        k = at.get(row.digest)
+        if row.split != split or k is None or recorded["guess"][k] == y[i]:
+            continue
+        out.append({"path": str(row.path), "digest": row.digest, "label": row.label,
+                    "predicted": labels[recorded["guess"][k]], "score": recorded["score"][k],
+                    "label_score": recorded["label_score"][k]})
+    return sorted(out, key=lambda m: -(m["score"] or 0))
 
 
 def _suspect_method(hyg: dict) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tfguess.data import hygiene
+from tfguess.training.evaluation import figure_note
 
 THUMB_SIZE = 128
 MAX_SHOWN = 60
@@ -202,7 +203,8 @@ def _page_top(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
            "<a href='#atypical'>Atypical</a><a href='#duplicates'>Duplicates</a><a href='#skipped'>Skipped</a><a href='#balance'>Balance</a></nav>"]
     out += [f"<p class='warn'>{_e(text)}</p>" for text in data["warnings"]]
     cards = [
-        (_pct(m.get("accuracy")), f"{split} accuracy (n={m.get('n', 0)})"),
+        (_pct(m.get("accuracy")), f"{split} accuracy (n={m.get('n', 0)})"
+         + (", before the last refit" if m.get("before_refit") else "")),
         (str(len(data["misclassified"])), f"misclassified {split} images"),
         (str(len(data["suspects"])), "suspected label errors"),
         (str(len(data["exact_duplicates"])), "exact duplicates"),
@@ -217,6 +219,12 @@ def _page_top(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
 def _metrics_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
     m, labels = data["metrics"], data["labels"]
     out = [f"<h2 id='metrics'>Metrics on the {data['eval_split']} split</h2>"]
+    note = figure_note(m)
+    if note:
+        out.append(f"<p class='muted' id='figure-note'>{_e(note[0].upper() + note[1:])}"
+                   + (" (a fair estimate of the saved model, which learned from more photos; "
+                      "--hold-out-test keeps the test photos out)." if m.get("before_refit")
+                      else ".") + "</p>")
     if m.get("per_label"):
         out.append(_metrics_table(m, labels, data["worst_label"]))
         other = ", ".join(f"{s}: {_pct(v['accuracy'])} (n={v['n']})" for s, v in data["all_metrics"].items())
@@ -273,6 +281,9 @@ def _figures_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> lis
 def _misclassified_section(data: dict, thumbs: Thumbs, figures: dict[str, str]) -> list[str]:
     root, items = data.get("image_dir"), data["misclassified"]
     out = [f"<h2 id='misclassified'>Misclassified {data['eval_split']} images ({len(items)})</h2>"]
+    if data["metrics"].get("before_refit"):
+        out.append("<p class='muted'>The mistakes of the model before its last refit, which "
+                   "then trained on these photos too.</p>")
     if not items:
         return [*out, "<p>None.</p>"]
     out.append("<div class='grid'>")
@@ -422,7 +433,9 @@ def write_suspects_csv(path: Path, suspects: list[dict]) -> None:
 def summary_lines(data: dict, page: Path) -> list[str]:
     m = data["metrics"]
     near = data["near_duplicates"]
-    lines = [f"Report: {data['eval_split']} accuracy {_pct(m.get('accuracy'))} (n={m.get('n', 0)})"]
+    note = figure_note(m)
+    lines = [f"Report: {data['eval_split']} accuracy {_pct(m.get('accuracy'))} (n={m.get('n', 0)}"
+             + (f"; {note})" if note else ")")]
     if data["worst_label"] and m.get("per_label") and m["per_label"][data["worst_label"]]["f1"] < 1:
         lines[0] += f"; weakest label {data['worst_label']} (F1 {m['per_label'][data['worst_label']]['f1']:.2f})"
     lines.append(f"  {_n(len(data['suspects']), 'suspected label error')}, "

@@ -39,7 +39,7 @@ async function loadCard() {
       ["backbone", m.backbone ? `${m.backbone.name} (${m.input_size} px, ${m.resize})` : (m.input_size ? `${m.input_size} px` : null)],
       ["mode", m.mode],
       ["test accuracy", m.test_accuracy == null ? null :
-        `${pct(m.test_accuracy)} (n=${m.metrics && m.metrics.test ? m.metrics.test.n : "?"})`],
+        `${pct(m.test_accuracy)} (n=${m.metrics && m.metrics.test ? m.metrics.test.n : "?"}${m.test_note ? "; " + m.test_note : ""})`],
       ["trained", m.date ? new Date(m.date).toLocaleString() : "not yet"],
       ["engine", m.engine],
       ["weights", m.digest ? m.digest.slice(0, 19) + "…" : null],

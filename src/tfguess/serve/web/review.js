@@ -103,7 +103,7 @@ async function load() {
   } else {
     const s = state.items.filter((i) => i.kind === "suspect").length;
     $("summary").textContent = `${s} suspected label error(s), ${state.items.length - s} misclassified ${state.split} image(s); ` +
-      `${state.split} accuracy ${pct(state.accuracy)} (report of ${new Date(state.generated).toLocaleString()}).`;
+      `${state.split} accuracy ${pct(state.accuracy)} (${state.accuracy_note ? state.accuracy_note + "; " : ""}report of ${new Date(state.generated).toLocaleString()}).`;
   }
   if (state.report && !state.items.length) {
     $("items").replaceChildren(el("p", { class: "empty" }, "Nothing to review: the report found no suspected label errors and no misclassified images."));
@@ -140,7 +140,7 @@ async function retrain() {
     }
     if (s.state === "done") {
       status.className = "ok-text";
-      status.textContent = `done in ${s.seconds} s: test accuracy ${pct(s.accuracy_before)} → ${pct(s.accuracy)} (n=${s.n_test}); the page now uses the new model.`;
+      status.textContent = `done in ${s.seconds} s: test accuracy ${pct(s.accuracy_before)} → ${pct(s.accuracy)} (n=${s.n_test}${s.test_note ? "; " + s.test_note : ""}); the page now uses the new model.`;
     } else {
       status.className = "error-text";
       status.textContent = "re-training failed: " + s.error;
