@@ -14,7 +14,7 @@ from conftest import ARTIFACTS, DEMO_DATA
 from pagecheck import assert_report_loads
 
 from tfguess.core.config import TrainConfig
-from tfguess.core.errors import ConfigError
+from tfguess.core.errors import ConfigError, ModelError
 from tfguess.training.ensemble import decide
 from tfguess.training.evaluation import meta_metrics
 from tfguess.training.plan import RECIPES, Speed, choose, ensemble_member, plan_run
@@ -306,3 +306,7 @@ def test_a_members_head_and_file_are_had_without_unpacking_it_twice(tmp_path, mo
     save_ensemble(tmp_path / "first.keras", [tmp_path / "second.keras"], {"built": True})
     with zipfile.ZipFile(tmp_path / "first.keras") as archive:
         assert sorted(archive.namelist()) == sorted(names)
+    # a head entry the description names but the file lacks: damaged, said so
+    with pytest.raises(ModelError, match=r"is damaged \(its member tfguess_member_9.head.npz is "
+                       r"missing\): train again"):
+        member_head(tmp_path / "first.keras", {**member, "head": "tfguess_member_9.head.npz"})

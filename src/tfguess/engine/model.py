@@ -382,6 +382,10 @@ def member_head(path: Path, member: dict) -> Head:
                 data = inner.read(HEAD_MEMBER)
         with np.load(io.BytesIO(data)) as head:
             return Head.from_arrays(head)
+    except ModelError:   # an entry its description names is missing
+        raise ModelError(f"{path} is damaged (its member {member.get('head', member['file'])} is "
+                         "missing): train again, or use the model.previous.keras kept beside "
+                         "it") from None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path} is damaged (its member {member['file']} cannot be read: {exc}): "
                          "train again") from None

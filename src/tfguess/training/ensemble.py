@@ -39,9 +39,9 @@ from tfguess.training.evaluation import (
 MEMBERS_DIRNAME = "ensemble"
 
 
-def member_folder(run: RunFolder) -> Path:
-    """The second member's run folder."""
-    return run.root / MEMBERS_DIRNAME / "member1"
+def member_folder(run: RunFolder, index: int = 1) -> Path:
+    """The run folder of the model's member ``index`` (1: the second; the first is the run's own)."""
+    return run.root / MEMBERS_DIRNAME / f"member{index}"
 
 
 def is_ensemble(model: Path) -> bool:

@@ -236,14 +236,14 @@ def _load_rows(run: RunFolder, summary: dict):
 
 def _model_probs(run: RunFolder, meta: dict, rows: list[Row], x: np.ndarray) -> np.ndarray:
     """The model's probabilities on ``rows`` (cached features ``x``): its head's, and for an
-    ensemble the mean with its other member's head (the one in the file) on that member's cached
+    ensemble the mean with its other members' heads (those in the file), each on its own cached
     features (its run folder's cache)."""
     from tfguess.training.ensemble import member_folder
 
     members = ensemble_members(meta)
     probs = read_head(run.model)(x)
-    for member in members:
-        folder = RunFolder.at(member_folder(run))
+    for index, member in enumerate(members, start=1):
+        folder = RunFolder.at(member_folder(run, index))
         cache = BottleneckCache(folder.bottlenecks,
                                 BackboneRef.from_meta(member["backbone"]).cache_key)
         probs = probs + member_head(run.model, member)(_load_features(rows, cache, folder))
