@@ -352,10 +352,12 @@ def run_epochs(loop: _Epochs, batches, images: int, epochs: int, seed: int, vali
         row = _scored(loop.run(epoch, batches(epoch, rng.permutation(images)), bar), validation())
         history.append(row)
         last_epoch_seconds = time.perf_counter() - t
+        scored = {"val_acc": row["val_accuracy"]} if "val_accuracy" in row else {}  # a refit: none
         if not progress:
-            log(f"  epoch {epoch}: loss {row['loss']}, validation accuracy "
-                f"{row.get('val_accuracy')}, {row['images_per_second']} images/s")
-        bar.set_postfix(epoch=epoch, loss=row["loss"], val_acc=row.get("val_accuracy"), refresh=True)
+            log(f"  epoch {epoch}: loss {row['loss']}"
+                + (f", validation accuracy {scored['val_acc']}" if scored else "")
+                + f", {row['images_per_second']} images/s")
+        bar.set_postfix(epoch=epoch, loss=row["loss"], **scored, refresh=True)
         if epoch > epochs // 2:  # the second half of the schedule is averaged
             average.add(model.get_weights())
         if loop.stopped or loop.out_of_steps:

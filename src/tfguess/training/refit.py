@@ -86,9 +86,9 @@ def refit(run: RunFolder, spec, config: TrainConfig, start_head, stock: tuple[Fe
         log(f"Not fine-tuned again on the held-out photos too: {why}")
         return Refit(None, features, data, {"done": False, "why": why})
     before = {s: _measured(first, data, s) for s in ("validation", "test") if data.splits[s]}
-    added = "validation and test" if test else "validation"
-    log(f"Fine-tuning again on the training and {added} photos ({len(train) + len(val) + len(test)}"
-        f"; the decisions are made and measured), {epochs} epochs: about {needed:.0f} s of the "
+    photos = "training, validation and test" if test else "training and validation"
+    log(f"Fine-tuning again on the {photos} photos ({len(train) + len(val) + len(test)}; the "
+        f"decisions are made and measured), {epochs} epochs: about {needed:.0f} s of the "
         f"{left:.0f} s left")
     from tfguess.training.finetune import fine_tune
     from tfguess.training.plan import fine_tune_deadline
