@@ -85,7 +85,7 @@ def refit(run: RunFolder, spec, config: TrainConfig, start_head, stock: tuple[Fe
                f"about {needed:.0f} s needed, {max(0.0, left):.0f} s left of the time limit")
         log(f"Not fine-tuned again on the held-out photos too: {why}")
         return Refit(None, features, data, {"done": False, "why": why})
-    before = {s: _measured(first, data, s) for s in ("validation", "test") if data.splits[s]}
+    before = {s: _measured(first, data, s) for s in ("validation", "test") if s != "test" or test}
     photos = "training, validation and test" if test else "training and validation"
     log(f"Fine-tuning again on the {photos} photos ({len(train) + len(val) + len(test)}; the "
         f"decisions are made and measured), {epochs} epochs: about {needed:.0f} s of the "
