@@ -726,3 +726,20 @@ def test_openapi_3_1_constructs_become_3_0():
     assert props["file"] == {"type": "string", "format": "binary"}
     assert props["n"] == {"type": "integer", "minimum": 0, "exclusiveMinimum": True}
     assert props["kind"] == {"enum": ["x"]}
+
+
+def test_the_card_says_how_the_model_was_trained():
+    """The model card's mode comes from the model's description: frozen, fine-tuned, an ensemble,
+    a TF Hub module (it said "frozen backbone" of every model)."""
+    from tfguess.serve.model_card import training_mode
+
+    stock = {"weights_source": "pip package efficientnet-lite-keras"}
+    tuned = {"weights_source": "pip package efficientnet-lite-keras, fine-tuned"}
+    assert training_mode({"backbone": stock}) == ("transfer learning: frozen backbone, trained "
+                                                  "softmax head")
+    assert training_mode({"backbone": tuned}) == ("transfer learning: fine-tuned backbone (its top "
+                                                  "blocks), trained softmax head")
+    ensemble = {"backbone": tuned, "ensemble": {"members": [{"file": "m1", "backbone": tuned}]}}
+    assert training_mode(ensemble) == ("transfer learning: 2 fine-tuned backbones, each with a "
+                                       "trained softmax head, probabilities averaged")
+    assert training_mode({"config": {"tfhub_module": "/m"}}) == "TF Hub module /m"

@@ -73,11 +73,28 @@ class ServedModel:
             backbone = meta.get("backbone") or {}
             card.update(
                 backbone=backbone, config=config, metrics=meta.get("metrics"),
-                mode=("TF Hub module " + config["tfhub_module"]) if config.get("tfhub_module")
-                else "transfer learning: frozen backbone, trained softmax head",
+                mode=training_mode(meta),
                 test_accuracy=(meta.get("metrics") or {}).get("test", {}).get("accuracy"),
                 test_note=figure_note((meta.get("metrics") or {}).get("test")),
             )
         else:
             card["mode"] = "exported TFLite model"
         return card
+
+
+
+def training_mode(meta: dict) -> str:
+    """How the model in a ``.keras`` file with description ``meta`` was trained, in words."""
+    from tfguess.engine.model import ensemble_members
+
+    config = meta.get("config") or {}
+    if config.get("tfhub_module"):
+        return "TF Hub module " + config["tfhub_module"]
+    tuned = ["fine-tuned" in str((b or {}).get("weights_source")) for b in
+             [meta.get("backbone")] + [m.get("backbone") for m in ensemble_members(meta)]]
+    state = "fine-tuned" if all(tuned) else "frozen" if not any(tuned) else "frozen and fine-tuned"
+    if len(tuned) == 1:
+        return (f"transfer learning: {state} backbone{' (its top blocks)' if tuned[0] else ''}, "
+                "trained softmax head")
+    return (f"transfer learning: {len(tuned)} {state} backbones, each with a trained softmax head, "
+            "probabilities averaged")
