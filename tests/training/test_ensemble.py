@@ -100,8 +100,6 @@ def test_an_ensemble_is_one_model_for_guess_export_and_re_train(tmp_path, monkey
     import tfguess.training.plan as plan_module
     from tfguess.data.images import load_image
     from tfguess.engine.model import ensemble_members, load_classifier, read_meta
-    from tfguess.engine.runtime import TFLiteClassifier
-    from tfguess.export import export
     from tfguess.guess.distributed import RayPredictor
     from tfguess.guess.predict import Predictor
     from tfguess.training.train import train
@@ -137,25 +135,8 @@ def test_an_ensemble_is_one_model_for_guess_export_and_re_train(tmp_path, monkey
     predictor = Predictor.load(tf_files, log=lambda *_: None)
     np.testing.assert_allclose(predictor.probabilities(pixels), expected, atol=1e-4)
     assert " + " in predictor.engine
-    # the summary's figures are the ensemble's: its validation count is the decision's
-    summary = json.loads((tf_files / "run_summary.json").read_text())
-    assert summary["metrics"]["validation"]["n"] == built["validation"]["n"]
-    assert summary["timings_s"]["total"] > summary["timings_s"]["first_member"]
-    # both members' refits trained on the test photos too: its figure is the members' before them,
-    # said so, in the model's own description too (what serve's model card shows)
-    assert summary["metrics"]["test"]["before_refit"] and summary["refit"]["test_photos"]
-    assert meta["metrics"] == meta_metrics(summary["metrics"])
-    assert len(summary["before_refit"]["test"]["digests"]) == summary["metrics"]["test"]["n"]
-
-    # the TFLite and ONNX exports are the ensemble, one model each
-    import onnxruntime
-
-    tflite, onnx = export(tf_files, formats=["tflite", "onnx"], log=lambda *_: None, quiet=True)
-    np.testing.assert_allclose(TFLiteClassifier(tflite)(pixels), expected, atol=1e-3)
-    session = onnxruntime.InferenceSession(str(onnx))
-    onnx_probs = session.run(None, {session.get_inputs()[0].name: pixels})[0]
-    np.testing.assert_allclose(onnx_probs, expected, atol=1e-4)
-
+    _the_figures_are_the_ensembles(tf_files, meta, built)
+    _the_exports_are_the_ensemble(tf_files, pixels, expected)
     _the_report_is_the_ensembles(tf_files, predictor)
 
     # a re-run of the same photos does nothing; --ray says it runs one backbone
@@ -181,6 +162,32 @@ def test_an_ensemble_is_one_model_for_guess_export_and_re_train(tmp_path, monkey
     test = retrained.metrics["test"]
     assert test["seen_by_backbone"] and not test.get("before_refit")
     assert read_meta(tf_files / "model.keras")["metrics"]["test"]["seen_by_backbone"]
+
+
+def _the_figures_are_the_ensembles(tf_files, meta: dict, built: dict) -> None:
+    """The summary's figures are the ensemble's (its validation count is the decision's); both
+    members' refits trained on the test photos too, so its test figure is the members' before
+    them, said so, in the model's own description too (what serve's model card shows)."""
+    summary = json.loads((tf_files / "run_summary.json").read_text())
+    assert summary["metrics"]["validation"]["n"] == built["validation"]["n"]
+    assert summary["timings_s"]["total"] > summary["timings_s"]["first_member"]
+    assert summary["metrics"]["test"]["before_refit"] and summary["refit"]["test_photos"]
+    assert meta["metrics"] == meta_metrics(summary["metrics"])
+    assert len(summary["before_refit"]["test"]["digests"]) == summary["metrics"]["test"]["n"]
+
+
+def _the_exports_are_the_ensemble(tf_files, pixels: np.ndarray, expected: np.ndarray) -> None:
+    """The TFLite and ONNX exports are the ensemble, one model each."""
+    import onnxruntime
+
+    from tfguess.engine.runtime import TFLiteClassifier
+    from tfguess.export import export
+
+    tflite, onnx = export(tf_files, formats=["tflite", "onnx"], log=lambda *_: None, quiet=True)
+    np.testing.assert_allclose(TFLiteClassifier(tflite)(pixels), expected, atol=1e-3)
+    session = onnxruntime.InferenceSession(str(onnx))
+    onnx_probs = session.run(None, {session.get_inputs()[0].name: pixels})[0]
+    np.testing.assert_allclose(onnx_probs, expected, atol=1e-4)
 
 
 def _the_report_is_the_ensembles(tf_files, predictor) -> None:
