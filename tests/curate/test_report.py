@@ -299,13 +299,13 @@ def test_the_mistakes_shown_after_a_refit_are_the_model_before_it():
     """When the held-out figure is the model's before its last refit (which then trained on those
     photos), the report's mistakes are that model's, from the guesses the run recorded, the most
     confident first; photos of other splits are not among them."""
-    from tfguess.curate.report.analysis import Row, _recorded_misclassified
+    from tfguess.curate.report.analysis import Row, _misclassified, _recorded_guesses
 
     rows = [Row(Path(f"/d/{name}.jpg"), label, name, split) for name, label, split in (
         ("t1", "ant", "test"), ("t2", "bee", "test"), ("t3", "bee", "test"), ("v1", "ant", "train"))]
     recorded = {"digests": ["t1", "t2", "t3", "v1"], "guess": [0, 0, 0, 1],
                 "score": [0.9, 0.6, 0.8, 0.99], "label_score": [0.9, 0.4, 0.2, 0.01]}
-    mistakes = _recorded_misclassified(recorded, rows, np.array([0, 1, 1, 0]), ["ant", "bee"],
-                                       "test")
+    mistakes = _misclassified(_recorded_guesses(recorded), rows, np.array([0, 1, 1, 0]),
+                              ["ant", "bee"], "test")
     assert [(m["digest"], m["predicted"], m["score"], m["label_score"]) for m in mistakes] == [
         ("t3", "ant", 0.8, 0.2), ("t2", "ant", 0.6, 0.4)]

@@ -282,11 +282,10 @@ def test_the_figures_of_photos_a_refit_trained_on_are_the_model_before_it(monkey
     from tfguess.training.summary import before_refit
 
     first_test = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])      # right, wrong, right
-    refitted = Refit(object(), None, None, {}, validation_metrics={"accuracy": 0.5, "n": 2,
-                                                                    "before_refit": True},
-                     validation_probs=np.array([[0.6, 0.4], [0.6, 0.4]]),
-                     test_metrics={"accuracy": 2 / 3, "n": 3, "before_refit": True},
-                     test_probs=first_test)
+    refitted = Refit(object(), None, None, {}, before={
+        "validation": ({"accuracy": 0.5, "n": 2, "before_refit": True},
+                       np.array([[0.6, 0.4], [0.6, 0.4]])),
+        "test": ({"accuracy": 2 / 3, "n": 3, "before_refit": True}, first_test)})
     saved = np.array([[1.0, 0.0], [0.0, 1.0]])   # the refitted model on photos it trained on
     metrics = {"train": {"accuracy": 1.0, "n": 4}, "validation": {"accuracy": 1.0, "n": 2},
                "test": {"accuracy": 1.0, "n": 3}}

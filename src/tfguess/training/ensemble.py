@@ -125,13 +125,14 @@ def _prefixed(log: Callable[[str], None]) -> Callable[[str], None]:
     return lambda text: log(f"  [second member] {text}")
 
 
-def _aligned(first: tuple, second: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The labels and both members' probabilities of the photos both have, in the first's order."""
+def _aligned(first: tuple, second: tuple) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    """The photos both have (their digests, in the first's order), their labels and both
+    members' probabilities."""
     keys, y, p1 = first
     where = {k: i for i, k in enumerate(second[0])}
     both = [i for i, k in enumerate(keys) if k in where]
     p2 = second[2][[where[keys[i]] for i in both]] if both else np.zeros((0, p1.shape[1]))
-    return np.asarray(y)[both], np.asarray(p1)[both], np.asarray(p2)
+    return [keys[i] for i in both], np.asarray(y)[both], np.asarray(p1)[both], np.asarray(p2)
 
 
 def decide(first: dict, second: dict, first_summary: dict, second_summary: dict) -> dict:
@@ -140,7 +141,7 @@ def decide(first: dict, second: dict, first_summary: dict, second_summary: dict)
     if not len(first.get("validation", ((), ()))[1]):
         return {"kept": True, "why": "no validation split to compare it on: the plan's ensemble "
                 "stands (--validation-pct 0)"}
-    y, p1, p2 = _aligned(first["validation"], second["validation"])
+    _, y, p1, p2 = _aligned(first["validation"], second["validation"])
     right1, right2 = p1.argmax(1) == y, p2.argmax(1) == y
     right = (p1 + p2).argmax(1) == y
     kept = not clearly_better(right1, right)
@@ -164,13 +165,12 @@ def _combine(run: RunFolder, result, member, decision: dict, digest: str | None,
     metrics, heldout = dict(result.metrics), {}
     for split, first in result.heldout.items():
         if split in member.heldout and split in metrics:
-            y, p1, p2 = _aligned(first, member.heldout[split])
+            keys, y, p1, p2 = _aligned(first, member.heldout[split])
             extra = {k: v for k, v in metrics[split].items() if k in ("folder", "skipped")}
             extra.update({f: True for f in FIGURE_FLAGS   # either member's figure is flagged
                           if metrics[split].get(f) or (member.metrics.get(split) or {}).get(f)})
             metrics[split] = {**classification_metrics(y, (p1 + p2) / 2, result.labels), **extra}
-            theirs = set(member.heldout[split][0])
-            heldout[split] = ([k for k in first[0] if k in theirs], y, (p1 + p2) / 2)
+            heldout[split] = (keys, y, (p1 + p2) / 2)
     save_ensemble(result.model_path, [member.model_path], {"decision": decision["why"]},
                   meta_metrics(metrics))
     members = {"members": [result.summary.get("backbone"), member.summary.get("backbone")],

@@ -124,3 +124,15 @@ def figure_note(metrics: dict | None) -> str:
     if metrics.get("seen_by_backbone"):
         return "the backbone was fine-tuned on these photos: not a held-out figure"
     return ""
+
+
+def top_guesses(probs: np.ndarray, y: np.ndarray) -> list[tuple[int, float | None, float | None]]:
+    """Each photo's guess (its top label; -1 where none of its probabilities is finite), the
+    guess's probability and that of the photo's own label ``y`` (None where not finite)."""
+    out = []
+    for p, label in zip(np.asarray(probs, np.float64), y, strict=True):
+        finite = np.isfinite(p)
+        guess = int(np.nanargmax(p)) if finite.any() else -1
+        out.append((guess, float(p[guess]) if guess >= 0 else None,
+                    float(p[label]) if finite[label] else None))
+    return out

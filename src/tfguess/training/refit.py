@@ -60,10 +60,9 @@ class Refit:
     features: Features
     data: SplitData
     summary: dict                  # what run_summary.json records under "refit"
-    validation_metrics: dict | None = None   # the first model's, on the validation split
-    validation_probs: object = None          # and its probabilities there, photo by photo
-    test_metrics: dict | None = None         # the first model's on the test split, when the
-    test_probs: object = None                # refit trained on it too; and its probabilities
+    # the first model's metrics (marked before_refit) and probabilities, photo by photo, on each
+    # split the refit trained on: the validation split, and the test split unless --hold-out-test
+    before: dict[str, tuple[dict, object]] = dataclasses.field(default_factory=dict)
     backbone: LazyBackbone | None = None     # the second fine-tuned backbone: the model's
 
 
@@ -110,27 +109,21 @@ def refit(run: RunFolder, spec, config: TrainConfig, start_head, stock: tuple[Fe
         return Refit(None, features, data, {"done": False, "why": "no epoch fitted the time left"})
     new_features, new_data = refeature(run, stock_features, second.weights_id, backbone, stock_data,
                                        config, progress, log)
-    val_before, test_before = before["validation"], before.get("test")
     summary = {"done": True, "photos": len(train) + len(val) + len(test),
                "test_photos": len(test), "seconds": round(time.perf_counter() - t, 1),
                "weights_id": second.weights_id,
                "epochs_run": sum(isinstance(h["epoch"], int) and h["epoch"] > 0
                                  for h in second.history),
-               "validation_accuracy_before": val_before[0].get("accuracy")}
-    if test:
-        summary["test_accuracy_before"] = test_before[0].get("accuracy")
-    return Refit(second, new_features, new_data, summary,
-                 validation_metrics={**val_before[0], "before_refit": True},
-                 validation_probs=val_before[1], backbone=backbone,
-                 test_metrics={**test_before[0], "before_refit": True} if test else None,
-                 test_probs=test_before[1] if test else None)
+               **{f"{split}_accuracy_before": m["accuracy"] for split, (m, _) in before.items()}}
+    return Refit(second, new_features, new_data, summary, before=before, backbone=backbone)
 
 
 def _measured(first, data: SplitData, split: str) -> tuple[dict, object]:
-    """The first model's metrics on ``split`` and its probabilities there, photo by photo."""
+    """The first model's metrics on ``split`` (marked ``before_refit``) and its probabilities
+    there, photo by photo."""
     x, y = data.arrays[split]
     probs = first.head(x)
-    return classification_metrics(y, probs, data.labels), probs
+    return {**classification_metrics(y, probs, data.labels), "before_refit": True}, probs
 
 
 def held_out_figures(refitted: Refit | None, metrics: dict, heldout: dict,
@@ -140,12 +133,10 @@ def held_out_figures(refitted: Refit | None, metrics: dict, heldout: dict,
     ``head_only_model`` (``--head-only``), its test figure marked ``seen_by_backbone`` when that
     model's backbone was refitted on the test photos. Returns whether the backbone of the model
     being saved has trained on the test photos (its description records it)."""
-    for split in ("validation", "test"):
-        before = getattr(refitted, f"{split}_metrics", None)
-        if before:
-            metrics[split] = before
-            heldout[split] = (*heldout[split][:2], getattr(refitted, f"{split}_probs"))
-    if refitted and refitted.test_metrics:
+    for split, (before, probs) in (refitted.before if refitted else {}).items():
+        metrics[split] = before
+        heldout[split] = (*heldout[split][:2], probs)
+    if refitted and "test" in refitted.before:
         return True
     if head_only_model is None:
         return False

@@ -8,12 +8,11 @@ import platform
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from tfguess.core.config import TrainConfig
 from tfguess.core.runfolder import RunFolder
 from tfguess.data.dataset import SPLITS, DatasetScan
 from tfguess.engine.runtime import runtime_name
+from tfguess.training.evaluation import top_guesses
 from tfguess.training.extraction import Features, SplitData
 from tfguess.training.head import FitResult
 from tfguess.training.plan import HEADROOM, RECIPES, Recipe, Speed, estimate, format_seconds, speed
@@ -92,13 +91,15 @@ def before_refit(metrics: dict, heldout: dict) -> dict:
         if not (m or {}).get("before_refit") or split not in heldout:
             continue
         digests, y, probs = heldout[split]
-        probs = np.asarray(probs, np.float64)
-        guess = probs.argmax(1) if len(probs) else np.zeros(0, int)
-        out[split] = {"digests": list(digests), "guess": guess.tolist(),
-                      "score": np.round(probs[np.arange(len(guess)), guess], 4).tolist(),
-                      "label_score": np.round(probs[np.arange(len(guess)), np.asarray(y, int)],
-                                              4).tolist()}
+        guesses = top_guesses(probs, y)
+        out[split] = {"digests": list(digests), "guess": [g for g, _, _ in guesses],
+                      "score": [_rounded(s) for _, s, _ in guesses],
+                      "label_score": [_rounded(s) for _, _, s in guesses]}
     return {"before_refit": out} if out else {}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def decisions(summary: dict) -> list[dict]:

@@ -150,7 +150,8 @@ def _train(tf_files: str | Path, config: TrainConfig, progress: bool, log: Calla
             guess_ref, precision = _guess_engine(run, scan, data, head, features.ref, backbone,
                                                  config, log)
             meta = backbone_meta(spec, features.ref, head, weights_id, guess_ref)
-            meta.update({"fine_tuned_on_test": True} if saw_test else {})
+            if saw_test:   # a --head-only re-train marks its test figure (refit.py)
+                meta["fine_tuned_on_test"] = True
         model_path = save_model(run, features.ref, backbone, head, data.labels, config, meta,
                                 metrics, log, guess_ref)
         timings["backbone"] = backbone.seconds

@@ -29,6 +29,7 @@ from tfguess.engine.model import (
     read_head,
     read_meta,
 )
+from tfguess.training.evaluation import top_guesses
 from tfguess.training.summary import decisions
 
 ATYPICAL_MAX = 12  # items per gallery in the page (the CSV and JSON hold all)
@@ -177,8 +178,9 @@ def analyse(tf_files: str | Path, threshold: float | None = None,
     metrics = summary.get("metrics", {}).get(split, {"n": 0, "accuracy": None})
     meta = read_meta(run.model)
     recorded = (summary.get("before_refit") or {}).get(split)
-    misclassified = (_recorded_misclassified(recorded, rows, y, labels, split) if recorded else
-                     _misclassified(_model_probs(run, meta, rows, x), rows, y, labels, split))
+    guesses = (_recorded_guesses(recorded) if recorded else
+               _model_guesses(_model_probs(run, meta, rows, x), rows, y, split))
+    misclassified = _misclassified(guesses, rows, y, labels, split)
     hyg = _cached_hygiene(run, rows, x, y, labels, finite, folds, threshold)
     timings.update(hyg["timings"])
     near = hyg["near"]
@@ -250,41 +252,35 @@ def _model_probs(run: RunFolder, meta: dict, rows: list[Row], x: np.ndarray) -> 
     return probs / (1 + len(members))
 
 
-def _misclassified(probs: np.ndarray, rows: list[Row], y: np.ndarray, labels: list[str],
+def _misclassified(guesses: dict[str, tuple], rows: list[Row], y: np.ndarray, labels: list[str],
                    split: str) -> list[dict]:
-    """The model's own wrong predictions (``probs``: on every row) on the evaluation ``split``,
-    the most confident first."""
-    misclassified = []
-    sel = [i for i, r in enumerate(rows) if r.split == split]
-    if sel:
-        for i, p in zip(sel, probs[sel], strict=True):
-            pred = int(np.nanargmax(p)) if np.isfinite(p).any() else -1
-            if pred != y[i]:
-                misclassified.append({
-                    "path": str(rows[i].path), "digest": rows[i].digest, "label": rows[i].label,
-                    "predicted": labels[pred] if pred >= 0 else None,
-                    "score": float(p[pred]) if pred >= 0 else None,
-                    "label_score": float(p[y[i]]) if np.isfinite(p[y[i]]) else None,
-                })
-        misclassified.sort(key=lambda m: -(m["score"] or 0))
-    return misclassified
-
-
-def _recorded_misclassified(recorded: dict, rows: list[Row], y: np.ndarray, labels: list[str],
-                            split: str) -> list[dict]:
-    """The mistakes on ``split`` of the model before its last refit (:mod:`tfguess.training.
-    refit`), from the guesses the run summary recorded (the saved model trained on those photos
-    too): the most confident first."""
-    at = {d: i for i, d in enumerate(recorded["digests"])}
+    """The wrong guesses on the evaluation ``split``, the most confident first. ``guesses``: a
+    photo's digest to its guess, the guess's probability and its label's
+    (:func:`~tfguess.training.evaluation.top_guesses`)."""
     out = []
     for i, row in enumerate(rows):
-        k = at.get(row.digest)
-        if row.split != split or k is None or recorded["guess"][k] == y[i]:
+        guess = guesses.get(row.digest) if row.split == split else None
+        if guess is None or guess[0] == y[i]:
             continue
+        pred, score, label_score = guess
         out.append({"path": str(row.path), "digest": row.digest, "label": row.label,
-                    "predicted": labels[recorded["guess"][k]], "score": recorded["score"][k],
-                    "label_score": recorded["label_score"][k]})
+                    "predicted": labels[pred] if pred >= 0 else None, "score": score,
+                    "label_score": label_score})
     return sorted(out, key=lambda m: -(m["score"] or 0))
+
+
+def _model_guesses(probs: np.ndarray, rows: list[Row], y: np.ndarray,
+                   split: str) -> dict[str, tuple]:
+    """The saved model's guesses on the ``split`` photos (``probs``: on every row)."""
+    sel = [i for i, r in enumerate(rows) if r.split == split]
+    return dict(zip([rows[i].digest for i in sel], top_guesses(probs[sel], y[sel]), strict=True))
+
+
+def _recorded_guesses(recorded: dict) -> dict[str, tuple]:
+    """The guesses of the model before its last refit (:mod:`tfguess.training.refit`), as the run
+    summary recorded them (the saved model trained on those photos too)."""
+    return dict(zip(recorded["digests"], zip(recorded["guess"], recorded["score"],
+                                             recorded["label_score"], strict=True), strict=True))
 
 
 def _suspect_method(hyg: dict) -> dict:
