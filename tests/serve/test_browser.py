@@ -218,6 +218,11 @@ def _home(driver, server) -> None:
     driver.get(server.url + "/")
     _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "[data-fact='labels']").text)
     assert driver.find_element(By.CSS_SELECTOR, "[data-fact='labels']").text == "face, not_face"
+    # how the model was trained, from its description; its test figure is a held-out one
+    mode = driver.find_element(By.CSS_SELECTOR, "[data-fact='mode']").text
+    assert mode == "transfer learning: frozen backbone, trained softmax head", mode
+    test = driver.find_element(By.CSS_SELECTOR, "[data-fact='test accuracy']").text
+    assert re.fullmatch(r"\d+\.\d\s%\s\(n=\d+\)", test), test
 
 
 # ---------------------------------------------------------------- the classify page
