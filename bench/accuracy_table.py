@@ -240,7 +240,8 @@ def suite(args) -> None:
                            resize=s["backbone"]["resize"], backbone=s["backbone"]["name"],
                            input_size=s["backbone"]["input_size"],
                            features_computed=s["features"]["computed"],
-                           auto_resize=s.get("auto_resize"), plan=s.get("time_limit") or s.get("plan"),
+                           auto_resize=s.get("auto_resize"), auto_backbone=s.get("auto_backbone"),
+                           plan=s.get("time_limit") or s.get("plan"),
                            precision=s.get("precision"),
                            fine_tune={k: v for k, v in (s.get("fine_tune") or {}).items()
                                       if k != "history"} or None,

@@ -83,6 +83,7 @@ def one(work: Path, name: str, flags: list[str]) -> dict:
             "guess_dir_s": round(guess_s, 1), "guess_dir_right": right, "n": len(rows),
             "guess_dir_accuracy": round(right / len(rows), 4),
             "guess_engine": (summary.get("precision") or {}).get("guess"),
+            "backbone_choice": (summary.get("auto_backbone") or {}).get("why"),
             "float32_right": f32_right, "float32_n": f32_n,
             "rerun_s": round(rerun_s, 2), "rerun_share": round(rerun_s / cold, 4),
             "rerun_said_nothing_changed": "Nothing changed" in again.stdout,

@@ -96,9 +96,9 @@ def require_shared() -> Path:
 def photos(tmp_path, monkeypatch) -> Path:
     """A folder of 100 files in two labels (the time planner only counts them), on an idle
     machine (the planner's half-second sample of the other work is skipped)."""
-    import tfguess.training.plan as plan_module
+    import tfguess.training.throughput as throughput
 
-    monkeypatch.setattr(plan_module, "busy_cores", lambda *a, **k: 0.0)
+    monkeypatch.setattr(throughput, "busy_cores", lambda *a, **k: 0.0)
     for label in ("a", "b"):
         (tmp_path / "data" / label).mkdir(parents=True)
         for i in range(50):

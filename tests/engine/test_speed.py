@@ -81,10 +81,10 @@ def test_auto_precision_trains_float32_features_and_guesses_with_int8(tmp_path, 
     from tfguess.engine.model import ENGINE_MEMBER
     from tfguess.guess import predict
     from tfguess.guess.predict import Predictor
-    from tfguess.training import train
+    from tfguess.training import guess_engine, train
 
     decision = {"precision": cpu, "reason": f"test: {cpu}"}
-    monkeypatch.setattr(train, "auto_precision", lambda: decision)
+    monkeypatch.setattr(guess_engine, "auto_precision", lambda: decision)
     monkeypatch.setattr(predict, "auto_precision", lambda: decision)
     tf_files = tmp_path / "tf_files"
     shutil.copytree(DEMO_DATA, tf_files / "data")
@@ -262,7 +262,7 @@ def test_int8_guessing_only_when_it_agrees_with_float32(monkeypatch, train_disag
     pass (99.5 %), three fail, as do two held-out photos wrong."""
     from types import SimpleNamespace
 
-    from tfguess.training import train
+    from tfguess.training import guess_engine
 
     y_train = np.arange(394) % 2
     y = np.array([0, 1, 0, 1, 0, 1])
@@ -279,9 +279,9 @@ def test_int8_guessing_only_when_it_agrees_with_float32(monkeypatch, train_disag
                 "test": (x32[4:], y[4:])})
     int8_features = {it.digest: x8[i] for i, it in enumerate(items)}
     int8_features.update({it.digest: x8_train[i] for i, it in enumerate(train_items)})
-    monkeypatch.setattr(train, "extract", lambda *a, **k: SimpleNamespace(
+    monkeypatch.setattr(guess_engine, "extract", lambda *a, **k: SimpleNamespace(
         result=SimpleNamespace(features=int8_features)))
-    check = train._int8_check(None, None, None, data, lambda x: x, None)
+    check = guess_engine.int8_check(None, None, None, data, lambda x: x, None)
     assert check["passed"] == passed, check
     assert (check["n"], check["float32_correct"], check["int8_correct"]) == (6, 6, 6 - int8_wrong)
     assert check["photos"] == 400
@@ -292,8 +292,8 @@ def test_int8_guessing_only_when_it_agrees_with_float32(monkeypatch, train_disag
 def test_no_int8_guessing_without_held_out_photos():
     from types import SimpleNamespace
 
-    from tfguess.training import train
+    from tfguess.training import guess_engine
 
     data = SimpleNamespace(splits={"train": [], "validation": [], "test": []}, arrays={})
-    check = train._int8_check(None, None, None, data, lambda x: x, None)
+    check = guess_engine.int8_check(None, None, None, data, lambda x: x, None)
     assert not check["passed"] and "no held-out photos" in check["why"]

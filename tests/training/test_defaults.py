@@ -20,7 +20,7 @@ from tfguess.core.config import DEFAULT_TIME_LIMIT, TrainConfig
 from tfguess.core.errors import ConfigError
 from tfguess.core.runfolder import RunFolder
 from tfguess.training import unchanged
-from tfguess.training.plan import plan_run
+from tfguess.training.plan import HEADROOM, plan_run
 
 
 def plan(config, photos):
@@ -171,6 +171,73 @@ def test_crop_replaces_the_backbones_own_squash_only_when_clearly_better(monkeyp
     assert chosen == "squash" and facts["correct"] == {"squash": 60, "crop": 60}
 
 
+# --- the time plan's backbone and size, measured on the photos -----------------------------------
+
+def test_the_plan_names_the_alternatives_it_measures_and_counts_their_time(photos):
+    config, chosen, said = plan(TrainConfig(), photos)
+    alternatives = chosen.alternatives
+    assert alternatives and "measured on your photos against" in said
+    assert {(a.recipe.backbone, a.recipe.image_size) for a in alternatives}.isdisjoint(
+        {(chosen.chosen.recipe.backbone, chosen.chosen.recipe.image_size)})
+    assert all(a.recipe.fine_tune == chosen.chosen.recipe.fine_tune
+               and a.seconds <= HEADROOM * chosen.limit for a in alternatives)
+    assert chosen.chosen.choice_seconds > 0 and chosen.summary()["alternatives"]
+    # what the user names is not measured: the backbone, the size, their weights; nor a Ray run
+    for given in (TrainConfig(backbone="efficientnet_lite2"), TrainConfig(image_size=224),
+                  TrainConfig(ray="auto"), TrainConfig(weights="w.h5")):
+        _, kept, _ = plan(given, photos)
+        assert kept is not None and not kept.alternatives and not kept.chosen.choice_seconds
+    # an ensemble measures its second backbone on the validation photos instead
+    _, two, _ = plan(TrainConfig(time_limit=3600), photos)
+    assert two.second is not None and not two.alternatives
+
+
+def fake_backbone_choice(monkeypatch, photos, right_of, given=None):
+    """:func:`choices.choose_planned_backbone` on the plan of ``photos`` (``given``: its config),
+    with 400 training photos of two labels whose features say their label when
+    ``right_of(backbone and size, photo number)``, else noise."""
+    from tfguess.training import choices, extraction
+
+    config, chosen, _ = plan(given or TrainConfig(), photos)
+    labels = ["a", "b"]
+    items = [SimpleNamespace(digest=f"{i}", label=labels[i % 2], split="train") for i in range(400)]
+    noise = np.random.default_rng(0).normal(size=(400, 8))
+
+    def extract(run, ref, backbone, items, config, progress, log):
+        name = f"{ref.name.replace('efficientnet_', '')} at {ref.input_size} px"
+        feats = {it.digest: np.eye(8)[labels.index(it.label)] * 3 + noise[int(it.digest)] * 0.3
+                 if right_of(name, int(it.digest)) else noise[int(it.digest)] for it in items}
+        return SimpleNamespace(result=SimpleNamespace(features=feats))
+
+    monkeypatch.setattr(extraction, "extract", extract)
+    return chosen, choices.choose_planned_backbone(
+        None, SimpleNamespace(items=items, labels=labels), "squash", config, chosen, False,
+        lambda *_: None)
+
+
+def test_another_backbone_replaces_the_plans_only_when_clearly_better(monkeypatch, photos):
+    def prior_right(name, i, prior="lite0 at 288 px"):
+        return name == prior or i % 10 == 0
+
+    before, (config, after, facts) = fake_backbone_choice(monkeypatch, photos, prior_right)
+    assert facts["prior"] == facts["chosen"] == "lite0 at 288 px" and after is before
+    assert config.backbone == "efficientnet_lite0" and config.image_size == 288
+    assert "sign test" in facts["rule"] and facts["correct"]["lite0 at 288 px"] == 400
+    # an alternative right on every photo where the prior is right on 80 %: it replaces the prior,
+    # and the run's config and plan become its recipe (the user's settings kept)
+    given = TrainConfig(fine_tune_epochs=4)
+    before, (config, after, facts) = fake_backbone_choice(
+        monkeypatch, photos, lambda name, i: name == "lite2 at 260 px" or i % 5 != 0, given)
+    assert facts["chosen"] == "lite2 at 260 px" and "lite0 at 288 px alone on 0)" in facts["why"]
+    assert (config.backbone, config.image_size, config.fine_tune_epochs) == ("efficientnet_lite2", None, 4)
+    assert after.chosen.recipe.backbone == "efficientnet_lite2" and after.chosen in before.alternatives
+    assert before.chosen in after.alternatives
+    # one photo in a hundred more: chance, the prior stands
+    _, (_, _, facts) = fake_backbone_choice(
+        monkeypatch, photos, lambda name, i: name == "lite2 at 260 px" or i % 100 != 0)
+    assert facts["chosen"] == "lite0 at 288 px"
+
+
 # --- --head-only: the review page's Re-train ------------------------------------------------------
 
 @pytest.mark.slow
@@ -213,6 +280,8 @@ def test_each_decision_is_recorded_with_its_evidence():
         "time_limit": {"limit_s": 300.0, "recipe": "lite0, 288 px, 2 views, fine-tuning 6 blocks x "
                        "10 epochs", "estimated_s": 169.2},
         "timings_s": {"total": 110.4},
+        "auto_backbone": {"prior": "lite0 at 288 px", "chosen": "lite0 at 288 px",
+                          "why": "out of fold, right on 572: lite0 at 288 px 470, lite2 at 260 px 471"},
         "auto_resize": {"chosen": "crop", "why": "out of fold, squash right on 470 of 572, crop on 483"},
         "backbone": {"resize": "crop"},
         "fine_tune": {"weights_id": "ft-1", "history": [{"epoch": 0, "val_accuracy": 0.8},
@@ -221,6 +290,9 @@ def test_each_decision_is_recorded_with_its_evidence():
     }
     made = {d["what"]: d for d in decisions(summary)}
     assert made["recipe"]["chosen"].startswith("lite0, 288 px") and "took 110 s" in made["recipe"]["why"]
+    assert "measured on the photos" not in made["recipe"]["why"]
+    assert made["backbone"] == {"what": "backbone", "chosen": "lite0 at 288 px",
+                                "why": "out of fold, right on 572: lite0 at 288 px 470, lite2 at 260 px 471"}
     assert made["resize"] == {"what": "resize", "chosen": "crop",
                               "why": "out of fold, squash right on 470 of 572, crop on 483"}
     assert made["fine-tuning"]["chosen"] == "the fine-tuned backbone"
@@ -228,6 +300,8 @@ def test_each_decision_is_recorded_with_its_evidence():
     assert made["guessing"]["chosen"] == "float32" and "98.0%" in made["guessing"]["why"]
     html = "\n".join(_decisions(decisions(summary)))
     assert "How it was trained" in html and "out of fold" in html and "guessing" not in html
+    moved = decisions({**summary, "auto_backbone": {"prior": "lite0 at 288 px", "chosen": "lite2 at 260 px"}})
+    assert "its backbone and size measured on the photos" in moved[0]["why"]
     quick = decisions({"config": {"quick": True}, "mode": "frozen+views", "backbone": {"resize": "squash"}})
     assert quick[0] == {"what": "recipe", "chosen": "frozen+views", "why": "--quick"}
 

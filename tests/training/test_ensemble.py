@@ -17,7 +17,8 @@ from tfguess.core.config import TrainConfig
 from tfguess.core.errors import ConfigError, ModelError
 from tfguess.training.ensemble import decide
 from tfguess.training.evaluation import meta_metrics
-from tfguess.training.plan import RECIPES, Speed, choose, ensemble_member, plan_run
+from tfguess.training.plan import RECIPES, choose, ensemble_member, plan_run
+from tfguess.training.throughput import Speed
 
 SPEED = Speed(extract=110.0, views=145.0, fine_tune=85.0, source="test")
 
@@ -98,6 +99,7 @@ def test_an_ensemble_is_one_model_for_guess_export_and_re_train(tmp_path, monkey
     export is that one model; --head-only re-trains both heads; a re-run changes nothing; --ray
     says it runs one backbone."""
     import tfguess.training.plan as plan_module
+    import tfguess.training.throughput as throughput
     from tfguess.data.images import load_image
     from tfguess.engine.model import ensemble_members, load_classifier, read_meta
     from tfguess.guess.distributed import RayPredictor
@@ -107,7 +109,7 @@ def test_an_ensemble_is_one_model_for_guess_export_and_re_train(tmp_path, monkey
     quick = tuple(replace(r, image_size=224 if r.backbone.endswith("lite0") else r.image_size,
                           fine_tune_epochs=2, fine_tune_blocks=1, base=None) for r in RECIPES)
     monkeypatch.setattr(plan_module, "RECIPES", quick)
-    monkeypatch.setattr(plan_module, "busy_cores", lambda *a, **k: 0.0)
+    monkeypatch.setattr(throughput, "busy_cores", lambda *a, **k: 0.0)
     tf_files = tmp_path / "tf"
     for label in ("face", "not_face"):
         (tf_files / "data" / label).mkdir(parents=True)

@@ -11,18 +11,9 @@ import pytest
 from conftest import DEMO_DATA
 
 from tfguess.core.errors import ConfigError
-from tfguess.training.plan import (
-    HEADROOM,
-    RECIPES,
-    REFERENCE,
-    Speed,
-    busy_cores,
-    candidates,
-    choose,
-    estimate,
-    parse_duration,
-)
+from tfguess.training.plan import HEADROOM, RECIPES, candidates, choose, estimate, parse_duration
 from tfguess.training.summary import fine_tune_hint
+from tfguess.training.throughput import REFERENCE, Speed, busy_cores
 
 SPEED = Speed(extract=95.0, views=90.0, fine_tune=55.0, source="test")
 

@@ -4,46 +4,43 @@ A recipe is a backbone, an input size, a number of cached augmented views and, o
 fine-tuning (blocks and epochs). :data:`RECIPES` holds what each one scored on the development
 sets (validation accuracy of cub_songbirds22 and hymenoptera, the accuracy table of docs/benchmarks.md); a
 recipe's value is the mean of the two. Its time is estimated from the number of images and this
-machine's throughput (:class:`Speed`): the previous run's figures in the same TF_FILES when there
-are any (the cache's history), else reference rates measured on a 2-core machine, scaled by the
-cores this process may use and by the share of them the rest of the machine leaves (the cores
-it keeps busy now, sampled from /proc/stat for half a second: the one-minute load average still
-counts a run that has just ended).
+machine's throughput (:mod:`tfguess.training.throughput`).
 
 :func:`choose` takes the best recipe whose estimate fits :data:`HEADROOM` of the budget, with
 fewer fine-tuning epochs when that is what fits; the training run then enforces the limit (the
 fine-tuning stops at a deadline and keeps its average so far). When the budget holds more than
 the best recipe, the plan adds an ensemble (:mod:`tfguess.training.ensemble`): a second
 backbone, fine-tuned the same way at the same input size, whose probabilities are averaged with
-the first's, planned when both runs and their refits fit. Nothing here imports TensorFlow.
+the first's, planned when both runs and their refits fit. A plan of one backbone also names the
+:attr:`Plan.alternatives` that fit the budget too (other backbones and input sizes, the same
+fine-tuning or none): the run measures them against the plan's choice on the user's photos
+(:func:`tfguess.training.choices.choose_planned_backbone`), the time of that included in every
+estimate. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tfguess.core.errors import ConfigError
+from tfguess.training.throughput import Speed, costs, speed
 
 # Share of the budget a plan may fill: the rest absorbs estimation errors (the run must end within
 # the limit plus 10 %).
 HEADROOM = 0.8
 MIN_FINE_TUNE_EPOCHS = 3
-# Reference throughput of lite0 at 224 on 2 idle cores (x86, AVX-512; the run summaries of the
-# recipes below on cub_songbirds22, converted by each recipe's costs), images/s: frozen features
-# of one image or view; the cached views of fine-tuning (augmenting + the lower blocks); one
-# fine-tuning epoch on them.
-REFERENCE_CORES = 2
-REFERENCE = {"extract": 110.0, "views": 145.0, "fine_tune": 85.0}
 # Seconds, whatever the data: importing TensorFlow, building and converting the backbone, fitting
 # the head, saving; fine-tuning adds converting its lower blocks and the fine-tuned backbone.
 FIXED_SECONDS = 25.0
 FINE_TUNE_FIXED_SECONDS = 20.0
+# The backbone and size a plan chose are measured against the alternatives on at most this many
+# training and validation photos (a random sample of a larger set): enough for a sign test to see
+# a difference of a few points, and at most about 25 s of extraction on 2 cores.
+CHOICE_PHOTOS = 1000
 
 
 @dataclass(frozen=True)
@@ -122,47 +119,6 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-@dataclass(frozen=True)
-class Speed:
-    """This machine's throughput for lite0 at 224, images/s (see :data:`REFERENCE`)."""
-
-    extract: float
-    views: float
-    fine_tune: float
-    source: str
-    slowdown: float = 1.0  # the fixed costs' factor: 1 / the share of the cores left to this run
-
-    @classmethod
-    def estimate(cls, cores: int, busy: float | None = None, summary: dict | None = None) -> Speed:
-        """From the previous run's summary (``run_summary.json``) where it measured something,
-        else the reference rates scaled by ``cores`` and the share of them this run gets beside
-        other work keeping ``busy`` cores busy: ``cores / (cores + busy)``."""
-        share = 1.0 if not busy else cores / (cores + max(0.0, busy))
-        scale = max(0.05, cores / REFERENCE_CORES * share)
-        rates = {k: v * scale for k, v in REFERENCE.items()}
-        source = f"reference rates x {scale:.2f} ({cores} cores, {busy or 0:.1f} busy elsewhere)"
-        measured = _history_rates(summary or {})
-        if measured:
-            rates.update(measured)
-            source = f"the last run in this folder ({', '.join(sorted(measured))})" + (
-                f", reference rates x {scale:.2f} for the rest" if len(measured) < len(rates) else "")
-        return cls(rates["extract"], rates["views"], rates["fine_tune"], source, 1 / max(share, 0.05))
-
-
-def costs(backbone: str, size: int) -> tuple[float, float, float]:
-    """The (extraction, fine-tuning view, fine-tuning epoch) cost factors of ``backbone`` at
-    ``size``, relative to lite0 at 224 (measured at 224, 288 and 320 for lite0, 260 and 300 for
-    lite2; lite1, in no recipe, is put between the two, unmeasured)."""
-    if backbone == _L0:
-        c = (size / 224) ** 2
-        return c, c, c
-    area = (size / 260) ** 2
-    if backbone == _L2:
-        return 1.77 * area, 2.24 * area, 1.62 * area
-    area = (size / 240) ** 2
-    return 1.35 * area, 1.6 * area, 1.3 * area
-
-
 # What each recipe scored (cub_songbirds22, hymenoptera val; docs/benchmarks.md, the fine-tuned
 # ones with the views cached through the lower blocks, two runs averaged where there are two).
 # Longer or bigger fine-tuning scored no higher on cub_songbirds22 (20 epochs 0.9152, 9 blocks
@@ -179,47 +135,24 @@ RECIPES = (
 )
 
 
-def _history_rates(summary: dict) -> dict:
-    """Rates measured by an earlier run, converted to lite0 at 224."""
-    out = {}
-    try:
-        backbone = summary.get("backbone") or {}
-        extract_cost, _, ft_cost = costs(backbone.get("name", _L0), backbone.get("input_size") or 224)
-        computed = (summary.get("features") or {}).get("computed") or 0
-        seconds = (summary.get("timings_s") or {}).get("features") or 0
-        if computed >= 50 and seconds > 0:
-            out["extract"] = computed / seconds * extract_cost
-        ft = summary.get("fine_tune") or {}
-        if ft.get("images_per_second") and ft.get("cached_views"):
-            out["fine_tune"] = float(ft["images_per_second"]) * ft_cost
-    except (TypeError, ValueError, AttributeError):
-        return {}
-    return out
-
-
-def read_summary(path: Path) -> dict:
-    """A previous run's summary, or {} (missing or damaged: only the history is lost)."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 @dataclass(frozen=True)
 class Estimate:
     recipe: Recipe
     seconds: float
     fine_tune_seconds: float   # of which the fine-tuning (views and epochs)
     after_seconds: float       # after the fine-tuning: features of the fine-tuned backbone, scoring
+    choice_seconds: float = 0.0  # of which the alternatives' features (choose_planned_backbone)
 
 
 def estimate(recipe: Recipe, images: int, train_images: int, eval_images: int, speed: Speed,
-             resize_images: int = 0) -> Estimate:
+             resize_images: int = 0, choice_images: int = 0, others=()) -> Estimate:
     """The time of training ``recipe`` from nothing on ``images`` photos (``train_images`` of them
-    in the training split) plus ``eval_images`` in an evaluation folder, and ``resize_images``
-    extracted once more to choose the resize."""
+    in the training split) plus ``eval_images`` in an evaluation folder, ``resize_images``
+    extracted once more to choose the resize, and ``choice_images`` extracted by each of the
+    ``others`` recipes' backbones to measure them against this one's."""
     extract = recipe.extract_cost / speed.extract
-    seconds = (FIXED_SECONDS * speed.slowdown
+    choice = choice_images * sum(r.extract_cost for r in others) / speed.extract
+    seconds = (FIXED_SECONDS * speed.slowdown + choice
                + (images + resize_images + train_images * recipe.views + eval_images) * extract)
     ft = after = 0.0
     if recipe.fine_tune:
@@ -228,7 +161,7 @@ def estimate(recipe: Recipe, images: int, train_images: int, eval_images: int, s
                              + epochs * recipe.views_cost / speed.views)
         after = (images + eval_images) * extract + FINE_TUNE_FIXED_SECONDS * speed.slowdown
         seconds += ft + after
-    return Estimate(recipe, seconds, ft, after)
+    return Estimate(recipe, seconds, ft, after, choice)
 
 
 @dataclass(frozen=True)
@@ -242,6 +175,9 @@ class Plan:
     eval_images: int = 0
     second: Estimate | None = None   # the ensemble's second member (:func:`with_ensemble`)
     ensemble_seconds: float = 0.0    # both members and their refits
+    # other backbones or sizes that fit too, to measure on the photos (choose_planned_backbone)
+    alternatives: tuple[Estimate, ...] = ()
+    kept: tuple[str, ...] = ()       # the recipe settings the user gave (TrainConfig.pinned)
 
     def summary(self) -> dict:
         """What run_summary.json records of the plan."""
@@ -253,6 +189,8 @@ class Plan:
         if self.second:
             out["ensemble"] = {"second": self.second.recipe.name,
                                "estimated_s": round(self.ensemble_seconds, 1)}
+        if self.alternatives:
+            out["alternatives"] = [a.recipe.name for a in self.alternatives]
         return out
 
     def describe(self) -> str:
@@ -266,6 +204,10 @@ class Plan:
             text += (f"\n  then an ensemble: {self.second.recipe.name} as a second member, its "
                      f"probabilities averaged with the first's; both with their refits estimated "
                      f"{format_seconds(self.ensemble_seconds)} ({ENSEMBLE_EVIDENCE})")
+        if self.alternatives:
+            text += ("\n  measured on your photos against "
+                     + ", ".join(pair_name(a.recipe) for a in self.alternatives)
+                     + " (kept unless one is clearly better)")
         return text
 
 
@@ -282,22 +224,58 @@ def candidates(recipe: Recipe) -> list[Recipe]:
             for e in range(recipe.fine_tune_epochs, MIN_FINE_TUNE_EPOCHS - 1, -1)]
 
 
+def pair(recipe: Recipe) -> tuple[str, int]:
+    """A recipe's backbone and input size: what :func:`choices.choose_planned_backbone` decides."""
+    return recipe.backbone, recipe.image_size
+
+
+def pair_name(recipe: Recipe) -> str:
+    return f"{recipe.backbone.replace('efficientnet_', '')} at {recipe.image_size} px"
+
+
+def others(recipe: Recipe, recipes) -> list[Recipe]:
+    """One recipe of each other backbone and size among ``recipes`` with ``recipe``'s fine-tuning
+    or none: the alternatives whose features measuring them costs."""
+    seen = {pair(recipe)}
+    out = []
+    for r in recipes:
+        if r.fine_tune == recipe.fine_tune and pair(r) not in seen:
+            seen.add(pair(r))
+            out.append(r)
+    return out
+
+
 def choose(limit: float, images: int, train_images: int, eval_images: int, speed: Speed,
-           recipes=RECIPES, resize_images: int = 0, validation_images: int | None = None) -> Plan:
+           recipes=RECIPES, resize_images: int = 0, validation_images: int | None = None,
+           choice_images: int = 0) -> Plan:
     """The recipe of highest value whose estimate fits ``HEADROOM * limit``; the fastest one when
     none does. Ties go to the faster. ``resize_images``: the photos ``--resize auto`` extracts a
     second time to choose between crop and squash (:func:`choices.choose_resize`).
     ``validation_images`` (None: no ensemble) lets the plan add a second member
-    (:func:`with_ensemble`)."""
-    options = [estimate(r, images, train_images, eval_images, speed, resize_images)
+    (:func:`with_ensemble`). ``choice_images`` (0: none) are the photos on which a plan of one
+    backbone measures the :attr:`Plan.alternatives` that fit too: the best fitting recipe of
+    each other backbone and size, with the chosen one's fine-tuning or none."""
+    options = [estimate(r, images, train_images, eval_images, speed, resize_images, choice_images,
+                        others(r, recipes) if choice_images else ())
                for recipe in recipes for r in candidates(recipe)]
     fitting = [e for e in options if e.seconds <= HEADROOM * limit]
-    if fitting:
-        best = max(fitting, key=lambda e: (round(e.recipe.value, 6), -e.seconds))
-        plan = Plan(best, limit, speed, True, images, train_images, eval_images)
-        return plan if validation_images is None else with_ensemble(plan, validation_images)
-    return Plan(min(options, key=lambda e: e.seconds), limit, speed, False, images, train_images,
-                eval_images)
+    if not fitting:
+        return Plan(min(options, key=lambda e: e.seconds), limit, speed, False, images,
+                    train_images, eval_images)
+    def value(e: Estimate):
+        return round(e.recipe.value, 6), -e.seconds
+
+    best = max(fitting, key=value)
+    plan = Plan(best, limit, speed, True, images, train_images, eval_images)
+    if validation_images is not None:
+        plan = with_ensemble(plan, validation_images)
+    if plan.second or not choice_images:
+        return plan
+    alternatives = {}
+    for e in sorted(fitting, key=value, reverse=True):
+        if e.recipe.fine_tune == best.recipe.fine_tune and pair(e.recipe) != pair(best.recipe):
+            alternatives.setdefault(pair(e.recipe), e)
+    return replace(plan, alternatives=tuple(alternatives.values()))
 
 
 # The ensemble's second member: EfficientNet-Lite2 (another backbone, so other mistakes) at the
@@ -336,6 +314,7 @@ def with_ensemble(plan: Plan, validation_images: int) -> Plan:
         return plan
     second = estimate(ensemble_member(first.recipe), plan.images, plan.train_images,
                       plan.eval_images, plan.speed)
+    first = replace(first, seconds=first.seconds - first.choice_seconds)  # an ensemble measures none
     total = (with_refit(first, plan.train_images, validation_images)
              + with_refit(second, plan.train_images, validation_images)
              + plan.eval_images * second.recipe.extract_cost / plan.speed.extract)
@@ -360,47 +339,12 @@ def count_images(image_dir: Path) -> int:
     return n
 
 
-def speed(summary_path: Path) -> Speed:
-    """This machine's throughput now (:meth:`Speed.estimate`), the last run's at ``summary_path`` first."""
-    from tfguess.data.pipeline import default_workers
-
-    busy = busy_cores()
-    if busy is None and hasattr(os, "getloadavg"):  # no /proc/stat (macOS): the load average
-        busy = os.getloadavg()[0]
-    return Speed.estimate(default_workers(), busy, read_summary(summary_path))
-
-
-def busy_cores(seconds: float = 0.5) -> float | None:
-    """How many cores the rest of the machine keeps busy now: the share of CPU time that was not
-    idle over ``seconds`` (this process sleeps meanwhile), from /proc/stat, times the cores it
-    counts; None where there is no /proc/stat."""
-
-    def sample() -> tuple[float, float, int]:
-        with open("/proc/stat", encoding="ascii") as f:
-            lines = f.read().splitlines()
-        times = [float(x) for x in lines[0].split()[1:]]
-        cpus = sum(1 for line in lines if re.match(r"cpu\d", line))
-        return sum(times[:8]), times[3] + times[4], cpus  # idle + iowait
-
-    try:
-        total0, idle0, cpus = sample()
-        time.sleep(seconds)
-        total1, idle1, _ = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    if total1 <= total0:
-        return None
-    return max(0.0, 1.0 - (idle1 - idle0) / (total1 - total0)) * cpus
-
-
 def plan_run(config, image_dir: Path, summary_path: Path, log=print):
     """``config`` with the recipe that fits ``config.time_limit`` for the photos in ``image_dir``
     (the previous run's summary at ``summary_path`` gives this machine's throughput), and the plan;
     ``(config, None)`` with ``--quick``, without a folder to plan for, or when the recipe settings
     the user gave (:meth:`TrainConfig.pinned`) match no recipe: the plan keeps those settings and
     chooses the rest."""
-    import dataclasses
-
     if not config.plans:
         if config.quick:
             log(f"Quick recipe: {describe_config(config)} (no time plan)")
@@ -425,15 +369,26 @@ def plan_run(config, image_dir: Path, summary_path: Path, log=print):
     # on a Ray cluster (no fine-tuning), nor with int8 features (no refit)
     ensemble = (not pinned and not config.ray and config.precision != "int8"
                 and not config.one_backbone)
+    # the backbone and size measured on the photos, where the plan chooses them: not where the
+    # user named them or their weights, nor on a Ray cluster or with int8 features
+    measure = ("backbone" not in pinned and "image_size" not in pinned and not config.weights
+               and not config.ray and config.precision != "int8")
     plan = choose(config.time_limit, images, train_images, eval_images, speed(summary_path),
                   recipes, resize_images=resize_images,
                   validation_images=round(images * refit_pct(config) / 100) if ensemble
-                  else None)
+                  else None,
+                  choice_images=min(CHOICE_PHOTOS, round(images * (1 - config.test_pct / 100)))
+                  if measure else 0)
     log(plan.describe())
     if pinned:
         log(f"  kept from your settings: {', '.join(f'{k}={v}' for k, v in pinned.items())}")
-    settings = {k: v for k, v in plan.chosen.recipe.settings().items() if k not in pinned}
-    return dataclasses.replace(config, **settings), plan
+    plan = replace(plan, kept=tuple(pinned))
+    return with_recipe(config, plan.chosen.recipe, plan.kept), plan
+
+
+def with_recipe(config, recipe: Recipe, kept=()):
+    """``config`` with ``recipe``'s settings, except those the user gave (``kept``)."""
+    return replace(config, **{k: v for k, v in recipe.settings().items() if k not in kept})
 
 
 def matching(recipes, pinned: dict) -> list[Recipe]:

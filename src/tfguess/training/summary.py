@@ -15,7 +15,8 @@ from tfguess.engine.runtime import runtime_name
 from tfguess.training.evaluation import top_guesses
 from tfguess.training.extraction import Features, SplitData
 from tfguess.training.head import FitResult
-from tfguess.training.plan import HEADROOM, RECIPES, Recipe, Speed, estimate, format_seconds, speed
+from tfguess.training.plan import HEADROOM, RECIPES, Recipe, estimate, format_seconds
+from tfguess.training.throughput import Speed, speed
 
 
 def fine_tune_summary(result) -> dict | None:
@@ -103,16 +104,18 @@ def _rounded(value: float | None) -> float | None:
 
 
 def decisions(summary: dict) -> list[dict]:
-    """What the run chose and why, from its summary: the recipe, the resize, fine-tuning's
-    result, the ensemble and the guessing engine (``{"what", "chosen", "why"}`` each; the report lists them)."""
+    """What the run chose and why, from its summary: the recipe, the backbone, the resize,
+    fine-tuning's result, the ensemble and the guessing engine (``{"what", "chosen", "why"}`` each; the report lists them)."""
     config = summary.get("config") or {}
-    plan, out = summary.get("time_limit"), []
+    plan, out, picked = summary.get("time_limit"), [], summary.get("auto_backbone")
     if plan:
         total = (summary.get("timings_s") or {}).get("total")
         two = plan.get("ensemble")   # planned; the "ensemble" decision below says if it was kept
+        moved = picked and picked.get("prior") not in (None, picked.get("chosen"))
         out.append({"what": "recipe", "chosen": plan.get("recipe") + (
             f", then {two['second']}" if two else ""), "why": (
-            f"the most accurate recipe on the development sets that fits "
+            ("its backbone and size measured on the photos (below), the rest of " if moved else "")
+            + f"the most accurate recipe on the development sets that fits "
             f"{plan.get('limit_s', 0) / 60:g} min here (estimated "
             f"{two['estimated_s'] if two else plan.get('estimated_s')} s"
             + (f", took {total:.0f} s" if total else "") + ")")})
@@ -120,6 +123,9 @@ def decisions(summary: dict) -> list[dict]:
         why = ("--head-only: the head again on the model's own backbone" if config.get("head_only")
                else "--quick" if config.get("quick") else "the settings given (no time plan)")
         out.append({"what": "recipe", "chosen": summary.get("mode"), "why": why})
+    if picked:   # the time plan's backbone measured on the photos, or --backbone auto
+        out.append({"what": "backbone", "chosen": picked["chosen"], "why": picked.get("why") or (
+            "--backbone auto: the best cross-validated accuracy of the offline backbones")})
     auto = summary.get("auto_resize")
     resize = (summary.get("backbone") or {}).get("resize")
     out.append({"what": "resize", "chosen": resize,

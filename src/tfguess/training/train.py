@@ -37,8 +37,8 @@ from tfguess.core.locks import locked_run
 from tfguess.core.runfolder import RunFolder
 from tfguess.data.dataset import DatasetScan, label_folders, scan_dataset
 from tfguess.engine.backbones import check_file
-from tfguess.engine.features import BackboneRef, calibration_digest, choose_calibration
-from tfguess.engine.runtime import Head, auto_precision
+from tfguess.engine.features import BackboneRef, calibration_digest
+from tfguess.engine.runtime import Head
 from tfguess.training import unchanged
 from tfguess.training.backbone_ref import (
     LazyBackbone,
@@ -50,6 +50,7 @@ from tfguess.training.backbone_ref import (
 )
 from tfguess.training.evaluation import classification_metrics, evaluate_folder
 from tfguess.training.extraction import Features, SplitData, extract, refeature, split_data
+from tfguess.training.guess_engine import guess_engine
 from tfguess.training.head import FitResult, fit_head, tensorboard_writer
 from tfguess.training.refit import held_out_figures
 from tfguess.training.save import backbone_meta, save_model, write_labels_and_history
@@ -118,11 +119,15 @@ def _train(tf_files: str | Path, config: TrainConfig, progress: bool, log: Calla
     image_dir = _image_dir(config, run, must_exist=True)
     run.root.mkdir(parents=True, exist_ok=True)
     backbone, weights_id = _backbone(spec, config, run if model_ref else None)
-    # 3. scan the photos; the features' ref (--resize auto, int8 calibration)
+    # 3. scan the photos; the features' ref (--resize auto, int8 calibration); a time plan's
+    # backbone and size measured against the others that fit (choices.py)
     with stage(timings, "scan"):
         scan = _scan(image_dir, config, progress, log)
     ref, calibration, calibration_digests, auto_resize = model_ref or _feature_ref(
         run, scan, spec, weights_id, backbone, config, timings, progress, log)
+    if time_plan and time_plan.alternatives and not member:
+        config, time_plan, auto_backbone, (spec, backbone, weights_id, ref) = _measured_backbone(
+            run, scan, (spec, backbone, weights_id, ref), config, time_plan, timings, progress, log)
     # 4. features: from the cache, else the backbone (or a Ray cluster)
     features = extract(run, ref, backbone, scan.items, config, progress, log, calibration,
                        ray=bool(config.ray))
@@ -131,15 +136,12 @@ def _train(tf_files: str | Path, config: TrainConfig, progress: bool, log: Calla
     data = split_data(scan, features.result, config, image_dir, log)
     # 5. the head, on the features and their augmented views
     fit = _fit_head(data, features, config, run, timings, progress, log)
-    head = fit.head
     # 6. fine-tuning: the top of the backbone, then the fine-tuned backbone's features; under a
-    # time plan, again on the training and validation photos when there is time (refit.py)
-    fine_tuned, refitted = None, None
-    if config.fine_tune and not config.head_only:
-        fine_tuned, refitted, features, data, backbone = _fine_tune_stage(
-            run, spec, backbone, fit, data, features, config, time_plan, t0, timings, calibration,
-            progress, log)
-        head = (refitted.fine_tuned if refitted and refitted.fine_tuned else fine_tuned).head
+    # time plan, again on the training and held-out photos when there is time (refit.py)
+    fine_tuned, refitted, features, data, backbone = _fine_tune_stage(
+        run, spec, backbone, fit, data, features, config, time_plan, t0, timings, calibration,
+        progress, log)
+    head = (refitted.fine_tuned if refitted and refitted.fine_tuned else fine_tuned or fit).head
     # 7. evaluate (the splits a refit trained on: the model before it, refit.py)
     metrics, heldout = _evaluate(head, data, features, config, progress, log)
     saw_test = held_out_figures(refitted, metrics, heldout,
@@ -147,8 +149,8 @@ def _train(tf_files: str | Path, config: TrainConfig, progress: bool, log: Calla
     # 8. save the model (and the int8 engine it guesses with), its labels and history
     with stage(timings, "save"):
         with stage(timings, "guess_engine"):
-            guess_ref, precision = _guess_engine(run, scan, data, head, features.ref, backbone,
-                                                 config, log)
+            guess_ref, precision = guess_engine(run, scan, data, head, features.ref, backbone,
+                                                config, log)
             meta = backbone_meta(spec, features.ref, head, weights_id, guess_ref)
             if saw_test:   # a --head-only re-train marks its test figure (refit.py)
                 meta["fine_tuned_on_test"] = True
@@ -235,6 +237,26 @@ def _auto_backbone(config: TrainConfig, run: RunFolder, timings: dict[str, float
     with stage(timings, "choose_backbone"):
         return choose_backbone(_image_dir(config, run, must_exist=True), run.bottlenecks, config,
                                progress, log)
+
+
+def _measured_backbone(run: RunFolder, scan: DatasetScan, current: tuple, config: TrainConfig,
+                       time_plan, timings: dict[str, float], progress: bool,
+                       log: Callable[[str], None]):
+    """The time plan's backbone and size against the others that fit, on the photos
+    (:func:`choices.choose_planned_backbone`): ``(config, plan, what the summary records, and
+    the spec, backbone, weights id and features' ref, ``current``'s or the chosen one's)``."""
+    from tfguess.training.choices import choose_planned_backbone
+
+    ref = current[-1]
+    with stage(timings, "choose_backbone"):
+        config, time_plan, facts = choose_planned_backbone(run, scan, ref.resize, config,
+                                                           time_plan, progress, log)
+    if facts["chosen"] != facts["prior"]:
+        spec = resolve_backbone(config)
+        backbone, weights_id = _backbone(spec, config)
+        current = (spec, backbone, weights_id,
+                   backbone_ref(spec, weights_id, config.resize, auto_resize=ref.resize))
+    return config, time_plan, facts, current
 
 
 def _head_only(config: TrainConfig, run: RunFolder, log: Callable[[str], None]):
@@ -350,7 +372,9 @@ def _fine_tune_stage(run: RunFolder, spec, backbone: LazyBackbone, fit: FitResul
     """Fine-tune (timed), then the fine-tuned backbone's features; under a time plan, the same
     again on the training and validation photos when the time left allows it (:mod:`refit`).
     Returns ``(the fine-tuning, the refit or None, the features, data and backbone the model
-    has)``."""
+    has)``: ``(None, None, ...)`` as they are without ``--fine-tune`` or with ``--head-only``."""
+    if not config.fine_tune or config.head_only:
+        return None, None, features, data, backbone
     with stage(timings, "fine_tune"):
         fine_tuned = _fine_tune(backbone, fit.head, data, features, config, time_plan, t0,
                                 progress, log)
@@ -413,77 +437,3 @@ def _evaluate(head: Head, data: SplitData, features: Features, config: TrainConf
         log(f"Accuracy on {config.eval_dir}: {metrics['eval_dir']['accuracy']} "
             f"(n={metrics['eval_dir']['n']})")
     return metrics, heldout
-
-
-def _guess_engine(run: RunFolder, scan: DatasetScan, data: SplitData, head, ref: BackboneRef,
-                  backbone: LazyBackbone, config: TrainConfig,
-                  log: Callable[[str], None]) -> tuple[BackboneRef | None, dict]:
-    """``--precision auto``: the features stay float32 (int8 features cost accuracy on some data
-    sets, docs/benchmarks.md, "Speed"). Where the CPU has int8 dot-product instructions, an int8
-    engine is calibrated on 100 training photos (the smallest content digests) and the model
-    carries it for ``guess``, ``guess-dir`` and ``serve`` only when it is as accurate as float32
-    on the held-out photos (:func:`_int8_check`): guessing never trades accuracy unasked.
-    Returns that engine's ref (or None) and what the run summary records."""
-    info = {"setting": config.precision, "features": ref.precision, "guess": ref.precision}
-    if config.precision != "auto":
-        return None, info
-    decision = auto_precision()
-    info["cpu"] = decision["reason"]
-    if decision["precision"] != "int8" or config.engine == "keras" or config.ray or config.fine_tune:
-        return None, info
-    digests = choose_calibration([it.digest for it in scan.items if it.split == "train"])
-    int8 = dataclasses.replace(ref, precision="int8", calibration=calibration_digest(digests))
-    if not int8.engine_file.exists():
-        from tfguess.engine.features import make_extractor
-
-        try:
-            make_extractor(int8, backbone, "tflite", log, calibration_pixels(scan, digests, int8))
-        except Exception as exc:  # noqa: BLE001 - a converter failure costs only the faster guessing
-            log(f"  note: no int8 engine for guessing ({exc.__class__.__name__}: {exc}); "
-                "guessing runs float32")
-            return None, info
-    check = _int8_check(run, int8, backbone, data, head, config)
-    info["int8_check"] = check
-    if not check["passed"]:
-        log(f"Guessing runs float32: {check['why']}")
-        return None, info
-    log(f"Guessing runs int8 (faster): {check['why']}")
-    return int8, {**info, "guess": "int8"}
-
-
-INT8_AGREEMENT = 0.995
-INT8_RULE = ("int8 guessing only when its top label is float32's on at least "
-             f"{INT8_AGREEMENT:.1%} of the model's photos (training photos too: no labels needed) "
-             "and it gets at most one held-out photo (validation and test splits) fewer right")
-
-
-def _int8_check(run: RunFolder, int8: BackboneRef, backbone: LazyBackbone, data: SplitData, head,
-                config: TrainConfig) -> dict:
-    """The int8 engine against float32 on every usable photo: how often their top labels agree,
-    how many held-out photos each gets right, and whether int8 passes :data:`INT8_RULE`. A
-    held-out split of tens of photos cannot see a loss of one photo in a hundred; agreement on
-    every photo can. Their int8 features are cached like any others."""
-    held_out = [s for s in ("validation", "test") if data.splits[s]]
-    if not held_out:
-        return {"passed": False, "n": 0, "rule": INT8_RULE,
-                "why": "no held-out photos to check the int8 engine on (--validation-pct 0)"}
-    splits = [s for s in ("train", "validation", "test") if data.splits[s]]
-    items = [it for s in splits for it in data.splits[s]]
-    int8_features = extract(run, int8, backbone, items, config, progress=False,
-                            log=lambda *_: None).result.features
-    if any(it.digest not in int8_features for it in items):
-        return {"passed": False, "n": len(items), "rule": INT8_RULE,
-                "why": "the int8 engine could not read every photo"}
-    x8 = np.stack([int8_features[it.digest] for it in items]).astype(np.float32)
-    x32 = np.concatenate([data.arrays[s][0] for s in splits])
-    y = np.concatenate([data.arrays[s][1] for s in splits])
-    top8, top32 = head(x8).argmax(1), head(x32).argmax(1)
-    held = np.concatenate([np.full(len(data.splits[s]), s in held_out) for s in splits])
-    right32, right8 = int((top32 == y)[held].sum()), int((top8 == y)[held].sum())
-    agree = float((top8 == top32).mean())
-    passed = right8 >= right32 - 1 and agree >= INT8_AGREEMENT
-    return {"passed": passed, "n": int(held.sum()), "float32_correct": right32,
-            "int8_correct": right8, "photos": len(items), "agreement": round(agree, 4),
-            "rule": INT8_RULE,
-            "why": f"int8's top label is float32's on {agree:.1%} of {len(items)} photos; it got "
-                   f"{right8} of {int(held.sum())} held-out photos right, float32 {right32}"}
