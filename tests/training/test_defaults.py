@@ -192,6 +192,30 @@ def test_the_plan_names_the_alternatives_it_measures_and_counts_their_time(photo
     assert two.second is not None and not two.alternatives
 
 
+def test_measuring_the_backbone_takes_no_epoch_from_the_recipe():
+    """The measurement is paid from the plan's reserve: the recipe is the one a plan without it
+    chooses, and it is measured only when both fit CHOICE_HEADROOM of the budget, else the plan
+    says why not."""
+    from tfguess.training.plan import CHOICE_HEADROOM, choose
+    from tfguess.training.throughput import Speed
+
+    speed = Speed(extract=95.0, views=90.0, fine_tune=55.0, source="test")
+    kinds = set()
+    for limit in range(60, 900, 5):
+        measured = choose(limit, 3000, 2400, 0, speed, choice_images=1000)
+        alone = choose(limit, 3000, 2400, 0, speed)
+        assert measured.chosen.recipe == alone.chosen.recipe
+        assert measured.chosen.seconds == alone.chosen.seconds + measured.chosen.choice_seconds
+        if measured.alternatives:
+            kinds.add("measured")
+            assert measured.chosen.seconds <= CHOICE_HEADROOM * limit and not measured.unmeasured
+        elif measured.unmeasured:
+            kinds.add("unmeasured")
+            assert "more than the time limit leaves" in measured.unmeasured
+            assert "not measured against" in measured.describe()
+    assert kinds == {"measured", "unmeasured"}
+
+
 def fake_backbone_choice(monkeypatch, photos, right_of, given=None):
     """:func:`choices.choose_planned_backbone` on the plan of ``photos`` (``given``: its config),
     with 400 training photos of two labels whose features say their label when
@@ -281,7 +305,7 @@ def test_each_decision_is_recorded_with_its_evidence():
                        "10 epochs", "estimated_s": 169.2},
         "timings_s": {"total": 110.4},
         "auto_backbone": {"prior": "lite0 at 288 px", "chosen": "lite0 at 288 px",
-                          "why": "out of fold, right on 572: lite0 at 288 px 470, lite2 at 260 px 471"},
+                          "why": "out of fold, right of 572 photos: lite0 at 288 px 470, lite2 at 260 px 471"},
         "auto_resize": {"chosen": "crop", "why": "out of fold, squash right on 470 of 572, crop on 483"},
         "backbone": {"resize": "crop"},
         "fine_tune": {"weights_id": "ft-1", "history": [{"epoch": 0, "val_accuracy": 0.8},
@@ -292,7 +316,7 @@ def test_each_decision_is_recorded_with_its_evidence():
     assert made["recipe"]["chosen"].startswith("lite0, 288 px") and "took 110 s" in made["recipe"]["why"]
     assert "measured on the photos" not in made["recipe"]["why"]
     assert made["backbone"] == {"what": "backbone", "chosen": "lite0 at 288 px",
-                                "why": "out of fold, right on 572: lite0 at 288 px 470, lite2 at 260 px 471"}
+                                "why": "out of fold, right of 572 photos: lite0 at 288 px 470, lite2 at 260 px 471"}
     assert made["resize"] == {"what": "resize", "chosen": "crop",
                               "why": "out of fold, squash right on 470 of 572, crop on 483"}
     assert made["fine-tuning"]["chosen"] == "the fine-tuned backbone"
@@ -302,6 +326,10 @@ def test_each_decision_is_recorded_with_its_evidence():
     assert "How it was trained" in html and "out of fold" in html and "guessing" not in html
     moved = decisions({**summary, "auto_backbone": {"prior": "lite0 at 288 px", "chosen": "lite2 at 260 px"}})
     assert "its backbone and size measured on the photos" in moved[0]["why"]
+    short = {**summary, "auto_backbone": None,
+             "time_limit": {**summary["time_limit"], "unmeasured": "not measured against x: y"}}
+    assert {"what": "backbone", "chosen": "the plan's",
+            "why": "not measured against x: y"} in decisions(short)
     quick = decisions({"config": {"quick": True}, "mode": "frozen+views", "backbone": {"resize": "squash"}})
     assert quick[0] == {"what": "recipe", "chosen": "frozen+views", "why": "--quick"}
 

@@ -199,7 +199,7 @@ def choose_planned_backbone(run, scan, resize: str, config, plan, progress: bool
     best = max((k for k in right if k != prior), key=lambda k: int(right[k].sum()), default=prior)
     chosen = best if clearly_better(right[best], right[prior], p_value) else prior
     counts = {k: int(v.sum()) for k, v in right.items()}
-    why = (f"out of fold, right on {n}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+    why = (f"out of fold, right of {n} photos: " + ", ".join(f"{k} {v}" for k, v in counts.items())
            + (f" ({best} alone right on {int(np.sum(right[best] & ~right[prior]))}, {prior} alone "
               f"on {int(np.sum(right[prior] & ~right[best]))})" if best != prior else ""))
     log(f"Backbone choice: {chosen}: {why}")

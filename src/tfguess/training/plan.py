@@ -41,6 +41,9 @@ FINE_TUNE_FIXED_SECONDS = 20.0
 # training and validation photos (a random sample of a larger set): enough for a sign test to see
 # a difference of a few points, and at most about 25 s of extraction on 2 cores.
 CHOICE_PHOTOS = 1000
+# That measurement comes out of the reserve HEADROOM keeps, up to half of it (the default's runs on
+# the eight development sets ended 6-20 % inside their plan's estimate, the measurement included).
+CHOICE_HEADROOM = 0.9
 
 
 @dataclass(frozen=True)
@@ -145,14 +148,12 @@ class Estimate:
 
 
 def estimate(recipe: Recipe, images: int, train_images: int, eval_images: int, speed: Speed,
-             resize_images: int = 0, choice_images: int = 0, others=()) -> Estimate:
+             resize_images: int = 0) -> Estimate:
     """The time of training ``recipe`` from nothing on ``images`` photos (``train_images`` of them
-    in the training split) plus ``eval_images`` in an evaluation folder, ``resize_images``
-    extracted once more to choose the resize, and ``choice_images`` extracted by each of the
-    ``others`` recipes' backbones to measure them against this one's."""
+    in the training split) plus ``eval_images`` in an evaluation folder, and ``resize_images``
+    extracted once more to choose the resize."""
     extract = recipe.extract_cost / speed.extract
-    choice = choice_images * sum(r.extract_cost for r in others) / speed.extract
-    seconds = (FIXED_SECONDS * speed.slowdown + choice
+    seconds = (FIXED_SECONDS * speed.slowdown
                + (images + resize_images + train_images * recipe.views + eval_images) * extract)
     ft = after = 0.0
     if recipe.fine_tune:
@@ -161,7 +162,7 @@ def estimate(recipe: Recipe, images: int, train_images: int, eval_images: int, s
                              + epochs * recipe.views_cost / speed.views)
         after = (images + eval_images) * extract + FINE_TUNE_FIXED_SECONDS * speed.slowdown
         seconds += ft + after
-    return Estimate(recipe, seconds, ft, after, choice)
+    return Estimate(recipe, seconds, ft, after)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class Plan:
     # other backbones or sizes that fit too, to measure on the photos (choose_planned_backbone)
     alternatives: tuple[Estimate, ...] = ()
     kept: tuple[str, ...] = ()       # the recipe settings the user gave (TrainConfig.pinned)
+    unmeasured: str = ""             # why there are alternatives but none is measured
 
     def summary(self) -> dict:
         """What run_summary.json records of the plan."""
@@ -191,6 +193,8 @@ class Plan:
                                "estimated_s": round(self.ensemble_seconds, 1)}
         if self.alternatives:
             out["alternatives"] = [a.recipe.name for a in self.alternatives]
+        if self.unmeasured:
+            out["unmeasured"] = self.unmeasured
         return out
 
     def describe(self) -> str:
@@ -208,6 +212,8 @@ class Plan:
             text += ("\n  measured on your photos against "
                      + ", ".join(pair_name(a.recipe) for a in self.alternatives)
                      + " (kept unless one is clearly better)")
+        elif self.unmeasured:
+            text += f"\n  its backbone and size {self.unmeasured}"
         return text
 
 
@@ -233,18 +239,6 @@ def pair_name(recipe: Recipe) -> str:
     return f"{recipe.backbone.replace('efficientnet_', '')} at {recipe.image_size} px"
 
 
-def others(recipe: Recipe, recipes) -> list[Recipe]:
-    """One recipe of each other backbone and size among ``recipes`` with ``recipe``'s fine-tuning
-    or none: the alternatives whose features measuring them costs."""
-    seen = {pair(recipe)}
-    out = []
-    for r in recipes:
-        if r.fine_tune == recipe.fine_tune and pair(r) not in seen:
-            seen.add(pair(r))
-            out.append(r)
-    return out
-
-
 def choose(limit: float, images: int, train_images: int, eval_images: int, speed: Speed,
            recipes=RECIPES, resize_images: int = 0, validation_images: int | None = None,
            choice_images: int = 0) -> Plan:
@@ -252,11 +246,9 @@ def choose(limit: float, images: int, train_images: int, eval_images: int, speed
     none does. Ties go to the faster. ``resize_images``: the photos ``--resize auto`` extracts a
     second time to choose between crop and squash (:func:`choices.choose_resize`).
     ``validation_images`` (None: no ensemble) lets the plan add a second member
-    (:func:`with_ensemble`). ``choice_images`` (0: none) are the photos on which a plan of one
-    backbone measures the :attr:`Plan.alternatives` that fit too: the best fitting recipe of
-    each other backbone and size, with the chosen one's fine-tuning or none."""
-    options = [estimate(r, images, train_images, eval_images, speed, resize_images, choice_images,
-                        others(r, recipes) if choice_images else ())
+    (:func:`with_ensemble`). ``choice_images`` (0: none): the photos on which a plan of one
+    backbone measures its alternatives (:func:`with_alternatives`)."""
+    options = [estimate(r, images, train_images, eval_images, speed, resize_images)
                for recipe in recipes for r in candidates(recipe)]
     fitting = [e for e in options if e.seconds <= HEADROOM * limit]
     if not fitting:
@@ -271,11 +263,31 @@ def choose(limit: float, images: int, train_images: int, eval_images: int, speed
         plan = with_ensemble(plan, validation_images)
     if plan.second or not choice_images:
         return plan
-    alternatives = {}
-    for e in sorted(fitting, key=value, reverse=True):
+    return with_alternatives(plan, sorted(fitting, key=value, reverse=True), choice_images)
+
+
+def with_alternatives(plan: Plan, fitting: list[Estimate], choice_images: int) -> Plan:
+    """``plan`` with its :attr:`Plan.alternatives`: the best of ``fitting`` (best first) of each
+    other backbone and size with the chosen recipe's fine-tuning or none, whose frozen features of
+    ``choice_images`` photos measure them against it (:func:`choices.choose_planned_backbone`).
+    That is paid from the plan's reserve, never from the recipe (no epoch fewer): only when the
+    recipe and the measurement fit :data:`CHOICE_HEADROOM` of the budget; else the plan says why
+    its backbone stands unmeasured (:attr:`Plan.unmeasured`)."""
+    best = plan.chosen
+    alternatives: dict[tuple[str, int], Estimate] = {}
+    for e in fitting:
         if e.recipe.fine_tune == best.recipe.fine_tune and pair(e.recipe) != pair(best.recipe):
             alternatives.setdefault(pair(e.recipe), e)
-    return replace(plan, alternatives=tuple(alternatives.values()))
+    if not alternatives:
+        return plan
+    choice = choice_images * sum(a.recipe.extract_cost for a in alternatives.values()) / plan.speed.extract
+    if best.seconds + choice > CHOICE_HEADROOM * plan.limit:
+        return replace(plan, unmeasured=(
+            f"not measured against {', '.join(pair_name(a.recipe) for a in alternatives.values())}: "
+            f"about {choice:.0f} s on {choice_images} photos, more than the time limit leaves "
+            "beside the recipe"))
+    return replace(plan, chosen=replace(best, seconds=best.seconds + choice, choice_seconds=choice),
+                   alternatives=tuple(alternatives.values()))
 
 
 # The ensemble's second member: EfficientNet-Lite2 (another backbone, so other mistakes) at the
@@ -314,7 +326,6 @@ def with_ensemble(plan: Plan, validation_images: int) -> Plan:
         return plan
     second = estimate(ensemble_member(first.recipe), plan.images, plan.train_images,
                       plan.eval_images, plan.speed)
-    first = replace(first, seconds=first.seconds - first.choice_seconds)  # an ensemble measures none
     total = (with_refit(first, plan.train_images, validation_images)
              + with_refit(second, plan.train_images, validation_images)
              + plan.eval_images * second.recipe.extract_cost / plan.speed.extract)

@@ -126,6 +126,8 @@ def decisions(summary: dict) -> list[dict]:
     if picked:   # the time plan's backbone measured on the photos, or --backbone auto
         out.append({"what": "backbone", "chosen": picked["chosen"], "why": picked.get("why") or (
             "--backbone auto: the best cross-validated accuracy of the offline backbones")})
+    elif plan and plan.get("unmeasured"):
+        out.append({"what": "backbone", "chosen": "the plan's", "why": plan["unmeasured"]})
     auto = summary.get("auto_resize")
     resize = (summary.get("backbone") or {}).get("resize")
     out.append({"what": "resize", "chosen": resize,
