@@ -14,8 +14,8 @@ backbone, fine-tuned the same way at the same input size, whose probabilities ar
 the first's, planned when both runs and their refits fit. A plan of one backbone also names the
 :attr:`Plan.alternatives` that fit the budget too (other backbones and input sizes, the same
 fine-tuning or none): the run measures them against the plan's choice on the user's photos
-(:func:`tfguess.training.choices.choose_planned_backbone`), the time of that included in every
-estimate. Nothing here imports TensorFlow.
+(:func:`tfguess.training.choices.choose_planned_backbone`), paid from the reserve :data:`HEADROOM`
+keeps (:func:`with_alternatives`). Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -254,6 +254,7 @@ def choose(limit: float, images: int, train_images: int, eval_images: int, speed
     if not fitting:
         return Plan(min(options, key=lambda e: e.seconds), limit, speed, False, images,
                     train_images, eval_images)
+
     def value(e: Estimate):
         return round(e.recipe.value, 6), -e.seconds
 
