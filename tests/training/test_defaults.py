@@ -262,6 +262,48 @@ def test_another_backbone_replaces_the_plans_only_when_clearly_better(monkeypatc
     assert facts["chosen"] == "lite0 at 288 px"
 
 
+@pytest.mark.slow
+def test_a_run_whose_photos_favour_another_backbone_trains_and_saves_that_one(tmp_path, monkeypatch):
+    """The run follows the measurement: its features, fine-tuning and saved model are the winning
+    backbone's, and the summary and the report's decisions say so. The measurement's result is
+    forced (the prior wrong on every photo out of fold); everything after it is real."""
+    import tfguess.training.plan as plan_module
+    import tfguess.training.throughput as throughput
+    from tfguess.engine.model import read_meta
+    from tfguess.training import choices
+    from tfguess.training.summary import decisions
+    from tfguess.training.train import train
+
+    quick = tuple(dataclasses.replace(r, image_size=224 if r.backbone.endswith("lite0") else r.image_size,
+                                      fine_tune_epochs=2, fine_tune_blocks=1, base=None)
+                  for r in plan_module.RECIPES)
+    monkeypatch.setattr(plan_module, "RECIPES", quick)
+    monkeypatch.setattr(throughput, "busy_cores", lambda *a, **k: 0.0)
+    measured = choices.right_out_of_fold
+
+    def lite2_wins(feats, items, labels, seed):
+        right, n = measured(feats, items, labels, seed)
+        if right and "lite2 at 260 px" in right:
+            right = {k: np.full(n, k == "lite2 at 260 px") for k in right}
+        return right, n
+
+    monkeypatch.setattr(choices, "right_out_of_fold", lite2_wins)
+    tf_files = tmp_path / "tf"
+    shutil.copytree(DEMO_DATA, tf_files / "data")
+    result = train(tf_files, TrainConfig(one_backbone=True, report=False), progress=False,
+                   log=lambda *_: None)
+    summary = result.summary
+    assert summary["auto_backbone"]["prior"] == "lite0 at 224 px"
+    assert summary["auto_backbone"]["chosen"] == "lite2 at 260 px"
+    assert summary["time_limit"]["recipe"].startswith("lite2, 260 px")
+    meta = read_meta(result.model_path)["backbone"]
+    assert (meta["name"], meta["input_size"]) == ("efficientnet_lite2", 260)
+    assert summary["bottleneck_key"] and result.metrics["test"]["n"] > 0
+    made = {d["what"]: d for d in decisions(summary)}
+    assert made["backbone"]["chosen"] == "lite2 at 260 px"
+    assert "measured on the photos" in made["recipe"]["why"]
+
+
 # --- --head-only: the review page's Re-train ------------------------------------------------------
 
 @pytest.mark.slow
