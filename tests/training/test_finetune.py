@@ -315,6 +315,27 @@ def test_a_passed_deadline_keeps_the_head_only_start():
     assert all(np.array_equal(a, b) for a, b in zip(before, backbone.get_weights()))
 
 
+@pytest.mark.slow
+def test_fine_tuning_twice_with_one_seed_gives_the_same_model():
+    """Every random draw is seeded (the views and their order by the config's seed, the dropout
+    too): the same photos and settings give the same weights; another seed, other weights."""
+    from tfguess.engine.backbones import get_backbone
+    from tfguess.training.finetune import fine_tune
+
+    def run(seed: int) -> tuple[str, np.ndarray]:
+        head = Head(np.random.default_rng(0).normal(0, 0.01, (1280, 2)).astype(np.float32),
+                    np.zeros(2, np.float32))
+        config = TrainConfig(quick=True, fine_tune=True, fine_tune_blocks=2, fine_tune_epochs=1,
+                             fine_tune_lr=1e-3, dropout=0.5, seed=seed)
+        result = fine_tune(get_backbone("efficientnet_lite0").build(), head, demo_items(), [], 2,
+                           config, 224, "crop", progress=False, log=lambda *_: None, max_steps=2)
+        return result.weights_id, result.head.kernel
+
+    first, again, other = run(0), run(0), run(1)
+    assert first[0] == again[0] and np.array_equal(first[1], again[1])
+    assert other[0] != first[0]
+
+
 def test_a_refit_reuses_the_views_of_the_images_it_shares():
     """The views of the first images are copied from the earlier pool (the same seed and lower
     blocks give the same views); only the images after them go through the lower blocks."""

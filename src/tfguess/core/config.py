@@ -102,7 +102,9 @@ class TrainConfig:
     label_smoothing: float = option(0.0, cli=False)
     patience: int = option(20)
     class_weights: bool = option(True, flag="--no-class-weights")
-    seed: int = option(0)
+    seed: int = option(0, "seeds every random draw of training (the head, the augmented views, the "
+                       "fine-tuning's dropout): the same photos and settings train the same model on "
+                       "the same machine")
     engine: str = option("auto", "how the frozen backbone runs (keras: the plain Keras path)",
                          choices=ENGINE_CHOICES)
     precision: str = option(

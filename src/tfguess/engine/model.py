@@ -45,20 +45,22 @@ FORMAT_VERSION = 1
 
 
 def build_classifier(backbone, num_classes: int, dropout: float = 0.2, l2: float = 1e-4,
-                     hidden_units: int = 0):
+                     hidden_units: int = 0, seed: int | None = None):
     """Stack the trainable head on the frozen ``backbone`` (a Keras model named "backbone").
 
     ``hidden_units``: a hidden ReLU layer ("hidden", then dropout) between features and softmax.
+    ``seed``: the dropout's, so that training the model twice gives the same weights.
     """
     import keras
 
     backbone.trainable = False
     inputs = keras.Input(backbone.input_shape[1:], name="pixels")
     features = backbone(inputs, training=False)
-    x = keras.layers.Dropout(dropout, name="dropout")(features)
+    x = keras.layers.Dropout(dropout, seed=seed, name="dropout")(features)
     if hidden_units:
         x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
-        x = keras.layers.Dropout(dropout, name="hidden_dropout")(x)
+        x = keras.layers.Dropout(dropout, seed=None if seed is None else seed + 1,
+                                 name="hidden_dropout")(x)
     outputs = keras.layers.Dense(
         num_classes,
         activation="softmax",

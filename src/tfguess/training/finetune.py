@@ -206,7 +206,8 @@ def _networks(backbone, head: Head, num_classes: int, config: TrainConfig, image
 
     from tfguess.engine.model import build_classifier, set_head
 
-    model = build_classifier(backbone, num_classes, config.dropout, config.l2, head.hidden_units)
+    model = build_classifier(backbone, num_classes, config.dropout, config.l2, head.hidden_units,
+                             seed=config.seed)
     set_head(model, head)
     unfrozen = unfreeze_top(backbone, config.fine_tune_blocks)
     cut = cut_layer(backbone, config.fine_tune_blocks)
