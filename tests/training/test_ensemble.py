@@ -17,7 +17,13 @@ from tfguess.core.config import TrainConfig
 from tfguess.core.errors import ConfigError, ModelError
 from tfguess.training.ensemble import decide
 from tfguess.training.evaluation import meta_metrics
-from tfguess.training.plan import RECIPES, choose, ensemble_member, plan_run
+from tfguess.training.plan import (
+    RECIPES,
+    choose,
+    ensemble_member,
+    plan_run,
+    second_member_seconds,
+)
 from tfguess.training.throughput import Speed
 
 SPEED = Speed(extract=110.0, views=145.0, fine_tune=85.0, source="test")
@@ -41,6 +47,74 @@ def test_a_larger_budget_adds_a_second_backbone_when_both_fit():
     assert choose(1800, 300, 240, 0, SPEED).second is None
     # a budget that holds the best recipe but not a second one
     assert choose(thirty.ensemble_seconds, 300, 240, 0, SPEED, validation_images=30).second is None
+
+
+def test_a_second_member_the_estimate_does_not_fit_waits_for_the_first_members_time():
+    """Where the best recipe fits with all its epochs but two members do not, by the reference
+    rates, the plan still measures its backbone and leaves the second member to the run: built
+    if the first member's own time here, scaled by the two estimates, fits the time it leaves."""
+    five = choose(300, 300, 240, 0, SPEED, validation_images=30, choice_images=270)
+    assert five.second is None and five.second_if_time is not None and five.alternatives
+    assert five.second_if_time.recipe == ensemble_member(five.chosen.recipe)
+    assert five.ensemble_seconds > 0.8 * 300 and five.second_ratio > 1   # lite2 costs more
+    assert "then an ensemble with lite2, 288 px" in five.describe()
+    assert "if the time the first leaves holds it" in five.describe()
+    assert five.summary()["ensemble"]["if_time_left"] is True
+    # fewer epochs than the best recipe's, or a pinned recipe (no validation counts): none
+    assert choose(300, 2000, 1600, 0, SPEED, validation_images=200).second_if_time is None
+    assert choose(300, 300, 240, 0, SPEED).second_if_time is None
+    # a plan that holds both is built as planned
+    assert choose(1800, 300, 240, 0, SPEED, validation_images=30).second_if_time is None
+    # what the first took, its choices of resize and backbone aside, times the ratio
+    timings = {"total": 130.0, "choose_resize": 7.0, "choose_backbone": 3.0, "fine_tune": 60.0}
+    assert second_member_seconds(five, timings) == pytest.approx(120 * five.second_ratio)
+
+
+def _first_member(tmp_path, seconds: float, backbone: str = "efficientnet_lite0"):
+    from tfguess.core.runfolder import RunFolder
+    from tfguess.training.train import TrainResult
+
+    run = RunFolder.at(tmp_path / "tf")
+    run.root.mkdir()
+    summary = {"backbone": {"name": backbone, "input_size": 288, "resize": "squash"},
+               "timings_s": {"total": seconds}}
+    return run, TrainResult(run.model, ["a", "b"], {}, summary, run.summary)
+
+
+@pytest.mark.parametrize("first_seconds,backbone,trained,why", [
+    (100.0, "efficientnet_lite0", True, "the second member failed"),
+    (200.0, "efficientnet_lite0", False, "(the first member's time here, scaled)"),
+    (100.0, "efficientnet_lite2", False, "the first member is efficientnet_lite2 already"),
+])
+def test_the_run_builds_the_second_member_if_the_time_left_holds_it(
+        tmp_path, first_seconds, backbone, trained, why):
+    """300 s, a first member that took 100 s: the second, scaled to about 125 s, is trained in
+    the 200 s left; one that took 200 s leaves too little; a first member that is lite2
+    already (the backbone measured on the photos) has no second."""
+    import time
+
+    from tfguess.training.ensemble import second_member
+
+    plan = choose(300, 300, 240, 0, SPEED, validation_images=30, choice_images=270)
+    run, result = _first_member(tmp_path, first_seconds, backbone)
+    calls, said = [], []
+
+    def train_one(folder, config, *_args, **_kw):
+        calls.append(config)
+        raise ConfigError("lite2's weights cannot be had offline")
+
+    t0 = time.perf_counter() - first_seconds
+    out = second_member(run, TrainConfig(time_limit=300), result, plan, False, t0, None,
+                        train_one, False, said.append)
+    assert bool(calls) == trained
+    if trained:
+        assert calls[0].backbone == "efficientnet_lite2" and calls[0].image_size == 288
+        assert 190 < calls[0].time_limit <= 200
+    built = out.summary["ensemble"]
+    assert built["built"] is False and why in built["why"]
+    assert built["time"]["left_s"] == pytest.approx(300 - first_seconds, abs=5)
+    assert built["time"]["needed_s"] == pytest.approx(first_seconds * plan.second_ratio, abs=0.1)
+    assert any(why in line for line in said), said
 
 
 def test_the_second_member_takes_the_first_members_schedule():
@@ -258,6 +332,16 @@ def test_the_report_says_what_the_ensemble_was_planned_and_why_it_was_kept():
     assert made["ensemble"] == {"what": "ensemble", "chosen": "two backbones, probabilities "
                                 "averaged", "why": "on the 65 validation photos the ensemble got "
                                 "60 right"}
+    # a second member left to the time the first leaves: the plan's own estimate, the time
+    later = {**summary, "time_limit": {**summary["time_limit"], "limit_s": 300.0, "ensemble": {
+        "second": "lite2, 288 px", "if_time_left": True, "estimated_s": 533.1}},
+        "ensemble": {**summary["ensemble"], "time": {
+            "needed_s": 138.3, "left_s": 177.8, "by": "the first member's time here"}}}
+    made = {d["what"]: d for d in decisions(later)}
+    assert made["recipe"]["chosen"] == "lite0, 288 px, then lite2, 288 px if the time left holds it"
+    assert "fits 5 min here (estimated 291.0 s, took 962 s)" in made["recipe"]["why"]
+    assert made["ensemble"]["why"] == ("about 138 s needed by the first member's time here, 178 s "
+                                       "left; on the 65 validation photos the ensemble got 60 right")
 
 
 def _fake_model(path, seed: int):

@@ -1,6 +1,7 @@
 """The ensemble: a second backbone fine-tuned like the first, their probabilities averaged.
 
-When the time plan holds more than the best recipe (:func:`plan.with_ensemble`), the run trains a
+When the time plan holds more than the best recipe (:func:`plan.with_ensemble`), or the time the
+first member leaves holds a second one by the first's own time on this machine, the run trains a
 second member after the first: EfficientNet-Lite2 at the first member's input size and resize
 (what the first run measured on the photos), fine-tuned and refitted like it, in its own run
 folder ``TF_FILES/ensemble/member1`` (its cache and summary, what a re-train uses). Two backbones
@@ -62,17 +63,17 @@ def second_member(run: RunFolder, config, result, time_plan, was_ensemble: bool,
     split, and the model, metrics and run summary of what was kept. Otherwise ``result``."""
     if was_ensemble:
         return _retrain(run, config, result, t0, digest, train_one, progress, log)
-    if not time_plan or not time_plan.second:
+    second = time_plan and (time_plan.second or time_plan.second_if_time)
+    if not second:
         return result
-    second = time_plan.second
-    left = config.time_limit - (time.perf_counter() - t0)
-    if left < second.seconds:
-        why = f"about {second.seconds:.0f} s needed, {max(0.0, left):.0f} s left of the time limit"
-        log(f"No ensemble: {why}")
-        return _record(run, result, {"built": False, "why": why}, None, digest, t0)
     from tfguess.training.plan import Plan
 
     backbone = result.summary.get("backbone") or {}
+    left = config.time_limit - (time.perf_counter() - t0)
+    why, timing = _room(time_plan, result.summary, left)
+    if why:
+        log(f"No ensemble: {why}")
+        return _record(run, result, {"built": False, "why": why, "time": timing}, None, digest, t0)
     settings = {**second.recipe.settings(), "image_size": backbone["input_size"],
                 "resize": backbone["resize"], "time_limit": left, "weights": None,
                 "tfhub_module": None}
@@ -89,13 +90,35 @@ def second_member(run: RunFolder, config, result, time_plan, was_ensemble: bool,
     except (TfguessError, OSError) as exc:   # e.g. lite2's weights cannot be had offline
         why = f"the second member failed ({exc.__class__.__name__}: {exc}); the model is the first"
         log(f"No ensemble: {why}")
-        return _record(run, result, {"built": False, "why": why}, None, digest, t0)
+        return _record(run, result, {"built": False, "why": why, "time": timing}, None, digest,
+                       t0)
     decision = decide(result.heldout, member.heldout, result.summary, member.summary)
-    decision["seconds"] = round(time.perf_counter() - t, 1)
+    decision.update(seconds=round(time.perf_counter() - t, 1), time=timing)
     log(("Ensemble kept: " if decision["kept"] else "No ensemble: ") + decision["why"])
     if not decision["kept"]:
         return _record(run, result, {"built": False, **decision}, None, digest, t0)
     return _combine(run, result, member, {"built": True, **decision}, digest, t0, log)
+
+
+def _room(time_plan, first_summary: dict, left: float) -> tuple[str | None, dict]:
+    """Why the plan's second member is not trained now (None: it is), and the time it needs
+    against the ``left`` seconds: the plan's estimate where both members fitted it, else the
+    first member's own time here, scaled (:func:`plan.second_member_seconds`)."""
+    from tfguess.training.plan import second_member_seconds
+
+    second = time_plan.second or time_plan.second_if_time
+    needed = second.seconds if time_plan.second else second_member_seconds(
+        time_plan, first_summary.get("timings_s") or {})
+    timing = {"needed_s": round(needed, 1), "left_s": round(max(0.0, left), 1),
+              "by": "the plan's estimate" if time_plan.second else "the first member's time here, "
+              "scaled by the two members' estimates"}
+    if (first_summary.get("backbone") or {}).get("name") == second.recipe.backbone:
+        return f"the first member is {second.recipe.backbone} already", timing   # measured so
+    if left < needed:
+        return (f"about {needed:.0f} s needed"
+                + ("" if time_plan.second else " (the first member's time here, scaled)")
+                + f", {max(0.0, left):.0f} s left of the time limit"), timing
+    return None, timing
 
 
 def _retrain(run: RunFolder, config, result, t0: float, digest: str | None, train_one: Callable,

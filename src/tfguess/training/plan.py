@@ -176,6 +176,9 @@ class Plan:
     eval_images: int = 0
     second: Estimate | None = None   # the ensemble's second member (:func:`with_ensemble`)
     ensemble_seconds: float = 0.0    # both members and their refits
+    # a second member the estimate does not fit: built if the time the first leaves holds it
+    second_if_time: Estimate | None = None
+    second_ratio: float = 0.0        # the second member's estimate with its refit / the first's
     # other backbones or sizes that fit too, to measure on the photos (choose_planned_backbone)
     alternatives: tuple[Estimate, ...] = ()
     kept: tuple[str, ...] = ()       # the recipe settings the user gave (TrainConfig.pinned)
@@ -190,6 +193,9 @@ class Plan:
                "images": self.images}
         if self.second:
             out["ensemble"] = {"second": self.second.recipe.name,
+                               "estimated_s": round(self.ensemble_seconds, 1)}
+        elif self.second_if_time:
+            out["ensemble"] = {"second": self.second_if_time.recipe.name, "if_time_left": True,
                                "estimated_s": round(self.ensemble_seconds, 1)}
         if self.alternatives:
             out["alternatives"] = [a.recipe.name for a in self.alternatives]
@@ -208,6 +214,9 @@ class Plan:
             text += (f"\n  then an ensemble: {self.second.recipe.name} as a second member, its "
                      f"probabilities averaged with the first's; both with their refits estimated "
                      f"{format_seconds(self.ensemble_seconds)} ({ENSEMBLE_EVIDENCE})")
+        elif self.second_if_time:
+            text += (f"\n  then an ensemble with {self.second_if_time.recipe.name} as a second "
+                     "member if the time the first leaves holds it, by the first's time here")
         if self.alternatives:
             text += ("\n  measured on your photos against "
                      + ", ".join(pair_name(a.recipe) for a in self.alternatives)
@@ -320,19 +329,32 @@ def with_refit(e: Estimate, train_images: int, validation_images: int) -> float:
 def with_ensemble(plan: Plan, validation_images: int) -> Plan:
     """``plan`` with a second member (:func:`ensemble_member`) when its recipe is the full
     fine-tuning schedule of the best recipe (a larger budget has nothing better to buy for one
-    backbone) and both members, each with its refit, fit ``HEADROOM`` of the budget."""
+    backbone) and both members, each with its refit, fit ``HEADROOM`` of the budget. When they do
+    not, the second member is :attr:`Plan.second_if_time`: the estimates come from reference
+    rates until a run has measured this machine, so the run decides once the first member has
+    (:func:`second_member_seconds`)."""
     first = plan.chosen
     best = max(RECIPES, key=lambda r: r.value)
     if not plan.fits or first.recipe != best or first.recipe.backbone == ENSEMBLE_BACKBONE:
         return plan
     second = estimate(ensemble_member(first.recipe), plan.images, plan.train_images,
                       plan.eval_images, plan.speed)
-    total = (with_refit(first, plan.train_images, validation_images)
-             + with_refit(second, plan.train_images, validation_images)
-             + plan.eval_images * second.recipe.extract_cost / plan.speed.extract)
-    if total > HEADROOM * plan.limit:
-        return plan
-    return replace(plan, second=second, ensemble_seconds=total)
+    first_s = with_refit(first, plan.train_images, validation_images)
+    second_s = (with_refit(second, plan.train_images, validation_images)
+                + plan.eval_images * second.recipe.extract_cost / plan.speed.extract)
+    plan = replace(plan, ensemble_seconds=first_s + second_s, second_ratio=second_s / first_s)
+    if first_s + second_s > HEADROOM * plan.limit:
+        return replace(plan, second_if_time=second)
+    return replace(plan, second=second)
+
+
+def second_member_seconds(plan: Plan, first_timings: dict) -> float:
+    """The time of :attr:`Plan.second_if_time` on this machine: what the first member took
+    (``first_timings``: its run summary's ``timings_s``), less its choices of the resize and the
+    backbone (the second member takes the first's), times the ratio of the two estimates."""
+    own = (first_timings.get("total") or 0.0) - sum(
+        first_timings.get(k) or 0.0 for k in ("choose_resize", "choose_backbone"))
+    return max(0.0, own) * plan.second_ratio
 
 
 def refit_pct(config) -> float:

@@ -111,13 +111,15 @@ def decisions(summary: dict) -> list[dict]:
     if plan:
         total = (summary.get("timings_s") or {}).get("total")
         two = plan.get("ensemble")   # planned; the "ensemble" decision below says if it was kept
+        both = two and not two.get("if_time_left")   # both fit by the estimate
         moved = picked and picked.get("prior") not in (None, picked.get("chosen"))
         out.append({"what": "recipe", "chosen": plan.get("recipe") + (
-            f", then {two['second']}" if two else ""), "why": (
+            f", then {two['second']}" + (" if the time left holds it" if not both else "")
+            if two else ""), "why": (
             ("its backbone and size measured on the photos (below), the rest of " if moved else "")
             + f"the most accurate recipe on the development sets that fits "
             f"{plan.get('limit_s', 0) / 60:g} min here (estimated "
-            f"{two['estimated_s'] if two else plan.get('estimated_s')} s"
+            f"{two['estimated_s'] if both else plan.get('estimated_s')} s"
             + (f", took {total:.0f} s" if total else "") + ")")})
     else:
         why = ("--head-only: the head again on the model's own backbone" if config.get("head_only")
@@ -154,9 +156,13 @@ def decisions(summary: dict) -> list[dict]:
                             else again.get("why"))})
     ensemble = summary.get("ensemble")
     if ensemble:
+        spent, why = ensemble.get("time"), ensemble.get("why")
+        if spent and ensemble.get("built"):   # a refusal says its time in its why already
+            why = (f"about {spent['needed_s']:.0f} s needed by {spent['by']}, "
+                   f"{spent['left_s']:.0f} s left; {why}")
         out.append({"what": "ensemble",
                     "chosen": "two backbones, probabilities averaged" if ensemble.get("built")
-                    else "one backbone", "why": ensemble.get("why")})
+                    else "one backbone", "why": why})
     precision = summary.get("precision") or {}
     if precision:
         out.append({"what": "guessing", "chosen": precision.get("guess", "float32"),
