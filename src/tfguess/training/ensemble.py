@@ -70,7 +70,7 @@ def second_member(run: RunFolder, config, result, time_plan, was_ensemble: bool,
 
     backbone = result.summary.get("backbone") or {}
     left = config.time_limit - (time.perf_counter() - t0)
-    why, timing = _room(time_plan, result.summary, left)
+    why, timing = _room(time_plan, second, result.summary, left)
     if why:
         log(f"No ensemble: {why}")
         return _record(run, result, {"built": False, "why": why, "time": timing}, None, digest, t0)
@@ -100,13 +100,12 @@ def second_member(run: RunFolder, config, result, time_plan, was_ensemble: bool,
     return _combine(run, result, member, {"built": True, **decision}, digest, t0, log)
 
 
-def _room(time_plan, first_summary: dict, left: float) -> tuple[str | None, dict]:
-    """Why the plan's second member is not trained now (None: it is), and the time it needs
+def _room(time_plan, second, first_summary: dict, left: float) -> tuple[str | None, dict]:
+    """Why the plan's ``second`` member is not trained now (None: it is), and the time it needs
     against the ``left`` seconds: the plan's estimate where both members fitted it, else the
     first member's own time here, scaled (:func:`plan.second_member_seconds`)."""
     from tfguess.training.plan import second_member_seconds
 
-    second = time_plan.second or time_plan.second_if_time
     needed = second.seconds if time_plan.second else second_member_seconds(
         time_plan, first_summary.get("timings_s") or {})
     timing = {"needed_s": round(needed, 1), "left_s": round(max(0.0, left), 1),

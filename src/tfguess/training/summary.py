@@ -112,10 +112,10 @@ def decisions(summary: dict) -> list[dict]:
         total = (summary.get("timings_s") or {}).get("total")
         two = plan.get("ensemble")   # planned; the "ensemble" decision below says if it was kept
         both = two and not two.get("if_time_left")   # both fit by the estimate
+        then = (f", then {two['second']}" + ("" if both else " if the time left holds it")
+                if two else "")
         moved = picked and picked.get("prior") not in (None, picked.get("chosen"))
-        out.append({"what": "recipe", "chosen": plan.get("recipe") + (
-            f", then {two['second']}" + (" if the time left holds it" if not both else "")
-            if two else ""), "why": (
+        out.append({"what": "recipe", "chosen": plan.get("recipe") + then, "why": (
             ("its backbone and size measured on the photos (below), the rest of " if moved else "")
             + f"the most accurate recipe on the development sets that fits "
             f"{plan.get('limit_s', 0) / 60:g} min here (estimated "
